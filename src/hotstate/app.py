@@ -1,0 +1,250 @@
+"""App: configuration, topology building, start / run / close, state and queries."""
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import serde as _serde
+from .config import Config
+from .dsl.nodes import SourceNode
+from .dsl.stream import Stream
+from .dsl.topology import Topology
+from .errors import HotstateError, IllegalStateTransition, TopologyError
+from .kafka.admin import Admin, ChangelogSpec
+from .observe.listener import RestoreListener
+from .observe.metrics import Metrics
+from .records import TopicPartition
+from .runtime.stream_thread import StreamThread
+from .runtime.task import TaskState
+from .serde import Serde
+from .state.state_dir import StateDirectory
+from .state.store import ReadOnlyStore
+
+log = logging.getLogger(__name__)
+
+
+class AppState(enum.Enum):
+    """The app's lifecycle (Kafka Streams' KafkaStreams.State)::
+
+        CREATED -> REBALANCING <-> RUNNING -> PENDING_SHUTDOWN -> NOT_RUNNING
+        any state but NOT_RUNNING -> ERROR (the stream thread failed; close() still cleans up)
+
+    REBALANCING: the group is assigning tasks or some active task is still RESTORING.
+    RUNNING: every assigned active task is RUNNING."""
+
+    CREATED = "CREATED"
+    REBALANCING = "REBALANCING"
+    RUNNING = "RUNNING"
+    PENDING_SHUTDOWN = "PENDING_SHUTDOWN"
+    NOT_RUNNING = "NOT_RUNNING"
+    ERROR = "ERROR"
+
+
+_APP_TRANSITIONS = {
+    AppState.CREATED: {AppState.REBALANCING, AppState.PENDING_SHUTDOWN, AppState.ERROR},
+    AppState.REBALANCING: {AppState.RUNNING, AppState.PENDING_SHUTDOWN, AppState.ERROR},
+    AppState.RUNNING: {AppState.REBALANCING, AppState.PENDING_SHUTDOWN, AppState.ERROR},
+    AppState.PENDING_SHUTDOWN: {AppState.NOT_RUNNING, AppState.ERROR},
+    AppState.ERROR: {AppState.PENDING_SHUTDOWN},
+    AppState.NOT_RUNNING: set(),
+}
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    changelog: TopicPartition
+    changelog_offset: int | None  # the next changelog offset the local store would apply
+    restored_records: int  # by this task's last restore
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    input_partitions: list[TopicPartition]
+    state: TaskState
+    stores: dict[str, StoreInfo] = field(default_factory=dict)
+
+    @property
+    def changelog_offsets(self) -> dict[str, int | None]:
+        return {name: s.changelog_offset for name, s in self.stores.items()}
+
+
+class App:
+    """A hotstate application. Build the topology with :meth:`stream`, then :meth:`start` or :meth:`run`.
+
+    Configuration keywords are :class:`hotstate.config.Config` fields (Kafka Streams' names, Python spelling)."""
+
+    def __init__(self, **config: Any):
+        self.config = Config.from_kwargs(**config)
+        self._topology = Topology()
+        self._listener: RestoreListener | None = None
+        self._metrics = Metrics()
+        self._state = AppState.CREATED
+        self._state_lock = threading.Condition()
+        self._error: BaseException | None = None
+        self._thread: StreamThread | None = None
+        self._state_dir = StateDirectory(self.config.state_dir, self.config.app_id)
+
+    # ---- building ----
+    def stream(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES) -> Stream:
+        """A stream of the records of ``topic`` (which must exist when the app starts)."""
+        self._require(AppState.CREATED, "stream()")
+        source = SourceNode(topic, key_serde, value_serde)
+        sub = self._topology.add_source(source)
+        return Stream(self._topology, sub, source, key_serde, value_serde)
+
+    def set_restore_listener(self, listener: RestoreListener) -> None:
+        """Called on the state updater thread; see :class:`hotstate.RestoreListener`."""
+        self._require(AppState.CREATED, "set_restore_listener()")
+        self._listener = listener
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        """Checks the broker, topics and state dir (raising a clear error at once), then starts processing
+        in the background. Non-blocking."""
+        self._require(AppState.CREATED, "start()")
+        if not self._topology.subtopologies:
+            raise TopologyError("the app has no source: call app.stream(topic) before start()")
+        self._state_dir.lock()
+        try:
+            self._prepare_topics()
+        except BaseException:
+            self._state_dir.unlock()
+            raise
+        self._transition(AppState.REBALANCING)
+        self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
+                                    self._on_tasks_running, self._on_error)
+        self._thread.start()
+
+    def _prepare_topics(self) -> None:
+        admin = Admin(self.config)
+        sources = admin.require_topics(self._topology.source_topics, "source")
+        sinks = sorted({t for sub in self._topology.subtopologies for t in sub.sink_topics})
+        if sinks:
+            admin.require_topics(sinks, "sink")
+        specs = [ChangelogSpec(self.config.changelog_topic(name), sources[sub.source.topic])
+                 for sub in self._topology.subtopologies for name in sub.stores]
+        admin.ensure_changelogs(specs)
+
+    def wait_until_running(self, timeout_s: float = 60) -> None:
+        """Blocks until every assigned active task is RUNNING. Raises the app's error if it failed, and
+        TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._state_lock:
+            while True:
+                if self._state is AppState.ERROR:
+                    raise HotstateError(f"the app failed: {self._error}") from self._error
+                if self._state is AppState.RUNNING:
+                    return
+                if self._state in (AppState.CREATED, AppState.PENDING_SHUTDOWN, AppState.NOT_RUNNING):
+                    raise HotstateError(f"the app is {self._state.value}; start() it first")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the app was not RUNNING within {timeout_s}s (state {self._state.value}; "
+                                       f"tasks {[(t.id, t.state.value) for t in self.tasks()]})")
+                self._state_lock.wait(min(left, 0.5))
+
+    def close(self, timeout_s: float = 30) -> bool:
+        """Graceful: commits, flushes the producer, persists store offsets, leaves the group.
+        Returns False if the threads did not finish within ``timeout_s``."""
+        with self._state_lock:
+            if self._state is AppState.NOT_RUNNING:
+                return True
+            if self._state is AppState.CREATED:
+                self._state = AppState.NOT_RUNNING
+                self._state_lock.notify_all()
+                return True
+        if self._state is not AppState.PENDING_SHUTDOWN:
+            self._transition(AppState.PENDING_SHUTDOWN)
+        done = True
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread.join(timeout_s)
+            done = not self._thread.is_alive()
+        self._state_dir.unlock()
+        if done:
+            self._transition(AppState.NOT_RUNNING)
+        return done
+
+    def run(self) -> None:
+        """Starts and blocks until closed; SIGTERM / SIGINT close gracefully. Raises if the app failed."""
+        stop = threading.Event()
+
+        def handler(signum: int, frame: Any) -> None:
+            log.info("signal %d: closing", signum)
+            stop.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.is_set() and self._state not in (AppState.ERROR, AppState.NOT_RUNNING):
+                stop.wait(0.2)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            error = self._error
+            self.close()
+        if error is not None:
+            raise error
+
+    # ---- observing ----
+    @property
+    def state(self) -> AppState:
+        return self._state
+
+    def tasks(self) -> list[TaskInfo]:
+        tm = self._thread.task_manager if self._thread else None
+        if tm is None:
+            return []
+        out = []
+        for task in list(tm.tasks.values()):
+            stores = {name: StoreInfo(s.changelog, s.backend.changelog_offset(), s.restored_records)
+                      for name, s in task.stores.items()}
+            out.append(TaskInfo(task.id, [task.input], task.state, stores))
+        return sorted(out, key=lambda t: t.id)
+
+    def store(self, name: str) -> ReadOnlyStore:
+        """A read-only view of store ``name`` over this instance's RUNNING tasks."""
+        if name not in self._topology.store_specs():
+            raise KeyError(f"no store named {name!r}; stores: {sorted(self._topology.store_specs())}")
+        tm = self._thread.task_manager if self._thread else None
+        views = []
+        if tm is not None:
+            views = [t.stores[name].view for t in list(tm.tasks.values())
+                     if t.state is TaskState.RUNNING and name in t.stores]
+        return ReadOnlyStore(name, views)
+
+    def metrics(self) -> dict:
+        return self._metrics.snapshot()
+
+    # ---- internals ----
+    def _require(self, state: AppState, what: str) -> None:
+        if self._state is not state:
+            raise HotstateError(f"{what} is allowed only in state {state.value}; the app is {self._state.value}")
+
+    def _transition(self, to: AppState) -> None:
+        with self._state_lock:
+            if to not in _APP_TRANSITIONS[self._state]:
+                raise IllegalStateTransition(f"app: {self._state.value} -> {to.value} is not allowed")
+            log.info("app %s: %s -> %s", self.config.app_id, self._state.value, to.value)
+            self._state = to
+            self._state_lock.notify_all()
+
+    def _on_tasks_running(self, all_running: bool) -> None:
+        want = AppState.RUNNING if all_running else AppState.REBALANCING
+        if self._state in (AppState.RUNNING, AppState.REBALANCING) and self._state is not want:
+            with self._state_lock:
+                if self._state in (AppState.RUNNING, AppState.REBALANCING) and self._state is not want:
+                    self._transition(want)
+
+    def _on_error(self, exc: BaseException) -> None:
+        with self._state_lock:
+            self._error = exc
+            if self._state is not AppState.NOT_RUNNING and AppState.ERROR in _APP_TRANSITIONS[self._state]:
+                self._state = AppState.ERROR
+            self._state_lock.notify_all()

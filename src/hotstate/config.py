@@ -1,0 +1,102 @@
+"""Typed, validated configuration. Names follow Kafka Streams' configs, spelled the Python way
+(``commit.interval.ms`` -> ``commit_interval_ms``). Every limit carries its unit in its name."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+AT_LEAST_ONCE = "at_least_once"
+EXACTLY_ONCE_V2 = "exactly_once_v2"
+LOG_AND_FAIL = "log_and_fail"
+LOG_AND_CONTINUE = "log_and_continue"
+
+_APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def default_state_dir() -> str:
+    """A per-user directory: $XDG_STATE_HOME/hotstate, else ~/.local/state/hotstate."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return os.path.join(base, "hotstate")
+
+
+@dataclass(frozen=True)
+class Config:
+    app_id: str
+    bootstrap_servers: str
+    state_dir: str = field(default_factory=default_state_dir)
+    processing_guarantee: str = AT_LEAST_ONCE
+    commit_interval_ms: int = 30_000
+    deserialization_exception_handler: str = LOG_AND_FAIL
+    # Internal topics (changelogs): -1 takes the broker's default.replication.factor.
+    replication_factor: int = -1
+    # How long start-up waits for the broker (metadata, topic checks) before it gives up with a clear error.
+    broker_timeout_ms: int = 15_000
+    # Restore: records per bulk write batch, and the most records one consume call hands the restore thread.
+    restore_batch_records_max: int = 20_000
+    restore_consume_records_max: int = 50_000
+    # Main consumer: the most records one poll returns, and how long a poll waits.
+    poll_records_max: int = 1_000
+    poll_ms: int = 100
+    session_timeout_ms: int = 45_000
+    # Uncommitted store writes (over all tasks) that trigger an early commit, bounding memory.
+    statestore_cache_max_records: int = 200_000
+    # Extra librdkafka settings, like Kafka Streams' main.consumer. / restore.consumer. / producer. prefixes.
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    restore_consumer_config: dict[str, Any] = field(default_factory=dict)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.app_id, str) or not _APP_ID.match(self.app_id):
+            raise ConfigError(
+                f"app_id={self.app_id!r} is invalid: use 1-200 characters of letters, digits, '.', '_' or '-' "
+                "(it names the consumer group, the changelog topics and the state directory)"
+            )
+        if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
+            raise ConfigError("bootstrap_servers is empty: give host:port of at least one broker, e.g. '127.0.0.1:9092'")
+        if self.processing_guarantee == EXACTLY_ONCE_V2:
+            raise ConfigError("processing_guarantee='exactly_once_v2' is not available yet; use 'at_least_once'")
+        if self.processing_guarantee != AT_LEAST_ONCE:
+            raise ConfigError(
+                f"processing_guarantee={self.processing_guarantee!r} is invalid: use 'at_least_once' or 'exactly_once_v2'"
+            )
+        if self.deserialization_exception_handler not in (LOG_AND_FAIL, LOG_AND_CONTINUE):
+            raise ConfigError(
+                f"deserialization_exception_handler={self.deserialization_exception_handler!r} is invalid: "
+                "use 'log_and_fail' or 'log_and_continue'"
+            )
+        for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
+                     "restore_consume_records_max", "poll_records_max", "poll_ms", "session_timeout_ms",
+                     "statestore_cache_max_records"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
+        if not isinstance(self.replication_factor, int) or (self.replication_factor < 1 and self.replication_factor != -1):
+            raise ConfigError(f"replication_factor={self.replication_factor!r} is invalid: use -1 (broker default) or >= 1")
+        if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
+            raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown config {unknown}; known configs: {sorted(known)}")
+        missing = [n for n in ("app_id", "bootstrap_servers") if n not in kwargs]
+        if missing:
+            raise ConfigError(f"missing required config {missing}")
+        if "state_dir" in kwargs:
+            kwargs["state_dir"] = os.fspath(kwargs["state_dir"])
+        return cls(**kwargs)
+
+    @property
+    def group_id(self) -> str:
+        return self.app_id
+
+    def changelog_topic(self, store_name: str) -> str:
+        return f"{self.app_id}-{store_name}-changelog"

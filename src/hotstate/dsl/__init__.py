@@ -1,0 +1,1 @@
+"""The DSL: streams and tables that build a :class:`~hotstate.dsl.topology.Topology`."""

@@ -1,0 +1,61 @@
+"""hotstate's errors: each one tells the caller what to do.
+
+- ``ConfigError``: fix the configuration (invalid or inconsistent values).
+- ``TopologyError``: fix the topology or the topics it needs (missing source topic,
+  changelog with the wrong partition count or cleanup policy).
+- ``BrokerUnavailableError``: retry later, or check ``bootstrap_servers``.
+- ``DeserializationError``: fix the input, or set ``deserialization_exception_handler="log_and_continue"``.
+- ``StateDirError``: fix the permissions or the path of ``state_dir``.
+- ``StoreCorruptedError``: the local store cannot be used; hotstate wipes it and restores from the changelog.
+- ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
+  record is processed again after a restart).
+"""
+from __future__ import annotations
+
+
+class HotstateError(Exception):
+    """Base class of every error hotstate raises on purpose."""
+
+
+class ConfigError(HotstateError, ValueError):
+    """A configuration value is invalid. Fix the value named in the message."""
+
+
+class TopologyError(HotstateError):
+    """The topology or a topic it needs is not usable as it stands. The message says what to change."""
+
+
+class BrokerUnavailableError(HotstateError):
+    """No Kafka broker answered within the timeout. Check bootstrap_servers and that the broker runs."""
+
+
+class StateDirError(HotstateError):
+    """The state directory cannot be created, written or locked."""
+
+
+class StoreCorruptedError(HotstateError):
+    """A local store cannot be opened or read consistently; it must be wiped and restored."""
+
+
+class DeserializationError(HotstateError):
+    """A record could not be decoded. Carries the topic, partition and offset of the record."""
+
+    def __init__(self, topic: str, partition: int, offset: int, what: str, cause: BaseException):
+        self.topic, self.partition, self.offset = topic, partition, offset
+        super().__init__(
+            f"cannot deserialize the {what} of the record at {topic}[{partition}]@{offset}: {cause!r}. "
+            "Fix the producer or the serde, or set deserialization_exception_handler='log_and_continue' "
+            "to skip such records"
+        )
+
+
+class ProcessingError(HotstateError):
+    """User code raised while processing a record. Carries the topic, partition and offset."""
+
+    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException):
+        self.topic, self.partition, self.offset = topic, partition, offset
+        super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}")
+
+
+class IllegalStateTransition(HotstateError):
+    """A lifecycle moved along an edge its transition table does not have: a bug in hotstate."""

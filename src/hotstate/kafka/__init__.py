@@ -1,0 +1,1 @@
+"""Kafka clients (confluent-kafka) and topic administration."""

@@ -1,0 +1,90 @@
+"""Topic checks at start-up: sources exist, changelogs exist with the right shape (created if absent)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from ..config import Config
+from ..errors import BrokerUnavailableError, TopologyError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChangelogSpec:
+    topic: str
+    partitions: int
+    cleanup_policy: str = "compact"
+
+
+class Admin:
+    def __init__(self, config: Config):
+        self._config = config
+        self._timeout_s = config.broker_timeout_ms / 1000
+        self._admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-admin"})
+
+    def partition_counts(self) -> dict[str, int]:
+        """Topic -> partition count; raises BrokerUnavailableError if no broker answers in time."""
+        try:
+            md = self._admin.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise BrokerUnavailableError(
+                f"no Kafka broker answered at {self._config.bootstrap_servers!r} within {self._timeout_s:g}s "
+                f"({exc.args[0]}); check bootstrap_servers and that the broker runs (scripts/kafka start)"
+            ) from exc
+        return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+    def require_topics(self, topics: list[str], role: str) -> dict[str, int]:
+        counts = self.partition_counts()
+        missing = [t for t in topics if t not in counts]
+        if missing:
+            raise TopologyError(
+                f"{role} topic(s) {missing} do not exist on {self._config.bootstrap_servers}; create them first "
+                "(hotstate creates only its own changelog topics)"
+            )
+        return {t: counts[t] for t in topics}
+
+    def ensure_changelogs(self, specs: list[ChangelogSpec]) -> None:
+        """Create missing changelogs; an existing one with the wrong partition count or policy is an error."""
+        counts = self.partition_counts()
+        missing = [s for s in specs if s.topic not in counts]
+        if missing:
+            rf = self._config.replication_factor
+            new = [NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf,
+                            config={"cleanup.policy": s.cleanup_policy}) for s in missing]
+            for topic, fut in self._admin.create_topics(new, request_timeout=self._timeout_s).items():
+                try:
+                    fut.result(timeout=self._timeout_s)
+                    log.info("created changelog topic %s", topic)
+                except KafkaException as exc:
+                    if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
+                        raise TopologyError(f"cannot create changelog topic {topic!r}: {exc.args[0]}") from exc
+            counts = self.partition_counts()
+        for spec in specs:
+            have = counts.get(spec.topic)
+            if have != spec.partitions:
+                raise TopologyError(
+                    f"changelog topic {spec.topic!r} has {have} partitions but its source has {spec.partitions}; "
+                    "a changelog must match its source partition for partition. Delete the changelog (its state "
+                    "is rebuilt from the input) or restore the source's partition count"
+                )
+        self._check_policies(specs)
+
+    def _check_policies(self, specs: list[ChangelogSpec]) -> None:
+        resources = [ConfigResource(ResourceType.TOPIC, s.topic) for s in specs]
+        if not resources:
+            return
+        futures = self._admin.describe_configs(resources, request_timeout=self._timeout_s)
+        for spec, res in zip(specs, resources):
+            fut = next(f for r, f in futures.items() if r.name == res.name)
+            entries = fut.result(timeout=self._timeout_s)
+            policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else None
+            if policy is None or set(policy.split(",")) != set(spec.cleanup_policy.split(",")):
+                raise TopologyError(
+                    f"changelog topic {spec.topic!r} has cleanup.policy={policy!r}, expected {spec.cleanup_policy!r}; "
+                    f"fix it with kafka-configs --alter --entity-type topics --entity-name {spec.topic} "
+                    f"--add-config cleanup.policy={spec.cleanup_policy}"
+                )

@@ -1,0 +1,1 @@
+"""The runtime: tasks, the processing thread, the state updater (restore) thread, assignment."""

@@ -1,0 +1,294 @@
+"""The state updater: the one thread that restores stores from their changelogs.
+
+Hand-off API (Kafka Streams' StateUpdater): the processing thread calls ``add(task)`` for a task in
+RESTORING, ``remove(task_id) -> Future`` when it loses one, and ``drain_restored()`` /
+``drain_failed()`` in its loop. Tasks it holds are touched by no other thread.
+
+All restoring store partitions of the instance share one restore consumer (manual assignment,
+``read_committed``). Each consume call returns up to ``restore_consume_records_max`` records of any of
+them; each partition's records go to its store in write batches of up to ``restore_batch_records_max``
+records, without the WAL, the new changelog offset in the same batch. "Restored" means the consumer's
+position reached the end offset read when the restore began (not that a record at end-1 was seen: under
+transactions the last offset is a commit marker).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KTopicPartition
+
+from ..config import Config
+from ..observe.listener import RestoreListener, _SafeListener
+from ..observe.metrics import Metrics, StoreRestoreMetrics
+from ..records import TopicPartition
+from .task import Task, TaskStore
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.1
+_CONSUME_WAIT_S = 0.1
+
+
+@dataclass
+class _StorePartition:
+    task: Task
+    store: TaskStore
+    end_offset: int
+    metrics: StoreRestoreMetrics
+    restored: int = 0
+
+
+@dataclass
+class _TaskRestore:
+    task: Task
+    pending: set[TopicPartition] = field(default_factory=set)
+
+
+class StateUpdater:
+    def __init__(self, config: Config, consumer_factory: Callable[[], Consumer],
+                 listener: RestoreListener | None, metrics: Metrics):
+        self._config = config
+        self._consumer_factory = consumer_factory
+        self._listener = _SafeListener(listener)
+        self._metrics = metrics
+        self._commands: queue.Queue = queue.Queue()
+        self._restored: list[Task] = []
+        self._failed: list[tuple[Task, BaseException]] = []
+        self._out_lock = threading.Lock()
+        self._tasks: dict[str, _TaskRestore] = {}
+        self._partitions: dict[TopicPartition, _StorePartition] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hotstate-state-updater", daemon=True)
+        self._consumer: Consumer | None = None
+        self.fatal_error: BaseException | None = None
+
+    # ---- hand-off API (processing thread) ----
+    def start(self) -> None:
+        self._consumer = self._consumer_factory()
+        self._thread.start()
+
+    def add(self, task: Task) -> None:
+        self._commands.put(("add", task, None))
+
+    def remove(self, task_id: str) -> Future:
+        """Stop restoring the task; the future resolves to the task (its stores flushed) or None."""
+        fut: Future = Future()
+        self._commands.put(("remove", task_id, fut))
+        return fut
+
+    def drain_restored(self) -> list[Task]:
+        with self._out_lock:
+            out, self._restored = self._restored, []
+        return out
+
+    def drain_failed(self) -> list[tuple[Task, BaseException]]:
+        with self._out_lock:
+            out, self._failed = self._failed, []
+        return out
+
+    def shutdown(self, timeout_s: float) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def restoring_task_ids(self) -> list[str]:
+        return list(self._tasks)
+
+    # ---- the thread ----
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while not self._stop.is_set():
+                self._handle_commands(block=not self._partitions)
+                if self._partitions:
+                    self._restore_round(consumer)
+        except BaseException as exc:  # the thread must not die silently
+            log.exception("state updater failed")
+            self.fatal_error = exc
+            with self._out_lock:
+                self._failed.extend((t.task, exc) for t in self._tasks.values())
+            self._tasks.clear()
+        finally:
+            for sp in self._partitions.values():
+                _safe_end_restore(sp.store)
+            self._partitions.clear()
+            consumer.close()
+
+    def _handle_commands(self, block: bool) -> None:
+        try:
+            cmd = self._commands.get(timeout=_IDLE_WAIT_S) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, arg, fut = cmd
+            if kind == "add":
+                self._start_task(arg)
+            else:
+                self._remove_task(arg, fut)
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _start_task(self, task: Task) -> None:
+        consumer = self._consumer
+        tr = _TaskRestore(task)
+        assign: list[KTopicPartition] = []
+        try:
+            for store in task.stores.values():
+                start, end = self._restore_range(consumer, task, store)
+                store.restored_records = 0
+                if start >= end:
+                    continue
+                key = f"{task.id}/{store.spec.name}"
+                m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic())
+                self._metrics.restores[key] = m
+                self._partitions[store.changelog] = _StorePartition(task, store, end, m)
+                tr.pending.add(store.changelog)
+                assign.append(KTopicPartition(store.changelog.topic, store.changelog.partition, start))
+                log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
+                         store.changelog, start, end)
+                self._listener.on_restore_start(store.changelog, store.spec.name, start, end)
+            if assign:
+                consumer.incremental_assign(assign)
+        except BaseException as exc:
+            for tp in tr.pending:
+                self._partitions.pop(tp, None)
+            with self._out_lock:
+                self._failed.append((task, exc))
+            return
+        if tr.pending:
+            self._tasks[task.id] = tr
+        else:
+            with self._out_lock:
+                self._restored.append(task)
+
+    def _restore_range(self, consumer: Consumer, task: Task, store: TaskStore) -> tuple[int, int]:
+        """[start, end) of the changelog to replay; wipes a store whose offset the changelog cannot serve."""
+        tp = store.changelog
+        timeout_s = self._config.broker_timeout_ms / 1000
+        low, high = consumer.get_watermark_offsets(KTopicPartition(tp.topic, tp.partition), timeout=timeout_s, cached=False)
+        stored = store.backend.changelog_offset()
+        if stored is not None and stored > high:
+            log.warning(
+                "task %s store %s: its changelog offset %d is beyond the changelog end %d (was the changelog topic "
+                "deleted and recreated?); wiping the store and restoring it in full", task.id, store.spec.name, stored, high)
+            store_reset(store)
+            stored = None
+        elif stored is not None and stored < low:
+            log.warning(
+                "task %s store %s: its changelog offset %d is below the changelog start %d (records it needs were "
+                "deleted); wiping the store and restoring it in full", task.id, store.spec.name, stored, low)
+            store_reset(store)
+            stored = None
+        return (low if stored is None else stored), high
+
+    def _remove_task(self, task_id: str, fut: Future) -> None:
+        tr = self._tasks.pop(task_id, None)
+        if tr is None:
+            with self._out_lock:
+                found = next((t for t in self._restored if t.id == task_id), None)
+                if found is not None:
+                    self._restored.remove(found)
+            fut.set_result(found)
+            return
+        unassign = []
+        for tp in tr.pending:
+            sp = self._partitions.pop(tp)
+            sp.metrics.ended_at_s = time.monotonic()
+            unassign.append(KTopicPartition(tp.topic, tp.partition))
+        try:
+            if unassign:
+                self._consumer.incremental_unassign(unassign)
+            for store in tr.task.stores.values():
+                store.backend.end_restore()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        fut.set_result(tr.task)
+
+    def _restore_round(self, consumer: Consumer) -> None:
+        msgs = consumer.consume(self._config.restore_consume_records_max, _CONSUME_WAIT_S)
+        by_tp: dict[TopicPartition, list] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(err)
+            tp = TopicPartition(msg.topic(), msg.partition())
+            lst = by_tp.get(tp)
+            if lst is None:
+                by_tp[tp] = lst = []
+            lst.append(msg)
+        for tp, batch in by_tp.items():
+            sp = self._partitions.get(tp)
+            if sp is not None:
+                self._apply(sp, batch)
+        self._check_done(consumer)
+
+    def _apply(self, sp: _StorePartition, msgs: list) -> None:
+        size = self._config.restore_batch_records_max
+        backend = sp.store.backend
+        for i in range(0, len(msgs), size):
+            chunk = msgs[i:i + size]
+            last = chunk[-1].offset()
+            backend.restore([(m.key(), m.value()) for m in chunk], last + 1)
+            n = len(chunk)
+            sp.restored += n
+            sp.metrics.restore_records_total += n
+            sp.metrics.restore_remaining_records = max(0, sp.end_offset - last - 1)
+            self._metrics.restore_records_total += n
+            self._listener.on_batch_restored(sp.store.changelog, sp.store.spec.name, last, n)
+
+    def _check_done(self, consumer: Consumer) -> None:
+        tps = [KTopicPartition(tp.topic, tp.partition) for tp in self._partitions]
+        for ktp in consumer.position(tps):
+            if ktp.offset == OFFSET_INVALID or ktp.offset < 0:
+                continue
+            tp = TopicPartition(ktp.topic, ktp.partition)
+            sp = self._partitions[tp]
+            if ktp.offset >= sp.end_offset:
+                self._finish(consumer, tp, sp, ktp.offset)
+
+    def _finish(self, consumer: Consumer, tp: TopicPartition, sp: _StorePartition, position: int) -> None:
+        backend = sp.store.backend
+        stored = backend.changelog_offset()
+        if stored is None or position > stored:  # skipped markers or compacted-away records at the end
+            backend.restore([], position)
+        backend.end_restore()
+        consumer.incremental_unassign([KTopicPartition(tp.topic, tp.partition)])
+        del self._partitions[tp]
+        sp.store.restored_records = sp.restored
+        sp.metrics.restore_remaining_records = 0
+        sp.metrics.ended_at_s = time.monotonic()
+        log.info("task %s: store %s restored %d records", sp.task.id, sp.store.spec.name, sp.restored)
+        self._listener.on_restore_end(tp, sp.store.spec.name, sp.restored)
+        tr = self._tasks[sp.task.id]
+        tr.pending.discard(tp)
+        if not tr.pending:
+            del self._tasks[sp.task.id]
+            with self._out_lock:
+                self._restored.append(sp.task)
+
+
+def store_reset(store: TaskStore) -> None:
+    """Wipe a store's local state and reopen it empty."""
+    store.backend.wipe()
+    store.backend = store.reopen()
+    store.overlay.backend = store.backend
+
+
+def _safe_end_restore(store: TaskStore) -> None:
+    try:
+        store.backend.end_restore()
+    except Exception:
+        log.exception("flushing store %s after restore failed", store.spec.name)

@@ -1,0 +1,129 @@
+"""A task: one partition of one sub-topology, with its stores.
+
+Lifecycle (Kafka Streams' Task.State)::
+
+    CREATED --> RESTORING --> RUNNING --> SUSPENDED --> CLOSED
+       |            |                        ^  |
+       |            +------------------------+  +--> RESTORING (revived)
+       +--> SUSPENDED / CLOSED
+
+Only the processing thread moves a task between states. While RESTORING the task belongs to the state
+updater, which writes its stores; the processing thread does not touch them until it drains the task back.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..dsl.topology import SubTopology
+from ..errors import IllegalStateTransition
+from ..records import Record, TopicPartition
+from ..state.backend import StoreBackend
+from ..state.overlay import Overlay
+from ..state.store import KeyValueStore, StoreSpec
+
+log = logging.getLogger(__name__)
+
+
+class TaskState(enum.Enum):
+    CREATED = "CREATED"
+    RESTORING = "RESTORING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    CLOSED = "CLOSED"
+
+
+_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.CREATED: frozenset({TaskState.RESTORING, TaskState.SUSPENDED, TaskState.CLOSED}),
+    TaskState.RESTORING: frozenset({TaskState.RUNNING, TaskState.SUSPENDED}),
+    TaskState.RUNNING: frozenset({TaskState.SUSPENDED}),
+    TaskState.SUSPENDED: frozenset({TaskState.RESTORING, TaskState.CLOSED}),
+    TaskState.CLOSED: frozenset(),
+}
+
+
+def task_id(subtopology: int, partition: int) -> str:
+    return f"{subtopology}_{partition}"
+
+
+@dataclass
+class TaskStore:
+    """One store of one task: its changelog partition, the backend and the uncommitted overlay."""
+
+    spec: StoreSpec
+    changelog: TopicPartition
+    backend: StoreBackend
+    overlay: Overlay
+    view: KeyValueStore
+    reopen: Callable[[], StoreBackend]  # a fresh, empty backend after a wipe
+    restored_records: int = 0  # by the last restore of this task
+
+
+class Task:
+    def __init__(self, sub: SubTopology, partition: int, stores: dict[str, TaskStore]):
+        self.id = task_id(sub.id, partition)
+        self.sub = sub
+        self.input = TopicPartition(sub.source.topic, partition)
+        self.stores = stores
+        self.state = TaskState.CREATED
+        self.next_offset: int | None = None  # input offset to commit: last processed + 1
+        self.committed_offset: int | None = None
+
+    def transition(self, to: TaskState) -> None:
+        if to not in _TRANSITIONS[self.state]:
+            raise IllegalStateTransition(f"task {self.id}: {self.state.value} -> {to.value} is not allowed")
+        log.debug("task %s: %s -> %s", self.id, self.state.value, to.value)
+        self.state = to
+
+    def dirty_records(self) -> int:
+        return sum(len(s.overlay) for s in self.stores.values())
+
+    def needs_commit(self) -> bool:
+        return self.next_offset is not None and self.next_offset != self.committed_offset
+
+    def close_stores(self) -> None:
+        """Drop uncommitted writes and close the backends (committed state stays on disk)."""
+        for s in self.stores.values():
+            s.overlay.clear()
+            s.backend.close()
+
+
+class ProcessorContext:
+    """What nodes and ``process`` functions see: stores of the current task, forward, record metadata."""
+
+    __slots__ = ("_task", "_stores", "_node", "_send", "metrics", "topic", "partition", "offset", "timestamp", "headers")
+
+    def __init__(self, send: Any, metrics: Any):
+        self._send = send
+        self.metrics = metrics
+        self._task: Task | None = None
+        self._stores: dict[str, TaskStore] = {}
+        self._node: Any = None
+        self.topic, self.partition, self.offset, self.timestamp, self.headers = "", -1, -1, 0, None
+
+    def bind(self, task: Task) -> None:
+        self._task = task
+        self._stores = task.stores
+
+    def store(self, name: str) -> KeyValueStore:
+        try:
+            return self._stores[name].view
+        except KeyError:
+            raise KeyError(
+                f"store {name!r} is not connected to this processor's sub-topology; list it in process(stores=[...])"
+            ) from None
+
+    def forward(self, key: Any, value: Any) -> None:
+        self._node.forward(key, value, self)
+
+    def record(self, key: Any, value: Any) -> Record:
+        return Record(key, value, self.timestamp, self.headers, self.topic, self.partition, self.offset)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._send(topic, key, value, self.timestamp)
+
+    @property
+    def task_id(self) -> str:
+        return self._task.id if self._task else ""

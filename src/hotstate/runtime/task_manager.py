@@ -1,0 +1,206 @@
+"""The task manager: creates, restores (via the state updater), processes, commits and closes tasks.
+
+Runs on the processing thread only (rebalance callbacks run there too, inside ``consume``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KTopicPartition
+
+from ..config import LOG_AND_CONTINUE, Config
+from ..dsl.topology import Topology
+from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
+from ..observe.metrics import Metrics
+from ..records import TopicPartition
+from ..state.memory_store import MemoryBackend
+from ..state.overlay import Overlay
+from ..state.rocksdb_store import RocksDBBackend, wipe_path
+from ..state.state_dir import StateDirectory
+from ..state.store import MEMORY, KeyValueStore, StoreSpec
+from .commit import Committer
+from .state_updater import StateUpdater
+from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
+
+log = logging.getLogger(__name__)
+
+
+class TaskManager:
+    def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
+                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer):
+        self._config = config
+        self._topology = topology
+        self._state_dir = state_dir
+        self._consumer = consumer
+        self._producer = producer
+        self._updater = updater
+        self._metrics = metrics
+        self._committer = committer
+        self.tasks: dict[str, Task] = {}
+        self._by_input: dict[tuple[str, int], Task] = {}
+        self.assignment_received = False
+        self._ctx = ProcessorContext(self._send, metrics)
+        self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
+
+    # ---- rebalance (called inside consumer.consume on this thread) ----
+    def on_assign(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if partitions:
+            consumer.pause(partitions)  # resumed when the task's stores are restored
+        for ktp in partitions:
+            task = self._create_task(ktp.topic, ktp.partition)
+            task.transition(TaskState.RESTORING)
+            self.tasks[task.id] = task
+            self._by_input[(ktp.topic, ktp.partition)] = task
+            self._updater.add(task)
+        self.assignment_received = True
+        if partitions:
+            log.info("assigned tasks %s", sorted(task_id(self._topology.subtopology_of(p.topic).id, p.partition)
+                                                 for p in partitions))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
+        self.commit()
+        self._close_tasks(partitions, clean=True)
+        consumer.incremental_unassign(partitions)
+
+    def on_lost(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
+        log.warning("partitions lost (this instance was out of the group): %s", [str(p) for p in partitions])
+        self._close_tasks(partitions, clean=False)
+        consumer.incremental_unassign(partitions)
+
+    def _close_tasks(self, partitions: Iterable[KTopicPartition], clean: bool) -> None:
+        for ktp in partitions:
+            task = self._by_input.pop((ktp.topic, ktp.partition), None)
+            if task is None:
+                continue
+            self.tasks.pop(task.id, None)
+            self._close_task(task, clean)
+
+    def _close_task(self, task: Task, clean: bool) -> None:
+        if task.state is TaskState.RESTORING:
+            self._updater.remove(task.id).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
+        if task.state is not TaskState.SUSPENDED:
+            task.transition(TaskState.SUSPENDED)
+        if not clean and task.dirty_records():
+            log.warning("task %s: dropping %d uncommitted store writes; they will be reprocessed",
+                        task.id, task.dirty_records())
+        task.close_stores()
+        task.transition(TaskState.CLOSED)
+
+    # ---- task creation ----
+    def _create_task(self, topic: str, partition: int) -> Task:
+        sub = self._topology.subtopology_of(topic)
+        tid = task_id(sub.id, partition)
+        stores = {name: self._open_store(tid, partition, spec) for name, spec in sub.stores.items()}
+        return Task(sub, partition, stores)
+
+    def _open_store(self, tid: str, partition: int, spec: StoreSpec) -> TaskStore:
+        changelog = TopicPartition(self._config.changelog_topic(spec.name), partition)
+        if spec.kind == MEMORY:
+            def reopen() -> Any:
+                return MemoryBackend(spec.name)
+        else:
+            path = self._state_dir.store_path(tid, spec.name)
+
+            def reopen() -> Any:
+                return RocksDBBackend(spec.name, path)
+        try:
+            backend = reopen()
+        except StoreCorruptedError as exc:
+            log.warning("task %s: %s; wiping it and restoring from %s", tid, exc, changelog)
+            wipe_path(self._state_dir.store_path(tid, spec.name))
+            backend = reopen()
+        overlay = Overlay(backend)
+        return TaskStore(spec, changelog, backend, overlay, KeyValueStore(spec, overlay), reopen)
+
+    # ---- the loop's steps ----
+    def handle_restored(self) -> None:
+        failed = self._updater.drain_failed()
+        if failed:
+            task, exc = failed[0]
+            raise RuntimeError(f"restoring task {task.id} failed: {exc}") from exc
+        resume = []
+        for task in self._updater.drain_restored():
+            if self.tasks.get(task.id) is not task:
+                continue  # revoked meanwhile
+            task.transition(TaskState.RUNNING)
+            resume.append(KTopicPartition(task.input.topic, task.input.partition))
+            log.info("task %s: RUNNING (restored %s)", task.id,
+                     {n: s.restored_records for n, s in task.stores.items()})
+        if resume:
+            self._consumer.resume(resume)
+
+    def all_running(self) -> bool:
+        return self.assignment_received and all(t.state is TaskState.RUNNING for t in self.tasks.values())
+
+    def process(self, msgs: list) -> None:
+        ctx = self._ctx
+        by_input = self._by_input
+        metrics = self._metrics
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(err)
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            task = by_input.get((topic, partition))
+            if task is None or task.state is not TaskState.RUNNING:
+                continue  # revoked within this poll; the new owner processes it
+            source = task.sub.source
+            raw = msg.key()
+            try:
+                key = None if raw is None else source.key_serde.deserialize(raw)
+            except Exception as exc:
+                self._bad_record(task, topic, partition, offset, "key", exc)
+                continue
+            raw = msg.value()
+            try:
+                value = None if raw is None else source.value_serde.deserialize(raw)
+            except Exception as exc:
+                self._bad_record(task, topic, partition, offset, "value", exc)
+                continue
+            ctx.bind(task)
+            ctx.topic, ctx.partition, ctx.offset = topic, partition, offset
+            ctx.timestamp = msg.timestamp()[1]
+            ctx.headers = msg.headers()
+            try:
+                source.process(key, value, ctx)
+            except Exception as exc:
+                raise ProcessingError(topic, partition, offset, exc) from exc
+            task.next_offset = offset + 1
+            metrics.records_processed_total += 1
+
+    def _bad_record(self, task: Task, topic: str, partition: int, offset: int, what: str, exc: Exception) -> None:
+        error = DeserializationError(topic, partition, offset, what, exc)
+        if not self._skip_bad_records:
+            raise error from exc
+        log.warning("skipping record: %s", error)
+        self._metrics.skipped_records_total += 1
+        task.next_offset = offset + 1
+
+    def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, timestamp=timestamp)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: let deliveries drain
+
+    def dirty_records(self) -> int:
+        return sum(t.dirty_records() for t in self.tasks.values())
+
+    def commit(self) -> None:
+        running = [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
+        self._committer.commit(running)
+
+    def shutdown(self, clean: bool) -> None:
+        """Commit (if clean) and close every task; stores keep their committed state on disk."""
+        if clean:
+            self.commit()
+        for task in list(self.tasks.values()):
+            self._close_task(task, clean)
+        self.tasks.clear()
+        self._by_input.clear()

@@ -1,0 +1,107 @@
+"""Serdes: how keys and values become bytes and back.
+
+Built-ins: ``STRING`` (UTF-8), ``BYTES`` (as is), ``INT64`` (8-byte big-endian signed, like Kafka's
+``LongSerializer``), ``JSON``. A user-defined serde subclasses :class:`Serde` or is built with
+:func:`of`. ``None`` always maps to ``None`` (a tombstone), whatever the serde.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable
+
+import orjson
+
+_INT64 = struct.Struct(">q")
+
+
+class Serde:
+    """Turns values into bytes and back. Subclasses override ``serialize`` and ``deserialize``."""
+
+    name = "custom"
+
+    def serialize(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def deserialize(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"serde.{self.name}"
+
+
+class _String(Serde):
+    name = "STRING"
+
+    def serialize(self, value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise TypeError(f"STRING serde expects str, got {type(value).__name__}")
+        return value.encode("utf-8")
+
+    def deserialize(self, data: bytes) -> str:
+        return data.decode("utf-8")
+
+
+class _Bytes(Serde):
+    name = "BYTES"
+
+    def serialize(self, value: Any) -> bytes:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"BYTES serde expects bytes, got {type(value).__name__}")
+        return bytes(value)
+
+    def deserialize(self, data: bytes) -> bytes:
+        return data
+
+
+class _Int64(Serde):
+    name = "INT64"
+
+    def serialize(self, value: Any) -> bytes:
+        return _INT64.pack(value)
+
+    def deserialize(self, data: bytes) -> int:
+        if len(data) != 8:
+            raise ValueError(f"INT64 serde expects 8 bytes, got {len(data)}")
+        return _INT64.unpack(data)[0]
+
+
+class _Json(Serde):
+    name = "JSON"
+
+    def serialize(self, value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def deserialize(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class _FnSerde(Serde):
+    def __init__(self, serialize: Callable[[Any], bytes], deserialize: Callable[[bytes], Any], name: str):
+        self._ser, self._de, self.name = serialize, deserialize, name
+
+    def serialize(self, value: Any) -> bytes:
+        return self._ser(value)
+
+    def deserialize(self, data: bytes) -> Any:
+        return self._de(data)
+
+
+def of(serialize: Callable[[Any], bytes], deserialize: Callable[[bytes], Any], name: str = "custom") -> Serde:
+    """A serde from two functions."""
+    return _FnSerde(serialize, deserialize, name)
+
+
+STRING: Serde = _String()
+BYTES: Serde = _Bytes()
+INT64: Serde = _Int64()
+JSON: Serde = _Json()
+
+
+def dumps(serde: Serde, value: Any) -> bytes | None:
+    """Serialize, keeping ``None`` as ``None``."""
+    return None if value is None else serde.serialize(value)
+
+
+def loads(serde: Serde, data: bytes | None) -> Any:
+    """Deserialize, keeping ``None`` as ``None``."""
+    return None if data is None else serde.deserialize(data)

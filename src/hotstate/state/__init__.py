@@ -1,0 +1,1 @@
+"""Local state: stores (RocksDB, in-memory), the uncommitted overlay, state directories."""

@@ -1,0 +1,42 @@
+"""The state directory: ``<state_dir>/<app_id>/<task_id>/<store>``, locked by one instance at a time."""
+from __future__ import annotations
+
+import fcntl
+import os
+
+from ..errors import StateDirError
+
+
+class StateDirectory:
+    def __init__(self, state_dir: str, app_id: str):
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(state_dir)), app_id)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Create the app's directory, prove it writable and take an exclusive lock on it."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateDirError(
+                f"state_dir {self.root!r} cannot be created or written ({exc.strerror}); "
+                "give a state_dir this user can write"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StateDirError(
+                f"state_dir {self.root!r} is locked by another running instance of this app; "
+                "give each instance its own state_dir"
+            ) from exc
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def store_path(self, task_id: str, store: str) -> str:
+        return os.path.join(self.root, task_id, store)

@@ -1,0 +1,86 @@
+"""Typed stores: what processors and interactive queries see."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .. import serde as _serde
+from ..serde import Serde
+from .overlay import Overlay
+
+ROCKSDB = "rocksdb"
+MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A key-value store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory"."""
+
+    name: str
+    key_serde: Serde = _serde.BYTES
+    value_serde: Serde = _serde.JSON
+    kind: str = ROCKSDB
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        if self.kind not in (ROCKSDB, MEMORY):
+            raise ConfigError(f"store {self.name!r}: kind={self.kind!r} is invalid; use 'rocksdb' or 'memory'")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"store name {self.name!r} is invalid: it names a directory and a topic")
+
+
+class KeyValueStore:
+    """A task's store as its processors see it: get / put / delete / range, read-your-writes."""
+
+    def __init__(self, spec: StoreSpec, overlay: Overlay):
+        self.spec = spec
+        self.name = spec.name
+        self._overlay = overlay
+        self._ks = spec.key_serde
+        self._vs = spec.value_serde
+
+    def get(self, key: Any) -> Any:
+        raw = self._overlay.get(self._ks.serialize(key))
+        return None if raw is None else self._vs.deserialize(raw)
+
+    def put(self, key: Any, value: Any) -> None:
+        self._overlay.put(self._ks.serialize(key), _serde.dumps(self._vs, value))
+
+    def delete(self, key: Any) -> None:
+        self._overlay.put(self._ks.serialize(key), None)
+
+    def range(self, from_key: Any = None, to_key: Any = None) -> Iterator[tuple[Any, Any]]:
+        """Entries with from_key <= key <= to_key in the order of their serialized bytes."""
+        lo = None if from_key is None else self._ks.serialize(from_key)
+        hi = None if to_key is None else self._ks.serialize(to_key)
+        for k, v in self._overlay.range(lo, hi):
+            yield self._ks.deserialize(k), self._vs.deserialize(v)
+
+    def all(self) -> Iterator[tuple[Any, Any]]:
+        return self.range()
+
+
+class ReadOnlyStore:
+    """An interactive-query view of one store over all the instance's active tasks.
+
+    Reads see committed state plus the writes of the current commit interval. No guarantee of a
+    consistent snapshot across keys; a key held by no local task reads as None."""
+
+    def __init__(self, name: str, stores: list[KeyValueStore]):
+        self.name = name
+        self._stores = stores
+
+    def get(self, key: Any) -> Any:
+        for store in self._stores:
+            value = store.get(key)
+            if value is not None:
+                return value
+        return None
+
+    def all(self) -> Iterator[tuple[Any, Any]]:
+        for store in self._stores:
+            yield from store.all()
+
+    def approximate_num_entries(self) -> int:
+        return sum(s._overlay.backend.approximate_num_entries() for s in self._stores)
