@@ -654,8 +654,15 @@ def phase_aiokafka():
         except Exception as exc:  # noqa: BLE001
             err = exc
         await prod.stop()
-        got = await consumers[0].committed(AioTP(topic, 0))
-        say(f"    aiokafka send_offsets_to_transaction(group_id str) -> error={err!r}, committed={got}")
+        first_aio = await consumers[0].committed(AioTP(topic, 0))
+        obs = _observer(group)
+        got = obs.committed(TopicPartition(topic, 0))
+        obs.close()
+        later_aio = await consumers[0].committed(AioTP(topic, 0))
+        say(f"    aiokafka send_offsets_to_transaction(group_id str) -> error={err!r}; committed: aiokafka "
+            f"read right after commit={first_aio}, kafka-python observer={got}, aiokafka again={later_aio}")
+        observe("aiokafka", "aiokafka's committed() right after the txn commit already sees the offset "
+                "(it does not ask for stable offsets, KIP-447 require_stable)", first_aio == 11)
         check("aiokafka", "send_offsets_to_transaction (group id only, TxnOffsetCommit v0) works on 4.4",
               err is None and got == 11, "no KIP-447 generation fencing possible with this API")
         for t in tasks:

@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ..config import Config
+from .clients import LIBRDKAFKA_LOG
 from ..errors import BrokerUnavailableError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class Admin:
     def __init__(self, config: Config):
         self._config = config
         self._timeout_s = config.broker_timeout_ms / 1000
-        self._admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-admin"})
+        self._admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-admin",
+                                   "logger": LIBRDKAFKA_LOG})
 
     def partition_counts(self) -> dict[str, int]:
         """Topic -> partition count; raises BrokerUnavailableError if no broker answers in time."""

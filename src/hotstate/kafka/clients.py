@@ -1,11 +1,15 @@
 """Factories for the librdkafka clients hotstate uses. User overrides come last and win."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
 from ..config import Config
+
+# librdkafka's own log lines go through Python logging instead of stderr.
+LIBRDKAFKA_LOG = logging.getLogger("hotstate.librdkafka")
 
 
 def main_consumer(config: Config, **callbacks: Any) -> Consumer:
@@ -18,7 +22,11 @@ def main_consumer(config: Config, **callbacks: Any) -> Consumer:
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": config.session_timeout_ms,
+        # A fetch parked at the broker delays requests queued behind it on the same connection
+        # (offset commits, watermark queries): keep the park short.
+        "fetch.wait.max.ms": 100,
         "client.id": f"{config.app_id}-main",
+        "logger": LIBRDKAFKA_LOG,
         **callbacks,
         **config.consumer_config,
     }
@@ -34,10 +42,12 @@ def restore_consumer(config: Config) -> Consumer:
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,  # see main_consumer: watermark queries queue behind a parked fetch
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
         "client.id": f"{config.app_id}-restore",
+        "logger": LIBRDKAFKA_LOG,
         **config.restore_consumer_config,
     }
     return Consumer(conf)
@@ -50,6 +60,7 @@ def producer(config: Config, **callbacks: Any) -> Producer:
         "linger.ms": 5,
         "partitioner": "murmur2_random",  # the Java client's default for keyed records
         "client.id": f"{config.app_id}-producer",
+        "logger": LIBRDKAFKA_LOG,
         **callbacks,
         **config.producer_config,
     }

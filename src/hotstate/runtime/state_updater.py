@@ -127,49 +127,60 @@ class StateUpdater:
             cmd = self._commands.get(timeout=_IDLE_WAIT_S) if block else self._commands.get_nowait()
         except queue.Empty:
             return
+        added: list[Task] = []
         while True:
             kind, arg, fut = cmd
             if kind == "add":
-                self._start_task(arg)
+                added.append(arg)
             else:
+                self._start_tasks(added)  # keep the order of add and remove
+                added = []
                 self._remove_task(arg, fut)
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
-                return
+                break
+        self._start_tasks(added)
 
-    def _start_task(self, task: Task) -> None:
-        consumer = self._consumer
-        tr = _TaskRestore(task)
+    def _start_tasks(self, tasks: list[Task]) -> None:
+        """Work out each store's range, then assign every partition that needs a restore in one call."""
         assign: list[KTopicPartition] = []
-        try:
-            for store in task.stores.values():
-                start, end = self._restore_range(consumer, task, store)
-                store.restored_records = 0
-                if start >= end:
-                    continue
-                key = f"{task.id}/{store.spec.name}"
-                m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic())
-                self._metrics.restores[key] = m
-                self._partitions[store.changelog] = _StorePartition(task, store, end, m)
-                tr.pending.add(store.changelog)
-                assign.append(KTopicPartition(store.changelog.topic, store.changelog.partition, start))
-                log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
-                         store.changelog, start, end)
-                self._listener.on_restore_start(store.changelog, store.spec.name, start, end)
-            if assign:
-                consumer.incremental_assign(assign)
-        except BaseException as exc:
-            for tp in tr.pending:
-                self._partitions.pop(tp, None)
-            with self._out_lock:
-                self._failed.append((task, exc))
-            return
-        if tr.pending:
-            self._tasks[task.id] = tr
-        else:
-            with self._out_lock:
-                self._restored.append(task)
+        for task in tasks:
+            tr = _TaskRestore(task)
+            try:
+                task_assign = self._plan_task(task, tr)
+            except BaseException as exc:
+                for tp in tr.pending:
+                    self._partitions.pop(tp, None)
+                with self._out_lock:
+                    self._failed.append((task, exc))
+                continue
+            if tr.pending:
+                self._tasks[task.id] = tr
+                assign.extend(task_assign)
+            else:
+                with self._out_lock:
+                    self._restored.append(task)
+        if assign:
+            self._consumer.incremental_assign(assign)
+
+    def _plan_task(self, task: Task, tr: _TaskRestore) -> list[KTopicPartition]:
+        assign = []
+        for store in task.stores.values():
+            start, end = self._restore_range(self._consumer, task, store)
+            store.restored_records = 0
+            if start >= end:
+                continue
+            key = f"{task.id}/{store.spec.name}"
+            m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic())
+            self._metrics.restores[key] = m
+            self._partitions[store.changelog] = _StorePartition(task, store, end, m)
+            tr.pending.add(store.changelog)
+            assign.append(KTopicPartition(store.changelog.topic, store.changelog.partition, start))
+            log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
+                     store.changelog, start, end)
+            self._listener.on_restore_start(store.changelog, store.spec.name, start, end)
+        return assign
 
     def _restore_range(self, consumer: Consumer, task: Task, store: TaskStore) -> tuple[int, int]:
         """[start, end) of the changelog to replay; wipes a store whose offset the changelog cannot serve."""

@@ -15,6 +15,7 @@ from ..kafka import clients
 from ..observe.listener import RestoreListener
 from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
+from .membership import ConsumerGroupMembership
 from .commit import Committer, DeliveryTracker
 from .state_updater import StateUpdater
 from .task_manager import TaskManager
@@ -55,8 +56,7 @@ class StreamThread(threading.Thread):
         clean = True
         try:
             updater.start()
-            consumer.subscribe(self._topology.source_topics, on_assign=tm.on_assign,
-                               on_revoke=tm.on_revoke, on_lost=tm.on_lost)
+            ConsumerGroupMembership(consumer).join(self._topology.source_topics, tm)
             self._loop(consumer, producer, tm)
         except BaseException as exc:
             clean = False

@@ -44,35 +44,29 @@ class TaskManager:
         self._ctx = ProcessorContext(self._send, metrics)
         self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
 
-    # ---- rebalance (called inside consumer.consume on this thread) ----
-    def on_assign(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
-        if partitions:
-            consumer.pause(partitions)  # resumed when the task's stores are restored
-        for ktp in partitions:
-            task = self._create_task(ktp.topic, ktp.partition)
+    # ---- membership (runtime/membership.py calls these on this thread) ----
+    def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            task = self._create_task(tp.topic, tp.partition)
             task.transition(TaskState.RESTORING)
             self.tasks[task.id] = task
-            self._by_input[(ktp.topic, ktp.partition)] = task
+            self._by_input[(tp.topic, tp.partition)] = task
             self._updater.add(task)
         self.assignment_received = True
         if partitions:
-            log.info("assigned tasks %s", sorted(task_id(self._topology.subtopology_of(p.topic).id, p.partition)
-                                                 for p in partitions))
+            log.info("assigned tasks %s", sorted(self._by_input[tuple(tp)].id for tp in partitions))
 
-    def on_revoke(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
+    def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
         self.commit()
         self._close_tasks(partitions, clean=True)
-        consumer.incremental_unassign(partitions)
 
-    def on_lost(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
+    def partitions_lost(self, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (this instance was out of the group): %s", [str(p) for p in partitions])
         self._close_tasks(partitions, clean=False)
-        consumer.incremental_unassign(partitions)
 
-    def _close_tasks(self, partitions: Iterable[KTopicPartition], clean: bool) -> None:
-        for ktp in partitions:
-            task = self._by_input.pop((ktp.topic, ktp.partition), None)
+    def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool) -> None:
+        for tp in partitions:
+            task = self._by_input.pop((tp.topic, tp.partition), None)
             if task is None:
                 continue
             self.tasks.pop(task.id, None)
