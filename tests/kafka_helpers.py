@@ -415,3 +415,39 @@ def wait_store_offsets_at_end(kafka: Kafka, app: Any, store: str, changelog: str
     except TimeoutError as exc:
         raise AssertionError(f"{exc}: store offsets {state.get('offs')} vs changelog ends {state.get('ends')}") from None
     return state["ends"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pytest fixtures, imported by tests/integration/conftest.py and tests/chaos/conftest.py.
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    """Starts the local broker if none runs (``scripts/kafka start``, honouring HOTSTATE_KAFKA_PORT) and
+    returns its bootstrap address. A broker that cannot start fails the tests; nothing is skipped."""
+    try:
+        return start_broker()
+    except Exception as exc:
+        pytest.fail(f"the local Kafka broker could not be started: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+@pytest.fixture
+def kafka(bootstrap: str, admin: AdminClient):
+    """Topic / produce / read helpers; deletes the topics and consumer groups the test made."""
+    k = Kafka(bootstrap, admin)
+    yield k
+    k.cleanup()
+
+
+@pytest.fixture
+def tmp_state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path

@@ -1,9 +1,13 @@
-"""The chaos tests use the integration fixtures (broker, topic helpers, state dir)."""
+"""Fixtures for tests against the real broker from ``scripts/kafka``: ``bootstrap`` (session; starts the
+broker, fails loudly if it cannot), ``admin``, ``kafka`` (topics / produce / read / watermarks, cleaned up
+after the test) and ``tmp_state_dir``. They live in tests/kafka_helpers.py, shared by integration and chaos."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
-from conftest import admin, bootstrap, kafka, tmp_state_dir  # noqa: E402,F401
+from kafka_helpers import admin, bootstrap, kafka, tmp_state_dir  # noqa: E402,F401

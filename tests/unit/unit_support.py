@@ -3,7 +3,7 @@ without Kafka, and fake Kafka messages. Nothing here talks to a broker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import hotstate
 from hotstate.observe.metrics import Metrics

@@ -80,6 +80,9 @@ class StateUpdater:
     def remove(self, task_id: str) -> Future:
         """Stop restoring the task; the future resolves to the task (its stores flushed) or None."""
         fut: Future = Future()
+        if not self._thread.is_alive():  # nothing restores any more: the task's stores are idle
+            fut.set_result(None)
+            return fut
         self._commands.put(("remove", task_id, fut))
         return fut
 
@@ -121,6 +124,16 @@ class StateUpdater:
                 _safe_end_restore(sp.store)
             self._partitions.clear()
             consumer.close()
+            self._resolve_pending_removes()
+
+    def _resolve_pending_removes(self) -> None:
+        while True:
+            try:
+                kind, _, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "remove":
+                fut.set_result(None)
 
     def _handle_commands(self, block: bool) -> None:
         try:

@@ -111,6 +111,8 @@ class TaskManager:
 
     # ---- the loop's steps ----
     def handle_restored(self) -> None:
+        if self._updater.fatal_error is not None:
+            raise RuntimeError(f"the state updater failed: {self._updater.fatal_error!r}") from self._updater.fatal_error
         failed = self._updater.drain_failed()
         if failed:
             task, exc = failed[0]

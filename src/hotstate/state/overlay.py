@@ -28,24 +28,28 @@ class Overlay:
         self._dirty[key] = value
 
     def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        """Merge of backend and overlay, in byte order; overlay wins; deleted keys are skipped."""
-        mine = sorted(k for k in self._dirty if (lo is None or k >= lo) and (hi is None or k <= hi))
+        """Merge of backend and overlay, in byte order; overlay wins; deleted keys are skipped.
+
+        Works on a copy of the overlay, so an interactive query on another thread can iterate while the
+        processing thread writes and commits."""
+        dirty = dict(self._dirty)
+        mine = sorted(k for k in dirty if (lo is None or k >= lo) and (hi is None or k <= hi))
         i = 0
         for key, value in self.backend.range(lo, hi):
             while i < len(mine) and mine[i] < key:
-                v = self._dirty[mine[i]]
+                v = dirty[mine[i]]
                 if v is not None:
                     yield mine[i], v
                 i += 1
             if i < len(mine) and mine[i] == key:
-                v = self._dirty[key]
+                v = dirty[key]
                 i += 1
                 if v is not None:
                     yield key, v
                 continue
             yield key, value
         for k in mine[i:]:
-            v = self._dirty[k]
+            v = dirty[k]
             if v is not None:
                 yield k, v
 
