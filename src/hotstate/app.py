@@ -12,7 +12,7 @@ from typing import Any
 from . import serde as _serde
 from .config import Config
 from .dsl.nodes import SourceNode
-from .dsl.stream import Stream
+from .dsl.stream import Stream, check_serde
 from .dsl.topology import Topology
 from .errors import HotstateError, IllegalStateTransition, TopologyError
 from .kafka.admin import Admin, ChangelogSpec
@@ -94,6 +94,8 @@ class App:
     def stream(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES) -> Stream:
         """A stream of the records of ``topic`` (which must exist when the app starts)."""
         self._require(AppState.CREATED, "stream()")
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
         source = SourceNode(topic, key_serde, value_serde)
         sub = self._topology.add_source(source)
         return Stream(self._topology, sub, source, key_serde, value_serde)
@@ -167,8 +169,10 @@ class App:
             self._thread.join(timeout_s)
             done = not self._thread.is_alive()
         self._state_dir.unlock()
-        if done:
-            self._transition(AppState.NOT_RUNNING)
+        with self._state_lock:
+            # A failure during shutdown moved the app to ERROR; it stays there (error() tells what happened).
+            if done and self._state is AppState.PENDING_SHUTDOWN:
+                self._transition(AppState.NOT_RUNNING)
         return done
 
     def run(self) -> None:
@@ -196,6 +200,10 @@ class App:
     @property
     def state(self) -> AppState:
         return self._state
+
+    def error(self) -> BaseException | None:
+        """The error that moved the app to ERROR, if any."""
+        return self._error
 
     def tasks(self) -> list[TaskInfo]:
         tm = self._thread.task_manager if self._thread else None

@@ -16,7 +16,7 @@ EXACTLY_ONCE_V2 = "exactly_once_v2"
 LOG_AND_FAIL = "log_and_fail"
 LOG_AND_CONTINUE = "log_and_continue"
 
-_APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_APP_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 def default_state_dir() -> str:
@@ -52,9 +52,10 @@ class Config:
     producer_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.app_id, str) or not _APP_ID.match(self.app_id):
+        if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id) or self.app_id.startswith("."):
             raise ConfigError(
-                f"app_id={self.app_id!r} is invalid: use 1-200 characters of letters, digits, '.', '_' or '-' "
+                f"app_id={self.app_id!r} is invalid: use 1-200 characters of letters, digits, '.', '_' or '-', "
+                "not starting with '.' "
                 "(it names the consumer group, the changelog topics and the state directory)"
             )
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
@@ -76,7 +77,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
-        if not isinstance(self.replication_factor, int) or (self.replication_factor < 1 and self.replication_factor != -1):
+        if not isinstance(self.replication_factor, int) or isinstance(self.replication_factor, bool) or (self.replication_factor < 1 and self.replication_factor != -1):
             raise ConfigError(f"replication_factor={self.replication_factor!r} is invalid: use -1 (broker default) or >= 1")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
@@ -91,6 +92,8 @@ class Config:
         if missing:
             raise ConfigError(f"missing required config {missing}")
         if "state_dir" in kwargs:
+            if not isinstance(kwargs["state_dir"], (str, os.PathLike)):
+                raise ConfigError(f"state_dir={kwargs['state_dir']!r} is invalid: give a directory path")
             kwargs["state_dir"] = os.fspath(kwargs["state_dir"])
         return cls(**kwargs)
 

@@ -37,6 +37,11 @@ class StoreCorruptedError(HotstateError):
     """A local store cannot be opened or read consistently; it must be wiped and restored."""
 
 
+class StoreClosedError(HotstateError):
+    """A store was queried after its task closed (moved away by a rebalance, or the app is closing).
+    Query again once the app is RUNNING."""
+
+
 class DeserializationError(HotstateError):
     """A record could not be decoded. Carries the topic, partition and offset of the record."""
 

@@ -217,9 +217,6 @@ def _poke_meta(path: str, key: bytes, value: bytes) -> None:
     b.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG: RocksDBBackend.__init__ calls self.close() before self._restoring is set; close() -> "
-                   "end_restore() raises AttributeError instead of StoreCorruptedError")
 def test_rocksdb_unknown_format_raises_store_corrupted(tmp_path):
     path = str(tmp_path / "db")
     _poke_meta(path, b"format", b"99")
@@ -227,8 +224,6 @@ def test_rocksdb_unknown_format_raises_store_corrupted(tmp_path):
         RocksDBBackend("s", path)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG: same as above, for a malformed in-store changelog offset")
 def test_rocksdb_malformed_offset_raises_store_corrupted(tmp_path):
     path = str(tmp_path / "db")
     _poke_meta(path, b"changelog_offset", b"\x01\x02")

@@ -64,15 +64,11 @@ def test_valid_app_id(app_id):
     assert make(app_id=app_id).app_id == app_id
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._APP_ID uses re.match with '$', which also matches before a "
-                   "trailing newline; 'wordcount\\n' is accepted and would name topics, group and directory")
 def test_app_id_with_trailing_newline_is_rejected():
     with pytest.raises(ConfigError, match="app_id"):
         make(app_id="wordcount\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: app_id '.' / '..' pass validation; StateDirectory then roots the "
-                   "app's state at state_dir itself or its parent (path traversal)")
 @pytest.mark.parametrize("app_id", [".", ".."])
 def test_dot_app_ids_are_rejected(app_id):
     with pytest.raises(ConfigError, match="app_id"):
@@ -120,8 +116,6 @@ def test_invalid_replication_factor(rf):
         make(replication_factor=rf)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: replication_factor=True passes (bool is an int); the *_ms checks "
-                   "exclude bool, this one does not")
 def test_replication_factor_rejects_bool():
     with pytest.raises(ConfigError, match="replication_factor"):
         make(replication_factor=True)
@@ -132,8 +126,6 @@ def test_empty_state_dir():
         make(state_dir="")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Config.from_kwargs calls os.fspath(state_dir) before validation, so "
-                   "state_dir=None / 123 raises TypeError instead of ConfigError")
 @pytest.mark.parametrize("sd", [None, 123])
 def test_non_path_state_dir_is_config_error(sd):
     with pytest.raises(ConfigError, match="state_dir"):

@@ -13,6 +13,12 @@ from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNo
 from .topology import SubTopology, Topology
 
 
+def check_serde(serde: object, what: str) -> None:
+    if serde is not None and not isinstance(serde, Serde):
+        raise TopologyError(f"{what} must be a hotstate serde (hotstate.serde.STRING, ... or serde.of(...)), "
+                            f"got {type(serde).__name__}")
+
+
 def _store_spec(store: str | StoreSpec, key_serde: Serde, value_serde: Serde) -> StoreSpec:
     """Aggregations fix their store's serdes; a StoreSpec given by the user contributes name and kind."""
     if isinstance(store, StoreSpec):
@@ -84,6 +90,8 @@ class Stream:
 
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
         ks = key_serde or self.key_serde
         vs = value_serde or self.value_serde
         if ks is None or vs is None:

@@ -25,6 +25,8 @@ class Topology:
 
     def add_source(self, source: SourceNode) -> SubTopology:
         for sub in self.subtopologies:
+            if source.topic in sub.sink_topics:
+                raise TopologyError(f"topic {source.topic!r} is both a source and a sink of this app")
             if sub.source.topic == source.topic:
                 raise TopologyError(
                     f"topic {source.topic!r} is already a source of this app; call app.stream() once per topic "

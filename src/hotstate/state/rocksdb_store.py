@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from ..errors import StoreCorruptedError
+from ..errors import StateDirError, StoreClosedError, StoreCorruptedError
 from .backend import OFFSET, Entry, check_offset_forward
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class RocksDBBackend:
     def __init__(self, name: str, path: str):
         self.name = name
         self.path = path
+        self._restoring = False
+        self._db = self._meta = self._meta_handle = None
         os.makedirs(path, exist_ok=True)
         try:
             self._db = Rdict(path, _options(), column_families={META_CF: Options(raw_mode=True)})
@@ -46,6 +48,11 @@ class RocksDBBackend:
             fmt = self._meta.get(_FORMAT_KEY)
             raw = self._meta.get(_OFFSET_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption and bad files
+            self.close()
+            if "lock" in str(exc).lower():
+                raise StateDirError(
+                    f"store {name} at {path} is locked by another open database (another instance on the same "
+                    f"state_dir?): {exc}") from exc
             raise StoreCorruptedError(f"store {name} at {path} cannot be opened: {exc}") from exc
         if fmt not in (None, _FORMAT):
             self.close()
@@ -56,12 +63,18 @@ class RocksDBBackend:
         self._offset: int | None = None if raw is None else OFFSET.unpack(raw)[0]
         self._wal_off = WriteOptions()
         self._wal_off.disable_wal = True
-        self._restoring = False
 
     def get(self, key: bytes) -> bytes | None:
-        return self._db.get(key)
+        db = self._db
+        if db is None:
+            raise StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
+                                   "query again after the rebalance")
+        return db.get(key)
 
     def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        if self._db is None:
+            raise StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
+                                   "query again after the rebalance")
         it = self._db.iter()
         if lo is None:
             it.seek_to_first()
@@ -110,17 +123,16 @@ class RocksDBBackend:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
+        db, meta = self._db, self._meta
         if db is None:
             return
         try:
             self.end_restore()
         finally:
-            meta = getattr(self, "_meta", None)
+            self._db = self._meta = self._meta_handle = None
             if meta is not None:
                 meta.close()
             db.close()
-            self._db = self._meta = self._meta_handle = None
 
     def wipe(self) -> None:
         self.close()

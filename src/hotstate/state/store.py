@@ -1,6 +1,7 @@
 """Typed stores: what processors and interactive queries see."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -8,6 +9,7 @@ from .. import serde as _serde
 from ..serde import Serde
 from .overlay import Overlay
 
+_STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 ROCKSDB = "rocksdb"
 MEMORY = "memory"
 
@@ -26,8 +28,13 @@ class StoreSpec:
 
         if self.kind not in (ROCKSDB, MEMORY):
             raise ConfigError(f"store {self.name!r}: kind={self.kind!r} is invalid; use 'rocksdb' or 'memory'")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"store name {self.name!r} is invalid: it names a directory and a topic")
+        if not isinstance(self.name, str) or not _STORE_NAME.fullmatch(self.name) or self.name.startswith("."):
+            raise ConfigError(f"store name {self.name!r} is invalid: it names a directory and a topic, so use "
+                              "letters, digits, '.', '_' or '-', not starting with '.'")
+        for what in ("key_serde", "value_serde"):
+            if not isinstance(getattr(self, what), Serde):
+                raise ConfigError(f"store {self.name!r}: {what} must be a hotstate serde, "
+                                  f"got {type(getattr(self, what)).__name__}")
 
 
 class KeyValueStore:

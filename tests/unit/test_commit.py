@@ -1,0 +1,177 @@
+"""The at-least-once commit steps with fake clients: order, what each step writes, and failure paths
+that must leave the store no further than its changelog."""
+from __future__ import annotations
+
+import logging
+import struct
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from hotstate import serde
+from hotstate.observe.metrics import Metrics
+from hotstate.runtime.commit import Committer, DeliveryTracker
+from unit_support import FakeMsg, Harness
+
+CL = "unit-app-c-changelog"
+
+
+def i64(n: int) -> bytes:
+    return struct.pack(">q", n)
+
+
+class FakeProducer:
+    """Records produce calls; flush 'delivers' them, assigning offsets per partition from ``next_offsets``."""
+
+    def __init__(self, events, tracker, next_offsets=None, remaining=0, error=None):
+        self.events, self.tracker = events, tracker
+        self.next_offsets = dict(next_offsets or {})
+        self.remaining, self.error = remaining, error
+        self.queue = []
+
+    def produce(self, topic, value=None, key=None, partition=-1, **kw):
+        self.events.append(("produce", topic, partition, key, value))
+        self.queue.append((topic, partition, key, value))
+
+    def poll(self, timeout):
+        return 0
+
+    def flush(self, timeout):
+        self.events.append(("flush",))
+        if self.remaining:
+            return self.remaining
+        for topic, partition, key, value in self.queue:
+            if self.error is not None:
+                self.tracker(self.error, None)
+                continue
+            off = self.next_offsets.get((topic, partition), 0)
+            self.next_offsets[(topic, partition)] = off + 1
+            self.tracker(None, FakeMsg(topic, partition, off, key, value))
+        self.queue = []
+        return 0
+
+
+class FakeConsumer:
+    def __init__(self, events, fail=False):
+        self.events, self.fail = events, fail
+
+    def commit(self, offsets=None, asynchronous=True):
+        assert asynchronous is False, "input offsets must be committed synchronously"
+        self.events.append(("commit", [(o.topic, o.partition, o.offset) for o in offsets]))
+        if self.fail:
+            raise KafkaException(KafkaError(KafkaError._NO_OFFSET, "rebalanced"))
+
+
+def counting_app(make_app):
+    app = make_app()
+    app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING).group_by_key().count("c")
+    return app
+
+
+def record_backend_writes(h, events):
+    store = h.task.stores["c"]
+    inner = store.backend.write
+
+    def write(entries, offset):
+        events.append(("write", list(entries), offset))
+        inner(entries, offset)
+    store.backend.write = write
+
+
+def setup(make_app, next_offsets=None, remaining=0, error=None, consumer_fails=False):
+    events = []
+    h = Harness(counting_app(make_app), "words")
+    record_backend_writes(h, events)
+    tracker = DeliveryTracker({CL})
+    producer = FakeProducer(events, tracker, next_offsets, remaining, error)
+    metrics = Metrics()
+    committer = Committer(FakeConsumer(events, consumer_fails), producer, tracker, metrics, flush_timeout_s=1)
+    return h, events, committer, metrics
+
+
+def test_commit_steps_in_order(make_app):
+    h, events, committer, metrics = setup(make_app, next_offsets={(CL, 0): 40})
+    for w in ("a", "b", "a"):
+        h.pipe(w, "")
+    committer.commit([h.task])
+    assert events == [
+        ("produce", CL, 0, b"a", i64(2)),   # one changelog record per dirty key, latest value
+        ("produce", CL, 0, b"b", i64(1)),
+        ("flush",),
+        ("write", [(b"a", i64(2)), (b"b", i64(1))], 42),  # offset = last delivered changelog offset + 1
+        ("commit", [("words", 0, 3)]),
+    ]
+    store = h.task.stores["c"]
+    assert len(store.overlay) == 0
+    assert store.backend.changelog_offset() == 42 and store.backend.get(b"a") == i64(2)
+    assert h.task.committed_offset == 3 and not h.task.needs_commit()
+    assert metrics.commits_total == 1
+
+
+def test_deletes_reach_the_changelog_as_tombstones(make_app):
+    h, events, committer, _ = setup(make_app)
+    h.pipe("a", "")
+    committer.commit([h.task])
+    h.store("c").delete("a")
+    committer.commit([h.task])
+    assert ("produce", CL, 0, b"a", None) in events
+    assert h.task.stores["c"].backend.get(b"a") is None
+    assert h.task.stores["c"].backend.changelog_offset() == 2
+
+
+def test_nothing_to_commit_does_nothing(make_app):
+    h, events, committer, metrics = setup(make_app)
+    committer.commit([h.task])
+    assert events == [("flush",)]
+    assert h.task.stores["c"].backend.changelog_offset() is None
+
+
+def test_flush_timeout_leaves_store_and_offsets_untouched(make_app):
+    h, events, committer, _ = setup(make_app, remaining=2)
+    h.pipe("a", "")
+    with pytest.raises(KafkaException, match="not delivered"):
+        committer.commit([h.task])
+    assert not any(e[0] in ("write", "commit") for e in events)
+    assert h.task.stores["c"].backend.changelog_offset() is None
+    assert h.store("c").get("a") == 1  # still readable from the overlay
+    assert h.task.committed_offset is None
+
+
+def test_delivery_error_leaves_store_and_offsets_untouched(make_app):
+    h, events, committer, _ = setup(make_app, error=KafkaError(KafkaError._MSG_TIMED_OUT))
+    h.pipe("a", "")
+    with pytest.raises(KafkaException):
+        committer.commit([h.task])
+    assert not any(e[0] in ("write", "commit") for e in events)
+    assert h.task.committed_offset is None
+
+
+def test_missing_delivery_report_raises(make_app):
+    h, _, committer, _ = setup(make_app)
+    h.pipe("a", "")
+    committer._tracker = DeliveryTracker(set())  # reports for no changelog
+    committer._producer.tracker = committer._tracker
+    with pytest.raises(RuntimeError, match="no delivery report"):
+        committer.commit([h.task])
+    assert h.task.stores["c"].backend.changelog_offset() is None
+
+
+def test_offset_commit_failure_is_logged_and_retried_next_time(make_app, caplog):
+    h, events, committer, _ = setup(make_app, consumer_fails=True)
+    h.pipe("a", "")
+    with caplog.at_level(logging.WARNING):
+        committer.commit([h.task])
+    assert h.task.stores["c"].backend.changelog_offset() == 1  # stores were written before
+    assert h.task.committed_offset is None and h.task.needs_commit()
+    assert "processed again" in caplog.text
+
+
+def test_delivery_tracker_keeps_max_offset_of_changelogs_only():
+    t = DeliveryTracker({"cl"})
+    for topic, p, off in (("cl", 0, 5), ("cl", 0, 3), ("cl", 1, 7), ("out", 0, 99)):
+        t(None, FakeMsg(topic, p, off, None, None))
+    assert t.last_offsets == {("cl", 0): 5, ("cl", 1): 7}
+    err = KafkaError(KafkaError._MSG_TIMED_OUT)
+    t(err, None)
+    assert t.take_errors() == [err]
+    assert t.take_errors() == []

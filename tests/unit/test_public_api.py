@@ -1,0 +1,48 @@
+"""The curated public API: the export list is guarded, and every name resolves."""
+from __future__ import annotations
+
+import hotstate
+
+EXPECTED = [
+    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
+    "ProcessingError", "Record", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
+    "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
+]
+
+
+def test_all_is_the_expected_list():
+    assert sorted(hotstate.__all__) == sorted(EXPECTED)
+    assert len(hotstate.__all__) == len(set(hotstate.__all__))
+
+
+def test_every_name_resolves():
+    for name in hotstate.__all__:
+        assert getattr(hotstate, name) is not None, name
+
+
+def test_star_import_gives_exactly_all():
+    ns: dict = {}
+    exec("from hotstate import *", ns)
+    assert sorted(k for k in ns if not k.startswith("__")) == sorted(EXPECTED)
+
+
+def test_errors_share_a_base_and_say_what_to_do():
+    for name in ("BrokerUnavailableError", "ConfigError", "DeserializationError", "ProcessingError",
+                 "StateDirError", "StoreCorruptedError", "TopologyError"):
+        assert issubclass(getattr(hotstate, name), hotstate.HotstateError), name
+
+
+def test_issue_api_shapes():
+    # names code outside this repo calls (issue 2)
+    assert {s.name for s in hotstate.AppState} == {"CREATED", "REBALANCING", "RUNNING", "PENDING_SHUTDOWN",
+                                                   "NOT_RUNNING", "ERROR"}
+    assert {s.name for s in hotstate.TaskState} == {"CREATED", "RESTORING", "RUNNING", "SUSPENDED", "CLOSED"}
+    for attr in ("STRING", "BYTES", "INT64", "JSON", "of", "Serde"):
+        assert hasattr(hotstate.serde, attr)
+    for cb in ("on_restore_start", "on_batch_restored", "on_restore_end"):
+        assert callable(getattr(hotstate.RestoreListener, cb))
+    for m in ("stream", "set_restore_listener", "start", "wait_until_running", "tasks", "store", "close", "run"):
+        assert callable(getattr(hotstate.App, m))
+    tp = hotstate.TopicPartition("t", 1)
+    assert (tp.topic, tp.partition) == ("t", 1) and tuple(tp) == ("t", 1)
+    assert hotstate.TaskInfo("0_1", [tp], hotstate.TaskState.RUNNING).changelog_offsets == {}

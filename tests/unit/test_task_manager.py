@@ -1,0 +1,364 @@
+"""TaskManager without a broker: store opening (wipe on corruption), record processing and bad input,
+assignment / restore hand-off / revocation with fake clients."""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from concurrent.futures import Future
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from hotstate import StoreSpec, TopicPartition, serde
+from hotstate.errors import DeserializationError, ProcessingError
+from hotstate.observe.metrics import Metrics
+from hotstate.runtime.membership import ConsumerGroupMembership
+from hotstate.runtime.task import TaskState
+from hotstate.runtime.task_manager import TaskManager
+from hotstate.state.memory_store import MemoryBackend
+from hotstate.state.rocksdb_store import RocksDBBackend
+from hotstate.state.state_dir import StateDirectory
+from unit_support import FakeMsg
+
+
+def i64(n: int) -> bytes:
+    return struct.pack(">q", n)
+
+
+class FakeUpdater:
+    fatal_error = None
+
+    def __init__(self):
+        self.added, self.removed = [], []
+        self.restored, self.failed = [], []
+
+    def add(self, task):
+        self.added.append(task)
+
+    def remove(self, task_id):
+        self.removed.append(task_id)
+        f = Future()
+        f.set_result(None)
+        return f
+
+    def drain_restored(self):
+        out, self.restored = self.restored, []
+        return out
+
+    def drain_failed(self):
+        out, self.failed = self.failed, []
+        return out
+
+
+class FakeConsumer:
+    def __init__(self):
+        self.resumed = []
+
+    def resume(self, tps):
+        self.resumed.extend((t.topic, t.partition) for t in tps)
+
+
+class FakeProducer:
+    def __init__(self, buffer_errors=0):
+        self.sent, self.polls, self._buffer_errors = [], 0, buffer_errors
+
+    def produce(self, topic, value=None, key=None, timestamp=0, **kw):
+        if self._buffer_errors:
+            self._buffer_errors -= 1
+            raise BufferError("queue full")
+        self.sent.append((topic, key, value, timestamp))
+
+    def poll(self, timeout):
+        self.polls += 1
+
+
+class FakeCommitter:
+    def __init__(self):
+        self.commits = []
+
+    def commit(self, tasks):
+        self.commits.append(sorted(t.id for t in tasks))
+
+
+def build(make_app, tmp_path, kind="rocksdb", producer=None, **cfg):
+    app = make_app(**cfg)
+    s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
+    s.group_by_key().count(StoreSpec("c", kind=kind)).to_stream().to("out", value_serde=serde.INT64)
+    state_dir = StateDirectory(app.config.state_dir, app.config.app_id)
+    tm = TaskManager(app.config, app._topology, state_dir, FakeConsumer(), producer or FakeProducer(),
+                     FakeUpdater(), Metrics(), FakeCommitter())
+    return tm, state_dir
+
+
+def running(tm, partitions=(0,)):
+    tm.partitions_assigned([TopicPartition("words", p) for p in partitions])
+    tm._updater.restored.extend(tm._updater.added)
+    tm.handle_restored()
+    return [tm.tasks[f"0_{p}"] for p in partitions]
+
+
+@pytest.fixture
+def tms():
+    made = []
+    yield made
+    for tm in made:
+        for t in list(tm.tasks.values()):
+            t.close_stores()
+
+
+# ---- opening stores ----
+
+def test_open_store_layout_and_memory_kind(make_app, tmp_path, tms):
+    tm, sd = build(make_app, tmp_path)
+    tms.append(tm)
+    ts = tm._open_store("0_3", 3, StoreSpec("c", kind="rocksdb"))
+    assert isinstance(ts.backend, RocksDBBackend)
+    assert ts.backend.path == os.path.join(sd.root, "0_3", "c")
+    assert ts.changelog == ("unit-app-c-changelog", 3)
+    ts.backend.close()
+    mem = tm._open_store("0_3", 3, StoreSpec("m", kind="memory"))
+    assert isinstance(mem.backend, MemoryBackend)
+    assert isinstance(mem.reopen(), MemoryBackend) and mem.reopen() is not mem.backend
+
+
+def test_open_garbage_store_wipes_and_reopens_empty(make_app, tmp_path, caplog):
+    tm, sd = build(make_app, tmp_path)
+    path = sd.store_path("0_0", "c")
+    os.makedirs(path)
+    with open(os.path.join(path, "CURRENT"), "wb") as f:
+        f.write(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        ts = tm._open_store("0_0", 0, StoreSpec("c"))
+    try:
+        assert ts.backend.changelog_offset() is None
+        assert "wiping it and restoring" in caplog.text
+    finally:
+        ts.backend.close()
+
+
+def test_open_store_with_unknown_format_wipes_and_reopens(make_app, tmp_path):
+    tm, sd = build(make_app, tmp_path)
+    path = sd.store_path("0_0", "c")
+    b = RocksDBBackend("c", path)
+    b.write([(b"a", b"1")], 5)
+    b._meta.put(b"format", b"2")
+    b.close()
+    ts = tm._open_store("0_0", 0, StoreSpec("c"))
+    try:
+        assert ts.backend.changelog_offset() is None
+    finally:
+        ts.backend.close()
+
+
+# ---- assignment, restore hand-off, revocation ----
+
+def test_assigned_partitions_become_restoring_tasks(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    tm.partitions_assigned([TopicPartition("words", 0), TopicPartition("words", 2)])
+    assert sorted(tm.tasks) == ["0_0", "0_2"]
+    assert all(t.state is TaskState.RESTORING for t in tm.tasks.values())
+    assert [t.id for t in tm._updater.added] == ["0_0", "0_2"]
+    assert tm.assignment_received and not tm.all_running()
+
+
+def test_restored_tasks_run_and_resume(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    assert t0.state is TaskState.RUNNING
+    assert tm._consumer.resumed == [("words", 0)]
+    assert tm.all_running()
+
+
+def test_restored_task_revoked_meanwhile_is_ignored(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    task = tm.tasks["0_0"]
+    tm.partitions_revoked([TopicPartition("words", 0)])
+    assert task.state is TaskState.CLOSED and tm._updater.removed == ["0_0"]
+    tm._updater.restored.append(task)
+    tm.handle_restored()  # must not try CLOSED -> RUNNING
+    assert tm._consumer.resumed == []
+
+
+def test_failed_restore_or_dead_updater_raises(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    tm._updater.failed.append((tm.tasks["0_0"], OSError("disk")))
+    with pytest.raises(RuntimeError, match="restoring task 0_0 failed"):
+        tm.handle_restored()
+    tm._updater.fatal_error = ValueError("dead")
+    with pytest.raises(RuntimeError, match="state updater failed"):
+        tm.handle_restored()
+
+
+def test_revoke_commits_then_closes_and_keeps_committed_state(make_app, tmp_path, tms):
+    tm, sd = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    t0.stores["c"].backend.write([(b"a", i64(3))], 1)
+    tm.partitions_revoked([TopicPartition("words", 0)])
+    assert tm._committer.commits == [["0_0"]]
+    assert t0.state is TaskState.CLOSED and tm.tasks == {}
+    b = RocksDBBackend("c", sd.store_path("0_0", "c"))  # closed, so it can be opened again
+    try:
+        assert b.get(b"a") == i64(3)
+    finally:
+        b.close()
+
+
+def test_lost_partitions_close_without_commit(make_app, tmp_path, caplog, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    t0.stores["c"].view.put("a", 1)
+    with caplog.at_level(logging.WARNING):
+        tm.partitions_lost([TopicPartition("words", 0)])
+    assert tm._committer.commits == []
+    assert t0.state is TaskState.CLOSED
+    assert "dropping 1 uncommitted" in caplog.text
+
+
+def test_shutdown_clean_commits_and_closes_all(make_app, tmp_path):
+    tm, _ = build(make_app, tmp_path)
+    tasks = running(tm, (0, 1))
+    tm.shutdown(clean=True)
+    assert tm._committer.commits == [["0_0", "0_1"]]
+    assert all(t.state is TaskState.CLOSED for t in tasks) and tm.tasks == {}
+
+
+# ---- processing ----
+
+def test_process_runs_topology_and_tracks_offsets(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    tm.process([FakeMsg("words", 0, 10, b"a", b"x", timestamp=5), FakeMsg("words", 0, 11, b"a", b"y", timestamp=6)])
+    assert t0.stores["c"].view.get("a") == 2
+    assert t0.next_offset == 12
+    assert tm._metrics.records_processed_total == 2
+    assert tm._producer.sent == [("out", b"a", i64(1), 5), ("out", b"a", i64(2), 6)]
+    assert tm.dirty_records() == 1
+
+
+def test_records_of_unknown_or_restoring_tasks_are_skipped(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    tm.process([FakeMsg("words", 0, 0, b"a", b"x"), FakeMsg("words", 7, 0, b"a", b"x")])
+    assert tm._metrics.records_processed_total == 0
+    assert tm.tasks["0_0"].next_offset is None
+
+
+def test_partition_eof_is_ignored_other_errors_raise(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    running(tm)
+    tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._PARTITION_EOF))])
+    with pytest.raises(KafkaException):
+        tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._TRANSPORT))])
+
+
+@pytest.mark.parametrize("what, key, value", [("key", b"\xff\xfe", b"ok"), ("value", b"ok", b"\xff\xfe")])
+def test_undecodable_record_fails_with_its_coordinates(make_app, tmp_path, tms, what, key, value):
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    with pytest.raises(DeserializationError) as ei:
+        tm.process([FakeMsg("words", 0, 41, key, value)])
+    e = ei.value
+    assert (e.topic, e.partition, e.offset) == ("words", 0, 41)
+    assert f"the {what} of the record at words[0]@41" in str(e)
+    assert "log_and_continue" in str(e)
+    assert t0.next_offset is None
+
+
+def test_log_and_continue_skips_and_counts(make_app, tmp_path, tms, caplog):
+    tm, _ = build(make_app, tmp_path, deserialization_exception_handler="log_and_continue")
+    tms.append(tm)
+    (t0,) = running(tm)
+    with caplog.at_level(logging.WARNING):
+        tm.process([FakeMsg("words", 0, 1, b"a", b"\xff"), FakeMsg("words", 0, 2, b"\xff", b"x"),
+                    FakeMsg("words", 0, 3, b"b", b"x")])
+    assert tm._metrics.skipped_records_total == 2
+    assert tm._metrics.records_processed_total == 1
+    assert t0.next_offset == 4
+    assert dict(t0.stores["c"].view.all()) == {"b": 1}
+    assert "words[0]@1" in caplog.text and "words[0]@2" in caplog.text
+
+
+def test_user_code_failure_is_processing_error(make_app, tmp_path, tms):
+    app = make_app()
+    app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING).map_values(lambda v: 1 / 0)
+    tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), FakeConsumer(),
+                     FakeProducer(), FakeUpdater(), Metrics(), FakeCommitter())
+    tms.append(tm)
+    running(tm)
+    with pytest.raises(ProcessingError) as ei:
+        tm.process([FakeMsg("words", 0, 9, b"k", b"v")])
+    assert (ei.value.topic, ei.value.partition, ei.value.offset) == ("words", 0, 9)
+    assert isinstance(ei.value.__cause__, ZeroDivisionError)
+    assert tm.tasks["0_0"].next_offset is None
+
+
+def test_send_retries_when_producer_queue_is_full(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path, producer=FakeProducer(buffer_errors=2))
+    tms.append(tm)
+    running(tm)
+    tm.process([FakeMsg("words", 0, 0, b"a", b"x", timestamp=3)])
+    assert tm._producer.sent == [("out", b"a", i64(1), 3)]
+    assert tm._producer.polls == 2
+
+
+# ---- membership adapter ----
+
+class FakeGroupConsumer:
+    def __init__(self):
+        self.calls = []
+
+    def incremental_assign(self, p):
+        self.calls.append(("assign", [(x.topic, x.partition) for x in p]))
+
+    def incremental_unassign(self, p):
+        self.calls.append(("unassign", [(x.topic, x.partition) for x in p]))
+
+    def pause(self, p):
+        self.calls.append(("pause", [(x.topic, x.partition) for x in p]))
+
+
+class RecordingMembershipListener:
+    def __init__(self, consumer):
+        self.consumer, self.calls = consumer, []
+
+    def partitions_assigned(self, ps):
+        self.calls.append(("assigned", ps, list(self.consumer.calls)))
+
+    def partitions_revoked(self, ps):
+        self.calls.append(("revoked", ps, list(self.consumer.calls)))
+
+    def partitions_lost(self, ps):
+        self.calls.append(("lost", ps, list(self.consumer.calls)))
+
+
+def test_membership_adapter_assigns_paused_and_revokes_before_unassign():
+    from confluent_kafka import TopicPartition as KTP
+    c = FakeGroupConsumer()
+    m = ConsumerGroupMembership(c)
+    listener = RecordingMembershipListener(c)
+    m._listener = listener
+    m._on_assign(c, [KTP("words", 1)])
+    m._on_revoke(c, [KTP("words", 1)])
+    m._on_lost(c, [KTP("words", 2)])
+    m._on_assign(c, [])
+    assert listener.calls[0] == ("assigned", [TopicPartition("words", 1)],
+                                 [("assign", [("words", 1)]), ("pause", [("words", 1)])])
+    # revoke: the listener runs while the partition is still assigned (it commits), then unassign
+    assert listener.calls[1][:2] == ("revoked", [TopicPartition("words", 1)])
+    assert ("unassign", [("words", 1)]) not in listener.calls[1][2]
+    assert c.calls[-2:] == [("unassign", [("words", 2)]), ("assign", [])]
+    assert listener.calls[2][:2] == ("lost", [TopicPartition("words", 2)])
+    assert isinstance(listener.calls[0][1][0], TopicPartition)
