@@ -31,6 +31,7 @@ class Config:
     bootstrap_servers: str
     state_dir: str = field(default_factory=default_state_dir)
     processing_guarantee: str = AT_LEAST_ONCE
+    # Kafka Streams' defaults: 30000 under at_least_once, 100 under exactly_once_v2 (from_kwargs picks).
     commit_interval_ms: int = 30_000
     deserialization_exception_handler: str = LOG_AND_FAIL
     # Internal topics (changelogs): -1 takes the broker's default.replication.factor.
@@ -44,8 +45,11 @@ class Config:
     poll_records_max: int = 1_000
     poll_ms: int = 100
     session_timeout_ms: int = 45_000
-    # Uncommitted store writes (over all tasks) that trigger an early commit, bounding memory.
-    statestore_cache_max_records: int = 200_000
+    # Bytes of uncommitted store writes (over all tasks, keys + values) that trigger an early commit:
+    # the overlay never grows past this (Kafka Streams' statestore.uncommitted.max.bytes, KIP-892).
+    statestore_uncommitted_max_bytes: int = 64 * 1024 * 1024
+    # Exactly-once: how long the broker waits before aborting a transaction whose producer went silent.
+    transaction_timeout_ms: int = 10_000
     # Extra librdkafka settings, like Kafka Streams' main.consumer. / restore.consumer. / producer. prefixes.
     consumer_config: dict[str, Any] = field(default_factory=dict)
     restore_consumer_config: dict[str, Any] = field(default_factory=dict)
@@ -60,9 +64,7 @@ class Config:
             )
         if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
             raise ConfigError("bootstrap_servers is empty: give host:port of at least one broker, e.g. '127.0.0.1:9092'")
-        if self.processing_guarantee == EXACTLY_ONCE_V2:
-            raise ConfigError("processing_guarantee='exactly_once_v2' is not available yet; use 'at_least_once'")
-        if self.processing_guarantee != AT_LEAST_ONCE:
+        if self.processing_guarantee not in (AT_LEAST_ONCE, EXACTLY_ONCE_V2):
             raise ConfigError(
                 f"processing_guarantee={self.processing_guarantee!r} is invalid: use 'at_least_once' or 'exactly_once_v2'"
             )
@@ -73,7 +75,7 @@ class Config:
             )
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                      "restore_consume_records_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                     "statestore_cache_max_records"):
+                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
@@ -91,11 +93,17 @@ class Config:
         missing = [n for n in ("app_id", "bootstrap_servers") if n not in kwargs]
         if missing:
             raise ConfigError(f"missing required config {missing}")
+        if "commit_interval_ms" not in kwargs and kwargs.get("processing_guarantee") == EXACTLY_ONCE_V2:
+            kwargs["commit_interval_ms"] = 100
         if "state_dir" in kwargs:
             if not isinstance(kwargs["state_dir"], (str, os.PathLike)):
                 raise ConfigError(f"state_dir={kwargs['state_dir']!r} is invalid: give a directory path")
             kwargs["state_dir"] = os.fspath(kwargs["state_dir"])
         return cls(**kwargs)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == EXACTLY_ONCE_V2
 
     @property
     def group_id(self) -> str:

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from hotstate import serde
 from hotstate.observe.metrics import Metrics
-from hotstate.runtime.commit import Committer, DeliveryTracker
+from hotstate.runtime.commit import AtLeastOnceCommitter, DeliveryTracker
 from unit_support import FakeMsg, Harness
 
 CL = "unit-app-c-changelog"
@@ -85,7 +85,7 @@ def setup(make_app, next_offsets=None, remaining=0, error=None, consumer_fails=F
     tracker = DeliveryTracker({CL})
     producer = FakeProducer(events, tracker, next_offsets, remaining, error)
     metrics = Metrics()
-    committer = Committer(FakeConsumer(events, consumer_fails), producer, tracker, metrics, flush_timeout_s=1)
+    committer = AtLeastOnceCommitter(FakeConsumer(events, consumer_fails), producer, tracker, metrics, timeout_s=1)
     return h, events, committer, metrics
 
 

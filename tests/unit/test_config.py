@@ -81,7 +81,7 @@ def test_empty_bootstrap_servers(bs):
         make(bootstrap_servers=bs)
 
 
-@pytest.mark.parametrize("pg", ["exactly_once_v2", "exactly_once", "AT_LEAST_ONCE", "", None])
+@pytest.mark.parametrize("pg", ["exactly_once", "exactly_once_beta", "AT_LEAST_ONCE", "", None])
 def test_invalid_processing_guarantee(pg):
     with pytest.raises(ConfigError, match="processing_guarantee"):
         make(processing_guarantee=pg)
@@ -95,7 +95,7 @@ def test_invalid_deserialization_exception_handler(h):
 
 POSITIVE_INT_FIELDS = ["commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                        "restore_consume_records_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                       "statestore_cache_max_records"]
+                       "statestore_uncommitted_max_bytes", "transaction_timeout_ms"]
 
 
 @pytest.mark.parametrize("field", POSITIVE_INT_FIELDS)
@@ -157,7 +157,7 @@ def test_config_error_is_a_value_error_and_hotstate_error():
 
 
 @pytest.mark.parametrize("bad", [dict(app_id="bad id"), dict(commit_interval_ms=0), dict(nope=1),
-                                 dict(processing_guarantee="exactly_once_v2"), dict(replication_factor=0)])
+                                 dict(processing_guarantee="exactly_once"), dict(replication_factor=0)])
 def test_app_with_bad_config_raises_config_error(bad, tmp_path):
     with pytest.raises(ConfigError):
         hotstate.App(**{**REQUIRED, "state_dir": str(tmp_path), **bad})
@@ -172,3 +172,12 @@ def test_app_keeps_its_config(tmp_path):
     app = hotstate.App(**REQUIRED, state_dir=tmp_path, commit_interval_ms=100)
     assert app.config.commit_interval_ms == 100
     assert app.config.state_dir == str(tmp_path)
+
+
+def test_commit_interval_default_follows_the_guarantee():
+    # Kafka Streams' defaults: 30 s under at-least-once, 100 ms under exactly-once.
+    assert make().commit_interval_ms == 30_000
+    assert make(processing_guarantee="exactly_once_v2").commit_interval_ms == 100
+    assert make(processing_guarantee="exactly_once_v2", commit_interval_ms=500).commit_interval_ms == 500
+    assert make(processing_guarantee="exactly_once_v2").exactly_once
+    assert not make().exactly_once

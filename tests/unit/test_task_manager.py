@@ -80,6 +80,12 @@ class FakeCommitter:
     def commit(self, tasks):
         self.commits.append(sorted(t.id for t in tasks))
 
+    def begin(self):
+        pass
+
+    def abort(self):
+        pass
+
 
 def build(make_app, tmp_path, kind="rocksdb", producer=None, **cfg):
     app = make_app(**cfg)

@@ -53,7 +53,8 @@ def restore_consumer(config: Config) -> Consumer:
     return Consumer(conf)
 
 
-def producer(config: Config, **callbacks: Any) -> Producer:
+def producer(config: Config, transactional_id: str | None = None, **callbacks: Any) -> Producer:
+    """Idempotent always; transactional (exactly-once) when ``transactional_id`` is given."""
     conf: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "enable.idempotence": True,
@@ -62,6 +63,9 @@ def producer(config: Config, **callbacks: Any) -> Producer:
         "client.id": f"{config.app_id}-producer",
         "logger": LIBRDKAFKA_LOG,
         **callbacks,
-        **config.producer_config,
     }
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = config.transaction_timeout_ms
+    conf.update(config.producer_config)
     return Producer(conf)

@@ -1,18 +1,33 @@
-"""The at-least-once commit, in numbered steps. What a crash right after each step leaves:
+"""The commit protocols, in numbered steps, with what a crash right after each step leaves.
 
-1. ``send_changelogs``: every store's uncommitted entries are handed to the producer, one record per key
-   to the store's changelog partition. Crash: some may reach the changelog; stores and input offsets are
-   unchanged. Restart restores those records too (the store then holds updates whose input is
-   reprocessed: duplicates, allowed under at-least-once).
-2. ``flush``: the producer delivers changelog and output records (acks=all, idempotent) and reports each
-   changelog partition's last offset. Crash: as after 1, with all records in Kafka.
-3. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB batch.
-   Crash: stores are consistent with their changelogs; input offsets are not committed, so records since
-   the last commit are processed again (duplicates downstream and in the aggregates: at-least-once).
-4. ``commit_offsets``: the input offsets are committed synchronously. Crash: nothing is lost or repeated.
+At-least-once (``AtLeastOnceCommitter.commit``):
 
-A crash never leaves a store ahead of its changelog: the store's offset only moves in step 3, after
-step 2 made the records durable.
+1. ``send_changelogs``: every store's uncommitted entries go to the producer, one record per key, to
+   the store's changelog partition. Crash: some may reach the changelog; stores and input offsets are
+   unchanged. Restart restores those records too: the store then holds updates whose input is
+   processed again (duplicates, allowed under at-least-once).
+2. ``flush``: the producer delivers changelog and output records (idempotent, acks=all) and reports
+   each changelog partition's last offset. Crash: as after 1, with every record in Kafka.
+3. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB write.
+   Crash: stores match their changelogs; input offsets are not committed, so the input since the last
+   commit is processed again (duplicates downstream and in the aggregates).
+4. ``commit_offsets``: input offsets committed synchronously. Crash: nothing lost, nothing repeated.
+
+Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened by ``begin``:
+
+1. ``send_changelogs``: as above, inside the transaction. Crash: the transaction is aborted (at once by
+   the restarted instance's ``init_transactions``, else after ``transaction_timeout_ms``): its records
+   are invisible to ``read_committed`` readers; stores never saw them (they live in the overlay).
+2. ``flush``: records delivered, changelog offsets known. Crash: as after 1.
+3. ``send_offsets``: input offsets join the transaction with the consumer's group metadata
+   (generation-fenced: a zombie that lost its partitions fails here or in 4). Crash: as after 1.
+4. ``commit_transaction``: output, changelog records and input offsets become visible atomically.
+   Crash: stores are behind their changelogs (the overlay was lost); restore replays exactly the
+   committed tail after the stored offset. Nothing is lost or doubled, and nothing is wiped.
+5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
+
+Either way a store is never ahead of its changelog: its offset moves only after the records are durable
+(at-least-once) or committed (exactly-once). See docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -23,9 +38,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..observe.metrics import Metrics
-from .task import Task
+from .task import Task, TaskStore
 
 log = logging.getLogger(__name__)
+
+Pending = dict[str, list[tuple[TaskStore, list]]]
 
 
 class DeliveryTracker:
@@ -52,24 +69,26 @@ class DeliveryTracker:
         return errors
 
 
+class TransactionAborted(Exception):
+    """The open transaction was aborted (fenced zombie, lost partitions, or a retriable broker failure).
+    The caller drops uncommitted state and rewinds the input to the last committed offsets."""
+
+
 class Committer:
     def __init__(self, consumer: Consumer, producer: Producer, tracker: DeliveryTracker, metrics: Metrics,
-                 flush_timeout_s: float):
+                 timeout_s: float):
         self._consumer = consumer
         self._producer = producer
         self._tracker = tracker
         self._metrics = metrics
-        self._flush_timeout_s = flush_timeout_s
+        self._timeout_s = timeout_s
 
-    def commit(self, tasks: list[Task]) -> None:
-        pending = {t.id: [(s, s.overlay.entries()) for s in t.stores.values()] for t in tasks}
-        self.send_changelogs(tasks, pending)
-        self.flush()
-        self.write_stores(tasks, pending)
-        self.commit_offsets(tasks)
-        self._metrics.commits_total += 1
+    # ---- shared steps ----
+    @staticmethod
+    def pending(tasks: list[Task]) -> Pending:
+        return {t.id: [(s, s.overlay.entries()) for s in t.stores.values()] for t in tasks}
 
-    def send_changelogs(self, tasks: list[Task], pending: dict) -> None:
+    def send_changelogs(self, tasks: list[Task], pending: Pending) -> None:
         produce, poll = self._producer.produce, self._producer.poll
         for task in tasks:
             for store, entries in pending[task.id]:
@@ -83,15 +102,15 @@ class Committer:
                             poll(0.05)
 
     def flush(self) -> None:
-        remaining = self._producer.flush(self._flush_timeout_s)
+        remaining = self._producer.flush(self._timeout_s)
         if remaining:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
-                                            f"{remaining} records not delivered within {self._flush_timeout_s}s"))
+                                            f"{remaining} records not delivered within {self._timeout_s}s"))
         errors = self._tracker.take_errors()
         if errors:
             raise KafkaException(errors[0])
 
-    def write_stores(self, tasks: list[Task], pending: dict) -> None:
+    def write_stores(self, tasks: list[Task], pending: Pending) -> None:
         last = self._tracker.last_offsets
         for task in tasks:
             for store, entries in pending[task.id]:
@@ -103,9 +122,37 @@ class Committer:
                 store.backend.write(entries, offset + 1)
                 store.overlay.clear()
 
+    @staticmethod
+    def input_offsets(tasks: list[Task]) -> list[KTopicPartition]:
+        return [KTopicPartition(t.input.topic, t.input.partition, t.next_offset) for t in tasks if t.needs_commit()]
+
+    @staticmethod
+    def mark_committed(tasks: list[Task]) -> None:
+        for task in tasks:
+            task.committed_offset = task.next_offset
+
+    # ---- protocol ----
+    def begin(self) -> None:
+        """Called before records are produced (a no-op without transactions)."""
+
+    def abort(self) -> None:
+        """Drop what the open transaction holds (a no-op without transactions)."""
+
+    def commit(self, tasks: list[Task]) -> None:
+        raise NotImplementedError
+
+
+class AtLeastOnceCommitter(Committer):
+    def commit(self, tasks: list[Task]) -> None:
+        pending = self.pending(tasks)
+        self.send_changelogs(tasks, pending)  # 1
+        self.flush()  # 2
+        self.write_stores(tasks, pending)  # 3
+        self.commit_offsets(tasks)  # 4
+        self._metrics.commits_total += 1
+
     def commit_offsets(self, tasks: list[Task]) -> None:
-        offsets = [KTopicPartition(t.input.topic, t.input.partition, t.next_offset)
-                   for t in tasks if t.needs_commit()]
+        offsets = self.input_offsets(tasks)
         if not offsets:
             return
         try:
@@ -115,5 +162,65 @@ class Committer:
             log.warning("committing input offsets failed (%s); the records since the last commit will be "
                         "processed again", exc.args[0])
             return
-        for task in tasks:
-            task.committed_offset = task.next_offset
+        self.mark_committed(tasks)
+
+
+class ExactlyOnceCommitter(Committer):
+    """One transaction per commit interval; see the module docstring for the steps."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._in_transaction = False
+
+    def init(self) -> None:
+        """Fences an earlier producer with the same transactional id and aborts its open transaction."""
+        self._producer.init_transactions(self._timeout_s)
+
+    def begin(self) -> None:
+        if not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
+    def abort(self) -> None:
+        if self._in_transaction:
+            try:
+                self._producer.abort_transaction(self._timeout_s)
+            finally:
+                self._in_transaction = False
+                self._tracker.take_errors()
+
+    def commit(self, tasks: list[Task]) -> None:
+        if not self._in_transaction:
+            return
+        pending = self.pending(tasks)
+        try:
+            self.send_changelogs(tasks, pending)  # 1
+            self.flush()  # 2
+            offsets = self.input_offsets(tasks)
+            if offsets:  # 3
+                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
+                                                           self._timeout_s)
+            self._commit_transaction()  # 4
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                raise
+            log.warning("transaction failed (%s); aborting it: uncommitted work is dropped and the input is "
+                        "processed again from the last commit", err)
+            self.abort()
+            raise TransactionAborted(str(err)) from exc
+        self._in_transaction = False
+        self.mark_committed(tasks)
+        self.write_stores(tasks, pending)  # 5
+        self._metrics.commits_total += 1
+
+    def _commit_transaction(self) -> None:
+        for attempt in range(3):
+            try:
+                self._producer.commit_transaction(self._timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.txn_requires_abort() and attempt < 2:
+                    continue  # the outcome is unknown: committing again is safe and tells it
+                raise

@@ -16,7 +16,7 @@ from ..observe.listener import RestoreListener
 from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
 from .membership import ConsumerGroupMembership
-from .commit import Committer, DeliveryTracker
+from .commit import AtLeastOnceCommitter, Committer, DeliveryTracker, ExactlyOnceCommitter
 from .state_updater import StateUpdater
 from .task_manager import TaskManager
 
@@ -47,14 +47,21 @@ class StreamThread(threading.Thread):
         cfg = self._config
         changelogs = {cfg.changelog_topic(name) for name in self._topology.store_specs()}
         tracker = DeliveryTracker(changelogs)
-        producer = clients.producer(cfg, on_delivery=tracker)
+        txn_id = f"{cfg.app_id}-{self._state_dir.process_id()}-0" if cfg.exactly_once else None
+        producer = clients.producer(cfg, transactional_id=txn_id, on_delivery=tracker)
         consumer = clients.main_consumer(cfg)
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics)
-        committer = Committer(consumer, producer, tracker, self._metrics, _FLUSH_TIMEOUT_S)
+        committer: Committer
+        if cfg.exactly_once:
+            committer = ExactlyOnceCommitter(consumer, producer, tracker, self._metrics, _FLUSH_TIMEOUT_S)
+        else:
+            committer = AtLeastOnceCommitter(consumer, producer, tracker, self._metrics, _FLUSH_TIMEOUT_S)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer)
         self.task_manager = tm
         clean = True
         try:
+            if isinstance(committer, ExactlyOnceCommitter):
+                committer.init()
             updater.start()
             ConsumerGroupMembership(consumer).join(self._topology.source_topics, tm)
             self._loop(consumer, producer, tm)
@@ -69,7 +76,7 @@ class StreamThread(threading.Thread):
         cfg = self._config
         commit_every_s = cfg.commit_interval_ms / 1000
         poll_s = cfg.poll_ms / 1000
-        cache_max = cfg.statestore_cache_max_records
+        uncommitted_max = cfg.statestore_uncommitted_max_bytes
         next_commit = time.monotonic() + commit_every_s
         while not self._stop_event.is_set():
             msgs = consumer.consume(cfg.poll_records_max, poll_s)
@@ -78,7 +85,7 @@ class StreamThread(threading.Thread):
                 tm.process(msgs)
             producer.poll(0)
             now = time.monotonic()
-            if now >= next_commit or tm.dirty_records() >= cache_max:
+            if now >= next_commit or tm.dirty_bytes() >= uncommitted_max:
                 tm.commit()
                 next_commit = now + commit_every_s
             self._on_state(tm.all_running())

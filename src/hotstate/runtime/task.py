@@ -80,6 +80,13 @@ class Task:
     def dirty_records(self) -> int:
         return sum(len(s.overlay) for s in self.stores.values())
 
+    def dirty_bytes(self) -> int:
+        return sum(s.overlay.bytes for s in self.stores.values())
+
+    def drop_uncommitted(self) -> None:
+        for s in self.stores.values():
+            s.overlay.clear()
+
     def needs_commit(self) -> bool:
         return self.next_offset is not None and self.next_offset != self.committed_offset
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..config import LOG_AND_CONTINUE, Config
@@ -20,7 +20,7 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import RocksDBBackend, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
-from .commit import Committer
+from .commit import Committer, TransactionAborted
 from .state_updater import StateUpdater
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
 
@@ -132,6 +132,7 @@ class TaskManager:
         return self.assignment_received and all(t.state is TaskState.RUNNING for t in self.tasks.values())
 
     def process(self, msgs: list) -> None:
+        self._committer.begin()
         ctx = self._ctx
         by_input = self._by_input
         metrics = self._metrics
@@ -188,14 +189,48 @@ class TaskManager:
     def dirty_records(self) -> int:
         return sum(t.dirty_records() for t in self.tasks.values())
 
+    def dirty_bytes(self) -> int:
+        return sum(t.dirty_bytes() for t in self.tasks.values())
+
     def commit(self) -> None:
         running = [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
-        self._committer.commit(running)
+        try:
+            self._committer.commit(running)
+        except TransactionAborted:
+            self.rewind(running)
+
+    def rewind(self, tasks: list[Task]) -> None:
+        """After an aborted transaction: drop uncommitted store writes and seek each task's input back to its
+        last committed offset, so the aborted work is done again (or by the new owner, if the partition is
+        gone: the consumer then reports it lost and the task closes)."""
+        if not tasks:
+            return
+        for task in tasks:
+            task.drop_uncommitted()
+            task.next_offset = task.committed_offset
+        tps = [KTopicPartition(t.input.topic, t.input.partition) for t in tasks]
+        try:
+            committed = self._consumer.committed(tps, timeout=self._config.broker_timeout_ms / 1000)
+        except KafkaException as exc:
+            raise RuntimeError(f"cannot read committed offsets to rewind after an aborted transaction: {exc}") from exc
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self._consumer.seek(KTopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.warning("cannot rewind %s[%d] (%s); the partition is probably being revoked",
+                            tp.topic, tp.partition, exc.args[0])
 
     def shutdown(self, clean: bool) -> None:
-        """Commit (if clean) and close every task; stores keep their committed state on disk."""
+        """Commit (if clean) and close every task; stores keep their committed state on disk.
+        Not clean: the open transaction (exactly-once) is aborted and uncommitted writes are dropped."""
         if clean:
             self.commit()
+        try:
+            self._committer.abort()
+        except KafkaException as exc:
+            log.warning("aborting the open transaction failed (%s); the broker aborts it after "
+                        "transaction_timeout_ms", exc.args[0])
         for task in list(self.tasks.values()):
             self._close_task(task, clean)
         self.tasks.clear()

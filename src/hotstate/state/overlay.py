@@ -17,6 +17,7 @@ class Overlay:
     def __init__(self, backend: StoreBackend):
         self.backend = backend
         self._dirty: dict[bytes, bytes | None] = {}
+        self.bytes = 0  # keys + values written since the last clear (an upper bound of what the overlay holds)
 
     def get(self, key: bytes) -> bytes | None:
         value = self._dirty.get(key, _MISSING)
@@ -26,6 +27,7 @@ class Overlay:
 
     def put(self, key: bytes, value: bytes | None) -> None:
         self._dirty[key] = value
+        self.bytes += len(key) + (0 if value is None else len(value))
 
     def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Merge of backend and overlay, in byte order; overlay wins; deleted keys are skipped.
@@ -61,5 +63,6 @@ class Overlay:
         return list(self._dirty.items())
 
     def clear(self) -> None:
-        """Called once the entries are in the backend."""
+        """Called once the entries are in the backend, or to drop them (an aborted transaction)."""
         self._dirty = {}
+        self.bytes = 0

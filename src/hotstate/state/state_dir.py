@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 
 from ..errors import StateDirError
 
@@ -37,6 +38,27 @@ class StateDirectory:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def process_id(self) -> str:
+        """This instance's id, kept in the state dir so a restart on the same disk reuses it. Under
+        exactly-once it names the transactional producer: the restarted instance fences its own
+        predecessor and the broker aborts the predecessor's open transaction at once."""
+        path = os.path.join(self.root, "process-id")
+        try:
+            with open(path) as f:
+                pid = f.read().strip()
+            if pid:
+                return pid
+        except FileNotFoundError:
+            pass
+        pid = uuid.uuid4().hex
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(pid)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return pid
 
     def store_path(self, task_id: str, store: str) -> str:
         return os.path.join(self.root, task_id, store)
