@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import struct
 import subprocess
 import threading
@@ -144,8 +145,14 @@ class Kafka:
         wait_for(pred, what, timeout_s or self.timeout_s)
 
     # ---- produce ----
+    _producer: Producer | None = None
+
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        """One idempotent producer per test, reused by every produce call."""
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                                       "linger.ms": 5})
+        return self._producer
 
     def produce(self, topic: str, records: Iterable[tuple[Any, Any]], partitions: int | None = None) -> int:
         """Produce (key, value) records (str keys/values are UTF-8 encoded, bytes as is). With ``partitions``
@@ -262,6 +269,9 @@ class Kafka:
 
     # ---- teardown ----
     def cleanup(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
         try:
             existing = set(self.admin.list_topics(timeout=10).topics)
             mine = {t for t in existing if t in self.topics or any(t.startswith(a + "-") for a in self.app_ids)}
@@ -400,11 +410,14 @@ def store_offsets(app: Any, store: str) -> dict[int, int | None]:
 
 
 def wait_store_offsets_at_end(kafka: Kafka, app: Any, store: str, changelog: str, timeout_s: float = 30.0) -> dict[int, int]:
-    """Waits until every task's in-store changelog offset equals the changelog's end (a commit happened
-    after the last write); returns the ends."""
+    """Waits for a commit that started after this call (so after every record processed so far), then until
+    every task's in-store changelog offset equals the changelog's end; returns the ends."""
     state: dict[str, Any] = {}
+    commits = app.metrics()["commit_total"]
 
     def at_end() -> bool:
+        if app.metrics()["commit_total"] <= commits:
+            return False
         ends = kafka.ends(changelog)
         offs = store_offsets(app, store)
         state.update(ends=ends, offs=offs)
@@ -415,6 +428,105 @@ def wait_store_offsets_at_end(kafka: Kafka, app: Any, store: str, changelog: str
     except TimeoutError as exc:
         raise AssertionError(f"{exc}: store offsets {state.get('offs')} vs changelog ends {state.get('ends')}") from None
     return state["ends"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A word-count deployment a test runs several times, and the listener checks.
+
+class WordCount:
+    """One word-count deployment (input, output, app_id, state dir) that a test starts several times."""
+
+    def __init__(self, kafka: Kafka, state_dir: Any, seed: int, vocabulary: int = 300, store: Any = "word-counts",
+                 partitions: int = 4):
+        self.kafka = kafka
+        self.state_dir = state_dir
+        self.partitions = partitions
+        self.rng = random.Random(seed)
+        self.vocab = words(vocabulary)
+        self.store_spec = store
+        self.store = store if isinstance(store, str) else store.name
+        self.source = kafka.create_topic(partitions=self.partitions, prefix="it-words")
+        self.sink = kafka.create_topic(partitions=self.partitions, prefix="it-counts")
+        self.app_id = kafka.app_id("it-wc")
+        self.changelog = kafka.changelog(self.app_id, self.store)
+        self.expected: Counter = Counter()
+        self.produced = 0
+
+    def produce(self, n: int) -> None:
+        recs = word_records(self.rng, self.vocab, n)
+        self.kafka.produce(self.source, recs, partitions=self.partitions)
+        self.expected.update(true_counts(recs))
+        self.produced += n
+
+    def app(self, listener=None, **config):
+        return build_word_count(self.kafka.bootstrap, self.app_id, self.state_dir, self.source, self.sink,
+                                store=self.store_spec, listener=listener, **config)
+
+    def run(self, listener=None, produce_while_running: int = 0, **config):
+        """Start, wait RUNNING, optionally produce more, wait until every record so far is processed and
+        committed (store offsets == changelog end), check the store, close.
+        Returns (app, listener, changelog ends, {task: {store: restored_records}} at RUNNING)."""
+        listener = listener or RecordingListener()
+        app = self.app(listener, **config)
+        app.start()
+        try:
+            app.wait_until_running(timeout_s=60)
+            restored_by_tasks = {t.id: {n: s.restored_records for n, s in t.stores.items()} for t in app.tasks()}
+            if produce_while_running:
+                self.produce(produce_while_running)
+            # Records processed in this run: everything not yet committed by the group (here: the new ones).
+            wait_processed(app, self.produced - self._committed_before_run)
+            self.check_store(app)
+            ends = wait_store_offsets_at_end(self.kafka, app, self.store, self.changelog)
+        finally:
+            assert app.close(timeout_s=30)
+        self.all_committed()
+        assert app.state is hotstate.AppState.NOT_RUNNING
+        return app, listener, ends, restored_by_tasks
+
+    _committed_before_run = 0
+
+    def all_committed(self) -> None:
+        """After a clean close: the next run processes only what is produced from now on."""
+        self._committed_before_run = self.produced
+
+    def check_store(self, app, expected: dict | None = None) -> None:
+        store = app.store(self.store)
+        expected = self.expected if expected is None else expected
+        wrong = {w: (store.get(w), c) for w, c in expected.items() if store.get(w) != c}
+        assert not wrong, f"{len(wrong)} wrong counts in the store (got, want), e.g. {dict(list(wrong.items())[:5])}"
+        assert store.get("never-produced") is None
+
+    def check_output(self) -> None:
+        out = self.kafka.read_table(self.sink)
+        assert out == dict(self.expected)
+
+    def marks(self) -> dict[int, tuple[int, int]]:
+        return self.kafka.watermarks(self.changelog)
+
+
+def check_listener_agrees(listener, marks: dict[int, tuple[int, int]], expect_start: dict[int, int]) -> None:
+    """For every partition in ``expect_start``: one restore [start, changelog end), batches that add up
+    to total_restored == end - start, batch end offsets increasing and the last one == end - 1; all on the
+    state updater thread. Partitions not in ``expect_start`` restore nothing."""
+    starts = listener.starts()
+    totals = listener.totals()
+    assert set(starts) == set(expect_start), f"restored partitions {sorted(starts)}, expected {sorted(expect_start)}"
+    assert set(totals) == set(expect_start), f"restores that ended: {sorted(totals)}, started: {sorted(starts)}"
+    for p, want_start in expect_start.items():
+        low, high = marks[p]
+        start, end = starts[p]
+        assert (start, end) == (want_start, high), f"partition {p}: restore range {(start, end)}, want {(want_start, high)}"
+        batches = listener.of("batch", p)
+        assert batches, f"partition {p}: no on_batch_restored"
+        assert sum(b.b for b in batches) == totals[p] == end - start, (
+            f"partition {p}: batches {[b.b for b in batches]} sum to {sum(b.b for b in batches)}, "
+            f"total_restored {totals[p]}, end - start {end - start}")
+        ends = [b.a for b in batches]
+        assert ends == sorted(set(ends)), f"partition {p}: batch end offsets not increasing: {ends}"
+        assert start <= ends[0] and ends[-1] == end - 1, f"partition {p}: batch ends {ends} for range [{start}, {end})"
+    threads = {e.thread for e in listener.events}
+    assert threads <= {"hotstate-state-updater"}, f"listener called on {threads}, not the state updater thread"
 
 
 # ---------------------------------------------------------------------------------------------------------

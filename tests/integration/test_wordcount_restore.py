@@ -2,113 +2,19 @@
 restores (checked with the restore listener against the changelog's watermarks)."""
 from __future__ import annotations
 
-import random
 import shutil
 from collections import Counter
 
 import pytest
 
 import hotstate
-from kafka_helpers import (RecordingListener, build_word_count, int64, partition_for, store_offsets, true_counts,
-                           utf8, wait_processed, wait_store_offsets_at_end, word_records, words)
+from kafka_helpers import (RecordingListener, WordCount, check_listener_agrees, int64, partition_for, store_offsets,
+                           utf8, wait_processed, wait_store_offsets_at_end)
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 STORE = "word-counts"
-
-
-class WordCount:
-    """One word-count deployment (input, output, app_id, state dir) that a test starts several times."""
-
-    def __init__(self, kafka, state_dir, seed: int, vocabulary: int = 300, store=STORE):
-        self.kafka = kafka
-        self.state_dir = state_dir
-        self.rng = random.Random(seed)
-        self.vocab = words(vocabulary)
-        self.store_spec = store
-        self.store = store if isinstance(store, str) else store.name
-        self.source = kafka.create_topic(partitions=PARTITIONS, prefix="it-words")
-        self.sink = kafka.create_topic(partitions=PARTITIONS, prefix="it-counts")
-        self.app_id = kafka.app_id("it-wc")
-        self.changelog = kafka.changelog(self.app_id, self.store)
-        self.expected: Counter = Counter()
-        self.produced = 0
-
-    def produce(self, n: int) -> None:
-        recs = word_records(self.rng, self.vocab, n)
-        self.kafka.produce(self.source, recs, partitions=PARTITIONS)
-        self.expected.update(true_counts(recs))
-        self.produced += n
-
-    def app(self, listener=None, **config):
-        return build_word_count(self.kafka.bootstrap, self.app_id, self.state_dir, self.source, self.sink,
-                                store=self.store_spec, listener=listener, **config)
-
-    def run(self, listener=None, produce_while_running: int = 0, **config):
-        """Start, wait RUNNING, optionally produce more, wait until every record so far is processed and
-        committed (store offsets == changelog end), check the store, close.
-        Returns (app, listener, changelog ends, {task: {store: restored_records}} at RUNNING)."""
-        listener = listener or RecordingListener()
-        app = self.app(listener, **config)
-        app.start()
-        try:
-            app.wait_until_running(timeout_s=60)
-            restored_by_tasks = {t.id: {n: s.restored_records for n, s in t.stores.items()} for t in app.tasks()}
-            if produce_while_running:
-                self.produce(produce_while_running)
-            # Records processed in this run: everything not yet committed by the group (here: the new ones).
-            wait_processed(app, self.produced - self._committed_before_run)
-            self.check_store(app)
-            ends = wait_store_offsets_at_end(self.kafka, app, self.store, self.changelog)
-        finally:
-            assert app.close(timeout_s=30)
-        self.all_committed()
-        assert app.state is hotstate.AppState.NOT_RUNNING
-        return app, listener, ends, restored_by_tasks
-
-    _committed_before_run = 0
-
-    def all_committed(self) -> None:
-        """After a clean close: the next run processes only what is produced from now on."""
-        self._committed_before_run = self.produced
-
-    def check_store(self, app) -> None:
-        store = app.store(self.store)
-        wrong = {w: (store.get(w), c) for w, c in self.expected.items() if store.get(w) != c}
-        assert not wrong, f"{len(wrong)} wrong counts in the store (got, want), e.g. {dict(list(wrong.items())[:5])}"
-        assert store.get("never-produced") is None
-
-    def check_output(self) -> None:
-        out = self.kafka.read_table(self.sink)
-        assert out == dict(self.expected)
-
-    def marks(self) -> dict[int, tuple[int, int]]:
-        return self.kafka.watermarks(self.changelog)
-
-
-def check_listener_agrees(listener, marks: dict[int, tuple[int, int]], expect_start: dict[int, int]) -> None:
-    """For every partition in ``expect_start``: one restore [start, changelog end), batches that add up
-    to total_restored == end - start, batch end offsets increasing and the last one == end - 1; all on the
-    state updater thread. Partitions not in ``expect_start`` restore nothing."""
-    starts = listener.starts()
-    totals = listener.totals()
-    assert set(starts) == set(expect_start), f"restored partitions {sorted(starts)}, expected {sorted(expect_start)}"
-    assert set(totals) == set(expect_start), f"restores that ended: {sorted(totals)}, started: {sorted(starts)}"
-    for p, want_start in expect_start.items():
-        low, high = marks[p]
-        start, end = starts[p]
-        assert (start, end) == (want_start, high), f"partition {p}: restore range {(start, end)}, want {(want_start, high)}"
-        batches = listener.of("batch", p)
-        assert batches, f"partition {p}: no on_batch_restored"
-        assert sum(b.b for b in batches) == totals[p] == end - start, (
-            f"partition {p}: batches {[b.b for b in batches]} sum to {sum(b.b for b in batches)}, "
-            f"total_restored {totals[p]}, end - start {end - start}")
-        ends = [b.a for b in batches]
-        assert ends == sorted(set(ends)), f"partition {p}: batch end offsets not increasing: {ends}"
-        assert start <= ends[0] and ends[-1] == end - 1, f"partition {p}: batch ends {ends} for range [{start}, {end})"
-    threads = {e.thread for e in listener.events}
-    assert threads <= {"hotstate-state-updater"}, f"listener called on {threads}, not the state updater thread"
 
 
 def test_counts_across_partitions_in_store_output_and_changelog(kafka, tmp_state_dir):

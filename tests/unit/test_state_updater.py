@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -201,12 +202,20 @@ def test_wipe_survives_reopen_for_rocksdb(tmp_path, tasks_to_close):
 
 # ---- a whole restore, step by step ----
 
-def run_until_idle(updater, consumer, max_rounds=50):
+def run_until_idle(updater, consumer, max_rounds=50, flush_wait_s=10):
+    """Restore rounds until every partition is read to its end, then wait for the stores' flushes."""
     for _ in range(max_rounds):
         if not updater._partitions:
-            return
+            break
         updater._restore_round(consumer)
-    raise AssertionError("restore did not finish")
+    else:
+        raise AssertionError("restore did not finish")
+    deadline = time.monotonic() + flush_wait_s
+    while updater._flushing:
+        if time.monotonic() > deadline:
+            raise AssertionError("restored stores were not flushed")
+        time.sleep(0.005)
+        updater._check_flushed()
 
 
 def changelog_records(n, start=0):
@@ -220,7 +229,7 @@ def test_full_restore_from_empty_store(kind, tmp_path, tasks_to_close):
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer, listener, restore_batch_records_max=2, restore_consume_records_max=3)
     u.add(task)
-    u._handle_commands(block=False)
+    u._handle_commands(wait_s=0)
     assert consumer.positions == {CHANGELOG: 0}
     assert u.restoring_task_ids() == [task.id]
     run_until_idle(u, consumer)
@@ -404,6 +413,6 @@ def test_add_then_remove_in_one_batch_keeps_their_order(tmp_path):
     fut = Future()
     u.add(task)
     u._commands.put(("remove", task.id, fut))  # what remove() queues while the thread runs
-    u._handle_commands(block=False)
+    u._handle_commands(wait_s=0)
     assert fut.result(timeout=0) is task
     assert u.restoring_task_ids() == [] and consumer.positions == {}

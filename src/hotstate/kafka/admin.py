@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -64,7 +65,7 @@ class Admin:
                 except KafkaException as exc:
                     if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
                         raise TopologyError(f"cannot create changelog topic {topic!r}: {exc.args[0]}") from exc
-            counts = self.partition_counts()
+            counts = self._wait_for_metadata({s.topic for s in missing})
         for spec in specs:
             have = counts.get(spec.topic)
             if have != spec.partitions:
@@ -74,6 +75,24 @@ class Admin:
                     "is rebuilt from the input) or restore the source's partition count"
                 )
         self._check_policies(specs)
+
+    def _wait_for_metadata(self, topics: set[str]) -> dict[str, int]:
+        """Topics just created can be missing from metadata (or lack leaders) for a moment: wait, bounded."""
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.05
+        while True:
+            md = self._admin.list_topics(timeout=self._timeout_s)
+            ready = {name for name in topics
+                     if name in md.topics and md.topics[name].error is None and md.topics[name].partitions
+                     and all(p.leader >= 0 for p in md.topics[name].partitions.values())}
+            if ready == topics:
+                return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(
+                    f"changelog topics {sorted(topics - ready)} were created but have no leaders after "
+                    f"{self._timeout_s:g}s; check the broker's health and retry")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _check_policies(self, specs: list[ChangelogSpec]) -> None:
         resources = [ConfigResource(ResourceType.TOPIC, s.topic) for s in specs]

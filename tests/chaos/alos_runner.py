@@ -1,0 +1,97 @@
+"""The word-count app of issue 2 as a process that tests/chaos/test_alos_kill.py kills with SIGKILL.
+
+    python alos_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T
+
+Builds the app with the public API (at_least_once, commit_interval_ms=100) and calls ``app.run()``.
+It reports on stdout, one JSON object a line:
+
+- ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
+- ``{"ev": "running", "offsets": {partition: offset}}``: the app became RUNNING; the in-store changelog
+  offsets then;
+- ``{"ev": "offsets", "offsets": {...}}``: the in-store changelog offsets, whenever they change while
+  RUNNING. Such an offset is set only after the RocksDB write (with WAL) returned, so it survives a kill -9
+  of this process: a restart must not restore from below it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+
+import hotstate
+from hotstate import serde
+
+STORE = "word-counts"
+_out = threading.Lock()
+
+
+def emit(**event) -> None:
+    with _out:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+class PrintingListener(hotstate.RestoreListener):
+    def on_restore_start(self, partition, store_name, start_offset, end_offset):
+        emit(ev="restore_start", partition=partition.partition, store=store_name, start=start_offset, end=end_offset)
+
+    def on_batch_restored(self, partition, store_name, batch_end_offset, num_restored):
+        emit(ev="restore_batch", partition=partition.partition, store=store_name, batch_end=batch_end_offset,
+             n=num_restored)
+
+    def on_restore_end(self, partition, store_name, total_restored):
+        emit(ev="restore_end", partition=partition.partition, store=store_name, total=total_restored)
+
+
+def offsets(app: hotstate.App) -> dict[int, int | None]:
+    return {t.stores[STORE].changelog.partition: t.stores[STORE].changelog_offset for t in app.tasks()}
+
+
+def monitor(app: hotstate.App) -> None:
+    running_seen = False
+    last = None
+    while app.state not in (hotstate.AppState.NOT_RUNNING, hotstate.AppState.ERROR):
+        if app.state is hotstate.AppState.RUNNING:
+            now = offsets(app)
+            if not running_seen:
+                running_seen = True
+                emit(ev="running", offsets=now)
+            elif now != last:
+                emit(ev="offsets", offsets=now)
+            last = now
+        time.sleep(0.02)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    for name in ("bootstrap", "app-id", "state-dir", "source", "sink"):
+        ap.add_argument(f"--{name}", required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+
+    app = hotstate.App(
+        app_id=args.app_id,
+        bootstrap_servers=args.bootstrap,
+        state_dir=args.state_dir,
+        processing_guarantee="at_least_once",
+        commit_interval_ms=100,
+        # A killed member stays in the group until its session times out; keep restarts quick.
+        session_timeout_ms=6000,
+        consumer_config={"heartbeat.interval.ms": 1000},
+    )
+    counts = (app.stream(args.source, key_serde=serde.STRING, value_serde=serde.STRING)
+                 .group_by_key()
+                 .count(store=STORE))
+    counts.to_stream().to(args.sink, value_serde=serde.INT64)
+    app.set_restore_listener(PrintingListener())
+    threading.Thread(target=monitor, args=(app,), name="monitor", daemon=True).start()
+    app.run()
+    emit(ev="closed")
+
+
+if __name__ == "__main__":
+    main()

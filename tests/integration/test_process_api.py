@@ -1,0 +1,177 @@
+"""The low-level ``process(fn, stores=[...])`` API and the DSL operators, end to end on a real broker,
+including a restore of what they stored."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import hotstate
+from hotstate import serde
+from kafka_helpers import RecordingListener, int64, utf8, wait_for, wait_processed
+
+pytestmark = pytest.mark.integration
+
+
+def _kv_app(kafka, app_id, state_dir, source, sink, listener=None):
+    app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(state_dir), commit_interval_ms=100)
+
+    def fn(record, ctx):
+        kv = ctx.store("kv")
+        seen = ctx.store("seen")  # given by name: the stream's key serde, JSON values
+        cmd = record.value
+        if cmd["op"] == "put":
+            kv.put(record.key, cmd["v"])
+        else:
+            kv.delete(record.key)
+        seen.put(record.key, (seen.get(record.key) or 0) + 1)
+        ctx.forward(record.key, {
+            "offset": record.offset,
+            "get": kv.get(record.key),  # read-your-writes within the commit interval
+            "keys": [k for k, _ in kv.range()],
+            "b_to_c": [[k, v] for k, v in kv.range("b", "c")],
+        })
+        if cmd["op"] == "put" and cmd["v"] >= 100:
+            ctx.forward(record.key + "!", {"big": cmd["v"]})  # several forwards per record
+
+    (app.stream(source, key_serde=serde.STRING, value_serde=serde.JSON)
+        .process(fn, stores=[hotstate.StoreSpec("kv", key_serde=serde.STRING, value_serde=serde.INT64), "seen"],
+                 key_serde=serde.STRING, value_serde=serde.JSON)
+        .to(sink))
+    if listener is not None:
+        app.set_restore_listener(listener)
+    return app
+
+
+COMMANDS = [
+    ("a", {"op": "put", "v": 1}),
+    ("b", {"op": "put", "v": 2}),
+    ("c", {"op": "put", "v": 3}),
+    ("b", {"op": "del"}),
+    ("d", {"op": "put", "v": 400}),
+    ("bb", {"op": "put", "v": 5}),
+    ("a", {"op": "put", "v": 6}),
+]
+
+
+def test_process_with_stores_put_get_delete_range_and_forward(kafka, tmp_state_dir):
+    source = kafka.create_topic(partitions=1, prefix="it-cmds")
+    sink = kafka.create_topic(partitions=1, prefix="it-cmds-out")
+    app_id = kafka.app_id("it-proc")
+    kafka.produce(source, [(k, json.dumps(v)) for k, v in COMMANDS])
+
+    app = _kv_app(kafka, app_id, tmp_state_dir, source, sink)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        wait_processed(app, len(COMMANDS))
+        kv = app.store("kv")
+        assert {k: kv.get(k) for k in ["a", "b", "bb", "c", "d", "zz"]} == {
+            "a": 6, "b": None, "bb": 5, "c": 3, "d": 400, "zz": None}
+        assert sorted(kv.all()) == [("a", 6), ("bb", 5), ("c", 3), ("d", 400)]
+        assert app.store("seen").get("b") == 2
+    finally:
+        assert app.close()
+
+    out = [(utf8(m.key()), json.loads(m.value())) for m in kafka.read_all(sink)]
+    assert out == [
+        ("a", {"offset": 0, "get": 1, "keys": ["a"], "b_to_c": []}),
+        ("b", {"offset": 1, "get": 2, "keys": ["a", "b"], "b_to_c": [["b", 2]]}),
+        ("c", {"offset": 2, "get": 3, "keys": ["a", "b", "c"], "b_to_c": [["b", 2], ["c", 3]]}),
+        ("b", {"offset": 3, "get": None, "keys": ["a", "c"], "b_to_c": [["c", 3]]}),
+        ("d", {"offset": 4, "get": 400, "keys": ["a", "c", "d"], "b_to_c": [["c", 3]]}),
+        ("d!", {"big": 400}),
+        ("bb", {"offset": 5, "get": 5, "keys": ["a", "bb", "c", "d"], "b_to_c": [["bb", 5], ["c", 3]]}),
+        ("a", {"offset": 6, "get": 6, "keys": ["a", "bb", "c", "d"], "b_to_c": [["bb", 5], ["c", 3]]}),
+    ]
+
+    # Wipe the state: the restore replays puts and the delete's tombstone.
+    shutil.rmtree(tmp_state_dir)
+    tmp_state_dir.mkdir()
+    listener = RecordingListener()
+    app = _kv_app(kafka, app_id, tmp_state_dir, source, sink, listener)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        assert {e.store for e in listener.of("end")} == {"kv", "seen"}
+        kv = app.store("kv")
+        assert sorted(kv.all()) == [("a", 6), ("bb", 5), ("c", 3), ("d", 400)]
+        assert kv.get("b") is None
+        assert sorted(app.store("seen").all()) == [("a", 2), ("b", 2), ("bb", 1), ("c", 1), ("d", 1)]
+    finally:
+        assert app.close()
+
+
+def test_process_error_in_user_code_names_the_record(kafka, tmp_state_dir):
+    source = kafka.create_topic(partitions=1, prefix="it-cmds")
+    kafka.produce(source, [("k", "1"), ("k", "2"), ("k", "boom"), ("k", "3")])
+    app = hotstate.App(app_id=kafka.app_id("it-proc"), bootstrap_servers=kafka.bootstrap,
+                       state_dir=str(tmp_state_dir), commit_interval_ms=100)
+
+    def fn(record, ctx):
+        ctx.store("s").put(record.key, int(record.value))
+
+    app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING).process(fn, stores=["s"])
+    app.start()
+    try:
+        wait_for(lambda: app.state is hotstate.AppState.ERROR, "the app to fail", 30)
+        with pytest.raises(hotstate.HotstateError) as info:
+            app.wait_until_running(timeout_s=1)
+        cause = info.value.__cause__
+        assert isinstance(cause, hotstate.ProcessingError), repr(cause)
+        assert (cause.topic, cause.partition, cause.offset) == (source, 0, 2)
+        assert isinstance(cause.__cause__, ValueError)
+    finally:
+        assert app.close()
+
+
+def test_dsl_operators_end_to_end(kafka, tmp_state_dir):
+    source = kafka.create_topic(partitions=2, prefix="it-dsl")
+    sums_out = kafka.create_topic(partitions=2, prefix="it-dsl-sums")
+    app = hotstate.App(app_id=kafka.app_id("it-dsl"), bootstrap_servers=kafka.bootstrap,
+                       state_dir=str(tmp_state_dir), commit_interval_ms=100)
+    peeked = []
+    s = app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
+    digits = s.filter(lambda k, v: v.isdigit())
+    digits.group_by_key().reduce(lambda agg, v: str(max(int(agg), int(v))), store="max")  # STRING values
+    nums = digits.map_values(int).peek(lambda k, v: peeked.append((k, v)))
+    (nums.group_by_key()
+         .aggregate(lambda: 0, lambda k, v, agg: agg + v, store="sum", value_serde=serde.INT64)
+         .to_stream().to(sums_out))
+    s.group_by_key().aggregate(list, lambda k, v, agg: agg + [v], store="all")
+    s.flat_map(lambda k, v: [(k, c) for c in v]).filter(lambda k, v: v == "x").to(
+        sums_out, key_serde=serde.STRING, value_serde=serde.of(lambda v: b"\x00" * 7 + b"\x01", lambda b: b))
+
+    recs = [("a", "1"), ("b", "5"), ("a", "x"), ("a", "10"), ("b", "2"), ("c", "xx")]
+    kafka.produce(source, recs, partitions=2)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        wait_processed(app, len(recs))
+        assert {k: app.store("max").get(k) for k in "abc"} == {"a": "10", "b": "5", "c": None}
+        assert {k: app.store("sum").get(k) for k in "abc"} == {"a": 11, "b": 7, "c": None}
+        assert {k: app.store("all").get(k) for k in "abc"} == {"a": ["1", "x", "10"], "b": ["5", "2"], "c": ["xx"]}
+        assert sorted(peeked) == [("a", 1), ("a", 10), ("b", 2), ("b", 5)]
+    finally:
+        assert app.close()
+    out = [(utf8(m.key()), int64(m.value())) for m in kafka.read_all(sums_out)]
+    assert sorted(out) == sorted([("a", 1), ("b", 5), ("a", 11), ("b", 7), ("a", 1), ("c", 1), ("c", 1)])
+
+
+def test_start_creates_every_changelog_of_a_many_store_app(kafka, tmp_state_dir):
+    """An app with several stores creates all its changelogs in one start(). Listing the topics right after
+    creating them must not make a just-created changelog look absent ("has None partitions")."""
+    for attempt in range(4):
+        source = kafka.create_topic(partitions=4, prefix="it-many")
+        app = hotstate.App(app_id=kafka.app_id("it-many"), bootstrap_servers=kafka.bootstrap,
+                           state_dir=str(tmp_state_dir), commit_interval_ms=100)
+        names = [f"s{i}" for i in range(12)]
+        app.stream(source, key_serde=serde.STRING).process(lambda r, ctx: None, stores=names)
+        try:
+            app.start()
+            app.wait_until_running(timeout_s=60)
+        finally:
+            app.close()
+        for name in names:
+            assert len(kafka.watermarks(kafka.changelog(app.config.app_id, name))) == 4
