@@ -3,6 +3,11 @@
 Layout: user keys live in the default column family; the column family ``hotstate_meta`` holds the
 changelog offset the data is consistent with. Both change in one WriteBatch. ``atomic_flush`` keeps the
 two column families consistent on disk when restore writes skip the WAL.
+
+Restore mode: the first restore write reopens the database with bulk-load options (a vector memtable:
+an insert is an append and the sort happens in the background flush; no auto compaction; no write
+stalls on L0 files; parallel flushes) and ``end_restore`` flushes and reopens it with the processing
+options, whose compaction then runs in the background. Numbers: ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import os
 import shutil
 from typing import Iterable, Iterator
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import DBCompressionType, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import StateDirError, StoreClosedError, StoreCorruptedError
 from .backend import OFFSET, Entry, check_offset_forward
@@ -23,6 +28,12 @@ _OFFSET_KEY = b"changelog_offset"
 _FORMAT_KEY = b"format"
 _FORMAT = b"1"
 
+# Restore mode's memtables: a store holds at most RESTORE_MEMTABLES_MAX x RESTORE_MEMTABLE_BYTES while it
+# restores (writes wait for a flush beyond that).
+RESTORE_MEMTABLE_BYTES = int(os.environ.get('HS_MT', 64 * 1024 * 1024))
+RESTORE_MEMTABLES_MAX = 4
+_NO_TRIGGER = 1 << 30
+
 
 def _options() -> Options:
     opts = Options(raw_mode=True)
@@ -32,28 +43,43 @@ def _options() -> Options:
     return opts
 
 
+def _restore_options() -> Options:
+    """Bulk load: appends into a vector memtable, sorted by the flush threads; nothing compacts or stalls."""
+    opts = _options()
+    opts.set_memtable_factory(MemtableFactory.vector())
+    opts.set_allow_concurrent_memtable_write(False)  # the vector memtable does not support it
+    opts.set_write_buffer_size(RESTORE_MEMTABLE_BYTES)
+    opts.set_max_write_buffer_number(RESTORE_MEMTABLES_MAX)
+    opts.set_min_write_buffer_number_to_merge(1)
+    opts.set_disable_auto_compactions(True)
+    opts.set_level_zero_file_num_compaction_trigger(_NO_TRIGGER)
+    opts.set_level_zero_slowdown_writes_trigger(_NO_TRIGGER)
+    opts.set_level_zero_stop_writes_trigger(_NO_TRIGGER)
+    opts.set_soft_pending_compaction_bytes_limit(0)
+    opts.set_hard_pending_compaction_bytes_limit(0)
+    opts.set_max_background_jobs(4)
+    if os.environ.get('HS_NOCOMP'):
+        opts.set_compression_type(DBCompressionType.none())
+    return opts
+
+
 class RocksDBBackend:
     persistent = True
+    # Restores of at least this many records use the bulk-load options (see begin_restore).
+    BULK_RESTORE_RECORDS_MIN = 200_000
 
     def __init__(self, name: str, path: str):
         self.name = name
         self.path = path
-        self._restoring = False
+        self._restoring = False  # some restore writes (WAL off) may not be flushed yet
+        self._bulk = False  # open with the bulk-load options
         self._db = self._meta = self._meta_handle = None
-        os.makedirs(path, exist_ok=True)
         try:
-            self._db = Rdict(path, _options(), column_families={META_CF: Options(raw_mode=True)})
-            self._meta_handle = self._db.get_column_family_handle(META_CF)
-            self._meta = self._db.get_column_family(META_CF)
-            fmt = self._meta.get(_FORMAT_KEY)
-            raw = self._meta.get(_OFFSET_KEY)
-        except Exception as exc:  # rocksdict raises plain Exception for corruption and bad files
-            self.close()
-            if "lock" in str(exc).lower():
-                raise StateDirError(
-                    f"store {name} at {path} is locked by another open database (another instance on the same "
-                    f"state_dir?): {exc}") from exc
-            raise StoreCorruptedError(f"store {name} at {path} cannot be opened: {exc}") from exc
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(f"store {name}: cannot create {path} ({exc.strerror}); make sure the state_dir "
+                                "is a directory this user can write, with nothing else in the way") from exc
+        fmt, raw = self._open(_options())
         if fmt not in (None, _FORMAT):
             self.close()
             raise StoreCorruptedError(f"store {name} at {path} has unknown format {fmt!r}")
@@ -63,6 +89,25 @@ class RocksDBBackend:
         self._offset: int | None = None if raw is None else OFFSET.unpack(raw)[0]
         self._wal_off = WriteOptions()
         self._wal_off.disable_wal = True
+
+    def _open(self, opts: Options) -> tuple[bytes | None, bytes | None]:
+        """Opens the database; returns the stored format and raw offset."""
+        try:
+            self._db = Rdict(self.path, opts, column_families={META_CF: Options(raw_mode=True)})
+            self._meta_handle = self._db.get_column_family_handle(META_CF)
+            self._meta = self._db.get_column_family(META_CF)
+            return self._meta.get(_FORMAT_KEY), self._meta.get(_OFFSET_KEY)
+        except Exception as exc:  # rocksdict raises plain Exception for corruption and bad files
+            self.close()
+            if "lock" in str(exc).lower():
+                raise StateDirError(
+                    f"store {self.name} at {self.path} is locked by another open database (another instance on "
+                    f"the same state_dir?): {exc}") from exc
+            raise StoreCorruptedError(f"store {self.name} at {self.path} cannot be opened: {exc}") from exc
+
+    def _reopen(self, opts: Options) -> None:
+        self._close_handles()
+        self._open(opts)
 
     def get(self, key: bytes) -> bytes | None:
         db = self._db
@@ -90,48 +135,95 @@ class RocksDBBackend:
     def changelog_offset(self) -> int | None:
         return self._offset
 
-    def _batch(self, entries: Iterable[Entry], changelog_offset: int) -> WriteBatch:
-        check_offset_forward(self.name, self._offset, changelog_offset)
+    @staticmethod
+    def _batch(entries: Iterable[Entry]) -> WriteBatch:
         batch = WriteBatch(raw_mode=True)
         for key, value in entries:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+        return batch
+
+    def _seal(self, batch: WriteBatch, changelog_offset: int) -> None:
+        """Adds the new changelog offset to the batch (so data and offset land in one atomic write)."""
+        check_offset_forward(self.name, self._offset, changelog_offset)
         batch.put(_OFFSET_KEY, OFFSET.pack(changelog_offset), self._meta_handle)
         if self._offset is None:
             batch.put(_FORMAT_KEY, _FORMAT, self._meta_handle)
-        return batch
 
     def write(self, entries: Iterable[Entry], changelog_offset: int) -> None:
-        if self._restoring:
+        if self._restoring or self._bulk:
             self.end_restore()
-        self._db.write(self._batch(entries, changelog_offset))
+        batch = self._batch(entries)
+        self._seal(batch, changelog_offset)
+        self._db.write(batch)
         self._offset = changelog_offset
 
     def restore(self, entries: Iterable[Entry], changelog_offset: int) -> None:
-        self._restoring = True
-        self._db.write(self._batch(entries, changelog_offset), self._wal_off)
+        self.write_restore_batch(self._batch(entries), changelog_offset)
+
+    def begin_restore(self, records: int) -> None:
+        """About ``records`` changelog records will be restored: from ``BULK_RESTORE_RECORDS_MIN`` on, the
+        database is reopened with the bulk-load options until ``end_restore`` (two reopens cost about
+        50 ms; below that the processing options are faster)."""
+        if records >= self.BULK_RESTORE_RECORDS_MIN and not self._bulk:
+            self._reopen(_restore_options())
+            self._bulk = True
+
+    def restore_batch(self) -> WriteBatch:
+        """An empty native batch for :meth:`write_restore_batch`: the restore thread puts / deletes into it
+        directly, without building a list of entries first."""
+        return WriteBatch(raw_mode=True)
+
+    def write_restore_batch(self, batch: WriteBatch, changelog_offset: int) -> None:
+        """Writes the batch and the new changelog offset atomically, without the WAL."""
+        self._seal(batch, changelog_offset)
+        self._db.write(batch, self._wal_off)
         self._offset = changelog_offset
+        self._restoring = True
+
+    def request_restore_flush(self) -> None:
+        """Starts flushing the restored data without waiting (the flush threads sort and write it while the
+        restore thread goes on with other stores); ``restore_flushed`` says when it is done. Only the default
+        column family: data reaches disk before the offset, never after it (a crash in between leaves data
+        ahead of the offset, which replaying the changelog from that offset repairs)."""
+        if self._restoring:
+            self._db.flush(False)
+
+    def restore_flushed(self) -> bool:
+        if not self._restoring:
+            return True
+        prop = self._db.property_int_value
+        return not prop("rocksdb.num-immutable-mem-table") and not prop("rocksdb.num-running-flushes")
 
     def end_restore(self) -> None:
-        if self._restoring:
-            self._db.flush()  # atomic across column families: data and offset reach disk together
-            self._restoring = False
+        """Makes every restored batch durable (data first, then the offset: closing flushes what is left,
+        atomically across both column families) and reopens with the processing options."""
+        if self._restoring or self._bulk:
+            self._db.flush()
+            self._reopen(_options())
+            self._restoring = self._bulk = False
 
     def approximate_num_entries(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
-        db, meta = self._db, self._meta
-        if db is None:
+        if self._db is None:
             return
         try:
-            self.end_restore()
+            if self._restoring:
+                self._db.flush()  # data first; closing flushes the offset
         finally:
-            self._db = self._meta = self._meta_handle = None
-            if meta is not None:
-                meta.close()
+            self._restoring = self._bulk = False
+            self._close_handles()
+
+    def _close_handles(self) -> None:
+        db, meta = self._db, self._meta
+        self._db = self._meta = self._meta_handle = None
+        if meta is not None:
+            meta.close()
+        if db is not None:
             db.close()
 
     def wipe(self) -> None:
