@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
@@ -33,7 +33,23 @@ from .task import Task, TaskStore
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.1
+_FLUSH_POLL_S = 0.005  # nothing to read, only flushes to wait for
 _CONSUME_WAIT_S = 0.1
+
+
+class _ListBatch:
+    """A restore batch for backends without a native one: collects entries for ``backend.restore``."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: list = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.entries.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.entries.append((key, None))
 
 
 @dataclass
@@ -43,6 +59,24 @@ class _StorePartition:
     end_offset: int
     metrics: StoreRestoreMetrics
     restored: int = 0
+
+    def __post_init__(self) -> None:
+        backend = self.store.backend
+        if hasattr(backend, "restore_batch"):  # a native batch: no list of entries built per record
+            self.new_batch: Callable[[], Any] = backend.restore_batch
+            self.write: Callable[[Any, int], None] = backend.write_restore_batch
+        else:
+            self.new_batch = _ListBatch
+            self.write = lambda batch, offset: backend.restore(batch.entries, offset)
+
+    def request_flush(self) -> None:
+        request = getattr(self.store.backend, "request_restore_flush", None)
+        if request is not None:
+            request()
+
+    def flushed(self) -> bool:
+        done = getattr(self.store.backend, "restore_flushed", None)
+        return done is None or done()
 
 
 @dataclass
@@ -63,7 +97,8 @@ class StateUpdater:
         self._failed: list[tuple[Task, BaseException]] = []
         self._out_lock = threading.Lock()
         self._tasks: dict[str, _TaskRestore] = {}
-        self._partitions: dict[TopicPartition, _StorePartition] = {}
+        self._partitions: dict[TopicPartition, _StorePartition] = {}  # assigned, reading the changelog
+        self._flushing: dict[TopicPartition, _StorePartition] = {}  # read to the end, flush under way
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hotstate-state-updater", daemon=True)
         self._consumer: Consumer | None = None
@@ -110,9 +145,12 @@ class StateUpdater:
         assert consumer is not None
         try:
             while not self._stop.is_set():
-                self._handle_commands(block=not self._partitions)
+                self._handle_commands(wait_s=0 if self._partitions else _FLUSH_POLL_S if self._flushing
+                                      else _IDLE_WAIT_S)
                 if self._partitions:
                     self._restore_round(consumer)
+                elif self._flushing:
+                    self._check_flushed()
         except BaseException as exc:  # the thread must not die silently
             log.exception("state updater failed")
             self.fatal_error = exc
@@ -120,9 +158,10 @@ class StateUpdater:
                 self._failed.extend((t.task, exc) for t in self._tasks.values())
             self._tasks.clear()
         finally:
-            for sp in self._partitions.values():
+            for sp in [*self._partitions.values(), *self._flushing.values()]:
                 _safe_end_restore(sp.store)
             self._partitions.clear()
+            self._flushing.clear()
             consumer.close()
             self._resolve_pending_removes()
 
@@ -135,9 +174,9 @@ class StateUpdater:
             if kind == "remove":
                 fut.set_result(None)
 
-    def _handle_commands(self, block: bool) -> None:
+    def _handle_commands(self, wait_s: float) -> None:
         try:
-            cmd = self._commands.get(timeout=_IDLE_WAIT_S) if block else self._commands.get_nowait()
+            cmd = self._commands.get(timeout=wait_s) if wait_s > 0 else self._commands.get_nowait()
         except queue.Empty:
             return
         added: list[Task] = []
@@ -188,6 +227,9 @@ class StateUpdater:
             m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic())
             self._metrics.restores[key] = m
             self._partitions[store.changelog] = _StorePartition(task, store, end, m)
+            begin = getattr(store.backend, "begin_restore", None)
+            if begin is not None:
+                begin(end - start)
             tr.pending.add(store.changelog)
             assign.append(KTopicPartition(store.changelog.topic, store.changelog.partition, start))
             log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
@@ -226,9 +268,12 @@ class StateUpdater:
             return
         unassign = []
         for tp in tr.pending:
-            sp = self._partitions.pop(tp)
+            sp = self._partitions.pop(tp, None)
+            if sp is None:  # read to the end already, only its flush was pending
+                sp = self._flushing.pop(tp)
+            else:
+                unassign.append(KTopicPartition(tp.topic, tp.partition))
             sp.metrics.ended_at_s = time.monotonic()
-            unassign.append(KTopicPartition(tp.topic, tp.partition))
         try:
             if unassign:
                 self._consumer.incremental_unassign(unassign)
@@ -241,37 +286,67 @@ class StateUpdater:
 
     def _restore_round(self, consumer: Consumer) -> None:
         msgs = consumer.consume(self._config.restore_consume_records_max, _CONSUME_WAIT_S)
-        by_tp: dict[TopicPartition, list] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
-            tp = TopicPartition(msg.topic(), msg.partition())
-            lst = by_tp.get(tp)
-            if lst is None:
-                by_tp[tp] = lst = []
-            lst.append(msg)
-        for tp, batch in by_tp.items():
-            sp = self._partitions.get(tp)
-            if sp is not None:
-                self._apply(sp, batch)
+        if msgs:
+            self._apply(msgs)
         self._check_done(consumer)
+        if self._flushing:
+            self._check_flushed()
 
-    def _apply(self, sp: _StorePartition, msgs: list) -> None:
-        size = self._config.restore_batch_records_max
-        backend = sp.store.backend
-        for i in range(0, len(msgs), size):
-            chunk = msgs[i:i + size]
-            last = chunk[-1].offset()
-            backend.restore([(m.key(), m.value()) for m in chunk], last + 1)
-            n = len(chunk)
-            sp.restored += n
-            sp.metrics.restore_records_total += n
-            sp.metrics.restore_remaining_records = max(0, sp.end_offset - last - 1)
-            self._metrics.restore_records_total += n
-            self._listener.on_batch_restored(sp.store.changelog, sp.store.spec.name, last, n)
+    def _apply(self, msgs: list) -> None:
+        """Puts records straight into their store's write batch. A batch holds one run of consecutive records
+        of one partition (librdkafka hands out a partition's records in long runs), at most
+        ``restore_batch_records_max``; it is written with the offset after its last record.
+
+        This loop is the restore's hot path: it touches each message as few times as it can."""
+        limit = self._config.restore_batch_records_max
+        partitions = self._partitions
+        run_tp: tuple | None = None
+        sp: _StorePartition | None = None  # None: the run's partition no longer restores; skip its records
+        put = delete = batch = last = None
+        n = 0
+        for m in msgs:
+            key = m.key()
+            if key is None:  # Kafka refuses keyless records in compacted topics: this is an error event
+                self._raise_for(m)
+                continue
+            tp = (m.topic(), m.partition())
+            if tp != run_tp or n == limit:
+                if n:
+                    self._write(sp, batch, last.offset(), n)
+                    n = 0
+                run_tp = tp
+                sp = partitions.get(tp)
+                if sp is not None:
+                    batch = sp.new_batch()
+                    put, delete = batch.put, batch.delete
+            if sp is None:
+                continue
+            value = m.value()
+            if value is None:
+                delete(key)
+            else:
+                put(key, value)
+            n += 1
+            last = m
+        if n:
+            self._write(sp, batch, last.offset(), n)
+
+    @staticmethod
+    def _raise_for(msg: Any) -> None:
+        err = msg.error()
+        if err is None:
+            raise RuntimeError(f"changelog record without a key at {msg.topic()}[{msg.partition()}] offset "
+                               f"{msg.offset()}: a changelog is a compacted topic, whose records have keys")
+        if err.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(err)
+
+    def _write(self, sp: _StorePartition, batch: Any, last_offset: int, n: int) -> None:
+        sp.write(batch, last_offset + 1)
+        sp.restored += n
+        sp.metrics.restore_records_total += n
+        sp.metrics.restore_remaining_records = max(0, sp.end_offset - last_offset - 1)
+        self._metrics.restore_records_total += n
+        self._listener.on_batch_restored(sp.store.changelog, sp.store.spec.name, last_offset, n)
 
     def _check_done(self, consumer: Consumer) -> None:
         tps = [KTopicPartition(tp.topic, tp.partition) for tp in self._partitions]
@@ -284,13 +359,28 @@ class StateUpdater:
                 self._finish(consumer, tp, sp, ktp.offset)
 
     def _finish(self, consumer: Consumer, tp: TopicPartition, sp: _StorePartition, position: int) -> None:
+        """The partition is read to its end: record the final offset, unassign it, start the flush."""
         backend = sp.store.backend
         stored = backend.changelog_offset()
         if stored is None or position > stored:  # skipped markers or compacted-away records at the end
-            backend.restore([], position)
-        backend.end_restore()
+            sp.write(sp.new_batch(), position)
         consumer.incremental_unassign([KTopicPartition(tp.topic, tp.partition)])
         del self._partitions[tp]
+        sp.request_flush()
+        self._flushing[tp] = sp
+        if sp.flushed():
+            self._complete(tp, sp)
+
+    def _check_flushed(self) -> None:
+        for tp, sp in list(self._flushing.items()):
+            if sp.flushed():
+                self._complete(tp, sp)
+
+    def _complete(self, tp: TopicPartition, sp: _StorePartition) -> None:
+        """The store's data is on disk: make its offset durable, switch it to processing, hand the task over
+        when it was the task's last store."""
+        del self._flushing[tp]
+        sp.store.backend.end_restore()
         sp.store.restored_records = sp.restored
         sp.metrics.restore_remaining_records = 0
         sp.metrics.ended_at_s = time.monotonic()
