@@ -373,8 +373,8 @@ def build_word_count(bootstrap: str, app_id: str, state_dir: Any, source: str, s
                      store: Any = "word-counts", listener: Any = None, **config: Any) -> Any:
     """The issue's word-count app, built through the public API only."""
     config.setdefault("commit_interval_ms", 100)
-    app = hotstate.App(app_id=app_id, bootstrap_servers=bootstrap, state_dir=str(state_dir),
-                       processing_guarantee="at_least_once", **config)
+    config.setdefault("processing_guarantee", "at_least_once")
+    app = hotstate.App(app_id=app_id, bootstrap_servers=bootstrap, state_dir=str(state_dir), **config)
     counts = (app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
                  .group_by_key()
                  .count(store=store))

@@ -1,8 +1,9 @@
-"""The word-count app of issue 2 as a process that tests/chaos/test_alos_kill.py kills with SIGKILL.
+"""The word-count app as a process that the chaos tests kill with SIGKILL (or stop with SIGSTOP).
 
-    python alos_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T
+    python wordcount_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T [--guarantee G]
 
-Builds the app with the public API (at_least_once, commit_interval_ms=100) and calls ``app.run()``.
+Builds the app with the public API (commit_interval_ms=100, the given processing guarantee, at_least_once
+by default) and calls ``app.run()``.
 It reports on stdout, one JSON object a line:
 
 - ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
@@ -69,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     for name in ("bootstrap", "app-id", "state-dir", "source", "sink"):
         ap.add_argument(f"--{name}", required=True)
+    ap.add_argument("--guarantee", default="at_least_once")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
@@ -77,7 +79,7 @@ def main() -> None:
         app_id=args.app_id,
         bootstrap_servers=args.bootstrap,
         state_dir=args.state_dir,
-        processing_guarantee="at_least_once",
+        processing_guarantee=args.guarantee,
         commit_interval_ms=100,
         # A killed member stays in the group until its session times out; keep restarts quick.
         session_timeout_ms=6000,
