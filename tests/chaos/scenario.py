@@ -20,7 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka_helpers import RecordingListener, build_word_count, true_counts, wait_for, word_records, words
+from kafka_helpers import (RecordingListener, build_word_count, int64, true_counts, wait_for, word_records,
+                           words)
 
 log = logging.getLogger("tests.chaos")
 
@@ -108,6 +109,7 @@ class ChaosResult:
     store: dict  # the store's count per word after a graceful restart
     produced: int
     kills: int
+    out_sequences: dict = field(default_factory=dict)  # every value per word, in output order
     report: list[str] = field(default_factory=list)
     replayed: list[int] = field(default_factory=list)  # records each restart replayed (all partitions)
     changelog_records: list[int] = field(default_factory=list)  # changelog size at each restart
@@ -120,6 +122,19 @@ class ChaosResult:
                 f"words={len(self.truth)} lost={lost} doubled={doubled} "
                 f"replayed_max={max(self.replayed, default=0)} replayed_total={sum(self.replayed)} "
                 f"worst_replay_fraction={worst:.3f}")
+
+
+def output_sequences(kafka, sink: str) -> dict[str, list[int]]:
+    """Word -> every count the output topic holds for it (read_committed), in order. Under exactly-once a
+    word counted n times has exactly [1, 2, ..., n]: a repeated or missing value is a doubled or lost update."""
+    seqs: dict[str, list[int]] = {}
+    for msg in kafka.read_all(sink):
+        seqs.setdefault(msg.key().decode(), []).append(int64(msg.value()))
+    return seqs
+
+
+def exactly_once_violations(truth: Counter, seqs: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {w: seqs.get(w, []) for w, n in truth.items() if seqs.get(w, []) != list(range(1, n + 1))}
 
 
 def run_kill_scenario(kafka, state_dir, tmp_path: Path, guarantee: str, kills: int, seed: int) -> ChaosResult:
@@ -204,6 +219,7 @@ def run_kill_scenario(kafka, state_dir, tmp_path: Path, guarantee: str, kills: i
 
         result.produced = produced
         result.out = kafka.read_table(sink)
+        result.out_sequences = output_sequences(kafka, sink)
 
         # The store, after the graceful close of the last run: nothing to replay.
         listener = RecordingListener()

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from scenario import run_kill_scenario
+from scenario import exactly_once_violations, run_kill_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(3600)]
 
@@ -26,6 +26,9 @@ def test_kill_9_under_exactly_once_is_exact_and_keeps_the_store(kafka, tmp_state
     assert not wrong, f"{len(wrong)} words with a wrong count in the output (got, true): {dict(list(wrong.items())[:10])}"
     assert set(r.out) == set(r.truth)
     assert r.store == dict(r.truth), "the store's counts differ from the true counts"
+    # Every update exactly once downstream: each word's output values are exactly 1, 2, ..., n.
+    bad = exactly_once_violations(r.truth, r.out_sequences)
+    assert not bad, f"{len(bad)} words with doubled or missing updates: {dict(list(bad.items())[:5])}"
     # The store survived every kill: a restart replays the committed tail, never the whole changelog.
     assert len(r.replayed) == KILLS
     for replayed, size in zip(r.replayed, r.changelog_records):

@@ -52,11 +52,19 @@ class FakeUpdater:
 
 
 class FakeConsumer:
-    def __init__(self):
-        self.resumed = []
+    def __init__(self, committed=None):
+        self.resumed, self.seeks = [], []
+        self._committed = committed or {}
 
     def resume(self, tps):
         self.resumed.extend((t.topic, t.partition) for t in tps)
+
+    def committed(self, tps, timeout=None):
+        from confluent_kafka import TopicPartition as KTP
+        return [KTP(t.topic, t.partition, self._committed.get((t.topic, t.partition), -1001)) for t in tps]
+
+    def seek(self, tp):
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
 
 class FakeProducer:
@@ -84,15 +92,15 @@ class FakeCommitter:
         pass
 
     def abort(self):
-        pass
+        self.aborts = getattr(self, "aborts", 0) + 1
 
 
-def build(make_app, tmp_path, kind="rocksdb", producer=None, **cfg):
+def build(make_app, tmp_path, kind="rocksdb", producer=None, consumer=None, **cfg):
     app = make_app(**cfg)
     s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
     s.group_by_key().count(StoreSpec("c", kind=kind)).to_stream().to("out", value_serde=serde.INT64)
     state_dir = StateDirectory(app.config.state_dir, app.config.app_id)
-    tm = TaskManager(app.config, app._topology, state_dir, FakeConsumer(), producer or FakeProducer(),
+    tm = TaskManager(app.config, app._topology, state_dir, consumer or FakeConsumer(), producer or FakeProducer(),
                      FakeUpdater(), Metrics(), FakeCommitter())
     return tm, state_dir
 
@@ -368,3 +376,31 @@ def test_membership_adapter_assigns_paused_and_revokes_before_unassign():
     assert c.calls[-2:] == [("unassign", [("words", 2)]), ("assign", [])]
     assert listener.calls[2][:2] == ("lost", [TopicPartition("words", 2)])
     assert isinstance(listener.calls[0][1][0], TopicPartition)
+
+
+# ---- exactly-once: a zombie that lost partitions commits nothing for them ----
+
+def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(make_app, tmp_path, tms):
+    consumer = FakeConsumer(committed={("words", 1): 7})
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2")
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    assert t1.dirty_records() == 1
+    tm.partitions_lost([TopicPartition("words", 0)])
+    assert tm._committer.aborts == 1  # the transaction held output of task 0_0: never committed
+    assert t0.state is TaskState.CLOSED and "0_0" not in tm.tasks
+    assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0  # its share of the transaction is gone
+    assert consumer.seeks == [("words", 1, 7)]  # and it starts again from its last commit
+    assert t1.next_offset == t1.committed_offset
+
+
+def test_lost_partitions_under_alos_keep_the_other_tasks_work(make_app, tmp_path, tms):
+    consumer = FakeConsumer()
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer)
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    tm.partitions_lost([TopicPartition("words", 0)])
+    assert getattr(tm._committer, "aborts", 0) == 0
+    assert t1.dirty_records() == 1 and consumer.seeks == []

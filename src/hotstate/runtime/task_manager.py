@@ -61,8 +61,14 @@ class TaskManager:
         self._close_tasks(partitions, clean=True)
 
     def partitions_lost(self, partitions: list[TopicPartition]) -> None:
+        """Another instance owns these already. Under exactly-once the open transaction may hold output and
+        changelog records of the lost tasks: it is aborted, so this zombie commits nothing for them, and the
+        tasks kept here are rewound to their last commit (their share of the transaction is gone too)."""
         log.warning("partitions lost (this instance was out of the group): %s", [str(p) for p in partitions])
         self._close_tasks(partitions, clean=False)
+        if self._config.exactly_once:
+            self._committer.abort()
+            self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool) -> None:
         for tp in partitions:
