@@ -41,6 +41,9 @@ class Config:
     # Restore: records per bulk write batch, and the most records one consume call hands the restore thread.
     restore_batch_records_max: int = 20_000
     restore_consume_records_max: int = 50_000
+    # Restore: bytes of changelog records the restore consumer prefetches and holds (librdkafka's
+    # queued.max.messages.kbytes; one fetch may overshoot it). At least 1 MiB.
+    restore_fetch_buffer_bytes_max: int = 64 * 1024 * 1024
     # Main consumer: the most records one poll returns, and how long a poll waits.
     poll_records_max: int = 1_000
     poll_ms: int = 100
@@ -48,8 +51,13 @@ class Config:
     # Bytes of uncommitted store writes (over all tasks, keys + values) that trigger an early commit:
     # the overlay never grows past this (Kafka Streams' statestore.uncommitted.max.bytes, KIP-892).
     statestore_uncommitted_max_bytes: int = 64 * 1024 * 1024
+    # Exactly-once: after an aborted transaction, how long to keep asking for the committed offsets to redo
+    # the work from (the group coordinator may be moving or loading, e.g. during a broker restart).
+    rewind_timeout_ms: int = 120_000
     # Exactly-once: how long the broker waits before aborting a transaction whose producer went silent.
     transaction_timeout_ms: int = 10_000
+    # Serve metrics for Prometheus on this port (all interfaces) while the app runs; None: no endpoint.
+    metrics_port: int | None = None
     # Extra librdkafka settings, like Kafka Streams' main.consumer. / restore.consumer. / producer. prefixes.
     consumer_config: dict[str, Any] = field(default_factory=dict)
     restore_consumer_config: dict[str, Any] = field(default_factory=dict)
@@ -74,11 +82,14 @@ class Config:
                 "use 'log_and_fail' or 'log_and_continue'"
             )
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
-                     "restore_consume_records_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms"):
+                     "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
+                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
+        if self.metrics_port is not None and (not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
+                                              or not 0 <= self.metrics_port <= 65535):
+            raise ConfigError(f"metrics_port={self.metrics_port!r} is invalid: give a TCP port (0-65535) or None")
         if not isinstance(self.replication_factor, int) or isinstance(self.replication_factor, bool) or (self.replication_factor < 1 and self.replication_factor != -1):
             raise ConfigError(f"replication_factor={self.replication_factor!r} is invalid: use -1 (broker default) or >= 1")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):

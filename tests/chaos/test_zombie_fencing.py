@@ -4,7 +4,6 @@ their committed state on disk, and rejoin. Input flows the whole time; at the en
 (read_committed) holds exactly the true counts: nothing lost, nothing doubled."""
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading

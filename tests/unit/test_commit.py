@@ -150,7 +150,7 @@ def test_missing_delivery_report_raises(make_app):
     h, _, committer, _ = setup(make_app)
     h.pipe("a", "")
     committer._tracker = DeliveryTracker(set())  # reports for no changelog
-    committer._producer.tracker = committer._tracker
+    committer.producer.tracker = committer._tracker
     with pytest.raises(RuntimeError, match="no delivery report"):
         committer.commit([h.task])
     assert h.task.stores["c"].backend.changelog_offset() is None

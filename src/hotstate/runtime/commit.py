@@ -32,6 +32,7 @@ Either way a store is never ahead of its changelog: its offset moves only after 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -69,6 +70,20 @@ class DeliveryTracker:
         return errors
 
 
+def is_fenced(exc: BaseException) -> bool:
+    """A fatal error of the transactional producer: fenced (a newer epoch of our transactional id), or a
+    transaction state the broker no longer accepts (INVALID_TXN_STATE after the coordinator aborted a
+    transaction that outlived transaction_timeout_ms during a broker outage). We hold the state dir's
+    lock, so no other live instance uses our transactional id: a new producer is the recovery."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.fatal()
+
+
+class ProducerFenced(Exception):
+    """The transactional producer failed fatally (see ``is_fenced``); its open transaction is aborted by the
+    broker. The caller recreates the producer (``ExactlyOnceCommitter.recreate_producer``) and rewinds."""
+
+
 class TransactionAborted(Exception):
     """The open transaction was aborted (fenced zombie, lost partitions, or a retriable broker failure).
     The caller drops uncommitted state and rewinds the input to the last committed offsets."""
@@ -78,7 +93,7 @@ class Committer:
     def __init__(self, consumer: Consumer, producer: Producer, tracker: DeliveryTracker, metrics: Metrics,
                  timeout_s: float):
         self._consumer = consumer
-        self._producer = producer
+        self.producer = producer
         self._tracker = tracker
         self._metrics = metrics
         self._timeout_s = timeout_s
@@ -89,7 +104,7 @@ class Committer:
         return {t.id: [(s, s.overlay.entries()) for s in t.stores.values()] for t in tasks}
 
     def send_changelogs(self, tasks: list[Task], pending: Pending) -> None:
-        produce, poll = self._producer.produce, self._producer.poll
+        produce, poll = self.producer.produce, self.producer.poll
         for task in tasks:
             for store, entries in pending[task.id]:
                 topic, partition = store.changelog
@@ -102,7 +117,7 @@ class Committer:
                             poll(0.05)
 
     def flush(self) -> None:
-        remaining = self._producer.flush(self._timeout_s)
+        remaining = self.producer.flush(self._timeout_s)
         if remaining:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
                                             f"{remaining} records not delivered within {self._timeout_s}s"))
@@ -168,23 +183,55 @@ class AtLeastOnceCommitter(Committer):
 class ExactlyOnceCommitter(Committer):
     """One transaction per commit interval; see the module docstring for the steps."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    # A producer that keeps failing fatally is not a passing outage: give up after this many new producers
+    # within the window, with the last error.
+    RECREATE_MAX = 5
+    RECREATE_WINDOW_S = 300.0
+
+    def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self._producer_factory = producer_factory
+        self._clock = clock
+        self._recreated_at: list[float] = []
         self._in_transaction = False
 
     def init(self) -> None:
         """Fences an earlier producer with the same transactional id and aborts its open transaction."""
-        self._producer.init_transactions(self._timeout_s)
+        self.producer.init_transactions(self._timeout_s)
+
+    def recreate_producer(self) -> Producer:
+        """After ProducerFenced: drop the fenced producer (its transaction is aborted by the broker) and
+        start a new one with the same transactional id."""
+        now = self._clock()
+        self._recreated_at = [t for t in self._recreated_at if now - t < self.RECREATE_WINDOW_S] + [now]
+        if len(self._recreated_at) > self.RECREATE_MAX:
+            raise RuntimeError(f"the transactional producer failed fatally {len(self._recreated_at)} times within "
+                               f"{self.RECREATE_WINDOW_S:g}s; see the log for its errors")
+        old = self.producer
+        try:
+            old.purge()
+        except Exception:
+            pass
+        self._in_transaction = False
+        self._tracker.take_errors()
+        self.producer = self._producer_factory()
+        self.init()
+        log.warning("exactly-once: the producer was fenced; a new one took over (uncommitted work is redone)")
+        return self.producer
 
     def begin(self) -> None:
         if not self._in_transaction:
-            self._producer.begin_transaction()
+            self.producer.begin_transaction()
             self._in_transaction = True
 
     def abort(self) -> None:
         if self._in_transaction:
             try:
-                self._producer.abort_transaction(self._timeout_s)
+                self.producer.abort_transaction(self._timeout_s)
+            except KafkaException as exc:
+                if is_fenced(exc):
+                    raise ProducerFenced(str(exc.args[0])) from exc
+                raise
             finally:
                 self._in_transaction = False
                 self._tracker.take_errors()
@@ -198,13 +245,13 @@ class ExactlyOnceCommitter(Committer):
             self.flush()  # 2
             offsets = self.input_offsets(tasks)
             if offsets:  # 3
-                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
+                self.producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
                                                            self._timeout_s)
             self._commit_transaction()  # 4
         except KafkaException as exc:
             err = exc.args[0]
-            if err.fatal():
-                raise
+            if is_fenced(exc):
+                raise ProducerFenced(str(err)) from exc
             log.warning("transaction failed (%s); aborting it: uncommitted work is dropped and the input is "
                         "processed again from the last commit", err)
             self.abort()
@@ -217,7 +264,7 @@ class ExactlyOnceCommitter(Committer):
     def _commit_transaction(self) -> None:
         for attempt in range(3):
             try:
-                self._producer.commit_transaction(self._timeout_s)
+                self.producer.commit_transaction(self._timeout_s)
                 return
             except KafkaException as exc:
                 err = exc.args[0]

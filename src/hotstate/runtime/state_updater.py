@@ -69,6 +69,11 @@ class _StorePartition:
             self.new_batch = _ListBatch
             self.write = lambda batch, offset: backend.restore(batch.entries, offset)
 
+    def begin(self, records: int) -> None:
+        begin = getattr(self.store.backend, "begin_restore", None)
+        if begin is not None:
+            begin(records)
+
     def request_flush(self) -> None:
         request = getattr(self.store.backend, "request_restore_flush", None)
         if request is not None:
@@ -147,10 +152,15 @@ class StateUpdater:
             while not self._stop.is_set():
                 self._handle_commands(wait_s=0 if self._partitions else _FLUSH_POLL_S if self._flushing
                                       else _IDLE_WAIT_S)
-                if self._partitions:
-                    self._restore_round(consumer)
-                elif self._flushing:
-                    self._check_flushed()
+                if self._partitions or self._flushing:
+                    began = time.perf_counter()
+                    if self._partitions:
+                        self._restore_round(consumer)
+                    else:
+                        self._check_flushed()
+                    metrics = self._metrics
+                    metrics.restore_busy_s += time.perf_counter() - began
+                    metrics.restore_busy_rate.sample(metrics.restore_busy_s)
         except BaseException as exc:  # the thread must not die silently
             log.exception("state updater failed")
             self.fatal_error = exc
@@ -213,8 +223,32 @@ class StateUpdater:
             else:
                 with self._out_lock:
                     self._restored.append(task)
+        self._metrics.active_restoring_tasks = len(self._tasks)
         if assign:
             self._consumer.incremental_assign(assign)
+            # After the assignment: librdkafka fetches while the stores switch to their restore options.
+            for ktp in assign:
+                sp = self._partitions.get((ktp.topic, ktp.partition))
+                if sp is None:
+                    continue  # its task failed below already
+                try:
+                    sp.begin(sp.end_offset - ktp.offset)
+                except BaseException as exc:
+                    self._fail_task(sp.task, exc)
+
+    def _fail_task(self, task: Task, exc: BaseException) -> None:
+        """Stop restoring the task and report it failed (the processing thread raises its error)."""
+        tr = self._tasks.pop(task.id, None)
+        unassign = []
+        for tp in tr.pending if tr is not None else ():
+            if self._partitions.pop(tp, None) is not None:
+                unassign.append(KTopicPartition(tp.topic, tp.partition))
+            self._flushing.pop(tp, None)
+        if unassign:
+            self._consumer.incremental_unassign(unassign)
+        self._metrics.active_restoring_tasks = len(self._tasks)
+        with self._out_lock:
+            self._failed.append((task, exc))
 
     def _plan_task(self, task: Task, tr: _TaskRestore) -> list[KTopicPartition]:
         assign = []
@@ -224,12 +258,10 @@ class StateUpdater:
             if start >= end:
                 continue
             key = f"{task.id}/{store.spec.name}"
-            m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic())
+            m = StoreRestoreMetrics(restore_remaining_records=end - start, started_at_s=time.monotonic(),
+                                    changelog=str(store.changelog))
             self._metrics.restores[key] = m
             self._partitions[store.changelog] = _StorePartition(task, store, end, m)
-            begin = getattr(store.backend, "begin_restore", None)
-            if begin is not None:
-                begin(end - start)
             tr.pending.add(store.changelog)
             assign.append(KTopicPartition(store.changelog.topic, store.changelog.partition, start))
             log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
@@ -273,7 +305,8 @@ class StateUpdater:
                 sp = self._flushing.pop(tp)
             else:
                 unassign.append(KTopicPartition(tp.topic, tp.partition))
-            sp.metrics.ended_at_s = time.monotonic()
+            self._metrics.restores.pop(f"{task_id}/{sp.store.spec.name}", None)  # moved away: not restored here
+        self._metrics.active_restoring_tasks = len(self._tasks)
         try:
             if unassign:
                 self._consumer.incremental_unassign(unassign)
@@ -300,7 +333,7 @@ class StateUpdater:
         This loop is the restore's hot path: it touches each message as few times as it can."""
         limit = self._config.restore_batch_records_max
         partitions = self._partitions
-        run_tp: tuple | None = None
+        run_partition = run_topic = None
         sp: _StorePartition | None = None  # None: the run's partition no longer restores; skip its records
         put = delete = batch = last = None
         n = 0
@@ -309,13 +342,13 @@ class StateUpdater:
             if key is None:  # Kafka refuses keyless records in compacted topics: this is an error event
                 self._raise_for(m)
                 continue
-            tp = (m.topic(), m.partition())
-            if tp != run_tp or n == limit:
+            partition = m.partition()
+            if partition != run_partition or n == limit or m.topic() != run_topic:  # int compare first: cheaper
                 if n:
                     self._write(sp, batch, last.offset(), n)
                     n = 0
-                run_tp = tp
-                sp = partitions.get(tp)
+                run_partition, run_topic = partition, m.topic()
+                sp = partitions.get((run_topic, partition))
                 if sp is not None:
                     batch = sp.new_batch()
                     put, delete = batch.put, batch.delete
@@ -345,7 +378,10 @@ class StateUpdater:
         sp.restored += n
         sp.metrics.restore_records_total += n
         sp.metrics.restore_remaining_records = max(0, sp.end_offset - last_offset - 1)
-        self._metrics.restore_records_total += n
+        sp.metrics.rate.sample(sp.metrics.restore_records_total)
+        metrics = self._metrics
+        metrics.restore_records_total += n
+        metrics.restore_rate.sample(metrics.restore_records_total)
         self._listener.on_batch_restored(sp.store.changelog, sp.store.spec.name, last_offset, n)
 
     def _check_done(self, consumer: Consumer) -> None:
@@ -390,6 +426,7 @@ class StateUpdater:
         tr.pending.discard(tp)
         if not tr.pending:
             del self._tasks[sp.task.id]
+            self._metrics.active_restoring_tasks = len(self._tasks)
             with self._out_lock:
                 self._restored.append(sp.task)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Config
 from ..dsl.topology import Topology
@@ -22,7 +22,11 @@ from .task_manager import TaskManager
 
 log = logging.getLogger(__name__)
 
-_FLUSH_TIMEOUT_S = 60.0
+# How long a commit waits for its records: under at-least-once, up to librdkafka's message.timeout.ms
+# (300 s: a broker outage shorter than that delays commits, it does not fail the app); under
+# exactly-once, records time out with the transaction (transaction_timeout_ms), then the transaction aborts.
+_ALOS_FLUSH_TIMEOUT_S = 305.0
+_EOS_TIMEOUT_S = 60.0
 
 
 class StreamThread(threading.Thread):
@@ -48,14 +52,18 @@ class StreamThread(threading.Thread):
         changelogs = {cfg.changelog_topic(name) for name in self._topology.store_specs()}
         tracker = DeliveryTracker(changelogs)
         txn_id = f"{cfg.app_id}-{self._state_dir.process_id()}-0" if cfg.exactly_once else None
-        producer = clients.producer(cfg, transactional_id=txn_id, on_delivery=tracker)
+        def new_producer() -> Any:
+            return clients.producer(cfg, transactional_id=txn_id, on_delivery=tracker)
+
+        producer = new_producer()
         consumer = clients.main_consumer(cfg)
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics)
         committer: Committer
         if cfg.exactly_once:
-            committer = ExactlyOnceCommitter(consumer, producer, tracker, self._metrics, _FLUSH_TIMEOUT_S)
+            committer = ExactlyOnceCommitter(consumer, producer, tracker, self._metrics, _EOS_TIMEOUT_S,
+                                             producer_factory=new_producer)
         else:
-            committer = AtLeastOnceCommitter(consumer, producer, tracker, self._metrics, _FLUSH_TIMEOUT_S)
+            committer = AtLeastOnceCommitter(consumer, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer)
         self.task_manager = tm
         clean = True
@@ -64,15 +72,15 @@ class StreamThread(threading.Thread):
                 committer.init()
             updater.start()
             ConsumerGroupMembership(consumer).join(self._topology.source_topics, tm)
-            self._loop(consumer, producer, tm)
+            self._loop(consumer, tm)
         except BaseException as exc:
             clean = False
             log.exception("stream thread failed")
             self._on_error(exc)
         finally:
-            self._shutdown(consumer, producer, tm, updater, clean)
+            self._shutdown(consumer, tm, updater, clean)
 
-    def _loop(self, consumer, producer, tm: TaskManager) -> None:
+    def _loop(self, consumer, tm: TaskManager) -> None:
         cfg = self._config
         commit_every_s = cfg.commit_interval_ms / 1000
         poll_s = cfg.poll_ms / 1000
@@ -83,14 +91,14 @@ class StreamThread(threading.Thread):
             tm.handle_restored()
             if msgs:
                 tm.process(msgs)
-            producer.poll(0)
+            tm.producer.poll(0)
             now = time.monotonic()
             if now >= next_commit or tm.dirty_bytes() >= uncommitted_max:
                 tm.commit()
                 next_commit = now + commit_every_s
             self._on_state(tm.all_running())
 
-    def _shutdown(self, consumer, producer, tm: TaskManager, updater: StateUpdater, clean: bool) -> None:
+    def _shutdown(self, consumer, tm: TaskManager, updater: StateUpdater, clean: bool) -> None:
         try:
             tm.shutdown(clean)
         except BaseException as exc:
@@ -102,4 +110,4 @@ class StreamThread(threading.Thread):
                 consumer.close()  # leaves the group: the partitions move at once
             except Exception:
                 log.exception("closing the consumer failed")
-            producer.flush(10)
+            tm.producer.flush(10)

@@ -5,6 +5,7 @@ Runs on the processing thread only (rebalance callbacks run there too, inside ``
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
@@ -20,7 +21,7 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import RocksDBBackend, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
-from .commit import Committer, TransactionAborted
+from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
 from .state_updater import StateUpdater
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
 
@@ -138,7 +139,22 @@ class TaskManager:
         return self.assignment_received and all(t.state is TaskState.RUNNING for t in self.tasks.values())
 
     def process(self, msgs: list) -> None:
-        self._committer.begin()
+        try:
+            self._process(msgs)
+        except ProducerFenced:
+            self.recover_from_fencing()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def _process(self, msgs: list) -> None:
+        try:
+            self._committer.begin()
+        except KafkaException as exc:
+            if is_fenced(exc):
+                raise ProducerFenced(str(exc.args[0])) from exc
+            raise
         ctx = self._ctx
         by_input = self._by_input
         metrics = self._metrics
@@ -171,6 +187,8 @@ class TaskManager:
             ctx.headers = msg.headers()
             try:
                 source.process(key, value, ctx)
+            except ProducerFenced:
+                raise
             except Exception as exc:
                 raise ProcessingError(topic, partition, offset, exc) from exc
             task.next_offset = offset + 1
@@ -191,6 +209,27 @@ class TaskManager:
                 return
             except BufferError:
                 self._producer.poll(0.05)  # the local queue is full: let deliveries drain
+            except KafkaException as exc:
+                if is_fenced(exc):
+                    raise ProducerFenced(str(exc.args[0])) from exc
+                raise
+
+    def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
+        """The group's committed offsets, retried while the coordinator moves or loads (a broker restart),
+        for at most ``rewind_timeout_ms``."""
+        deadline = time.monotonic() + self._config.rewind_timeout_ms / 1000
+        delay = 0.1
+        while True:
+            try:
+                return self._consumer.committed(tps, timeout=self._config.broker_timeout_ms / 1000)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or time.monotonic() + delay > deadline:
+                    raise RuntimeError(f"cannot read the committed input offsets to redo the work of an aborted "
+                                       f"transaction: {err}; the app stops, restart it when the broker is back") from exc
+                log.warning("reading committed offsets failed (%s); retrying in %.1fs", err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def dirty_records(self) -> int:
         return sum(t.dirty_records() for t in self.tasks.values())
@@ -204,6 +243,14 @@ class TaskManager:
             self._committer.commit(running)
         except TransactionAborted:
             self.rewind(running)
+        except ProducerFenced:
+            self.recover_from_fencing()
+
+    def recover_from_fencing(self) -> None:
+        """Exactly-once: the producer was fenced, so its transaction is gone. A new producer takes over and
+        every running task starts again from its last commit."""
+        self._producer = self._committer.recreate_producer()
+        self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def rewind(self, tasks: list[Task]) -> None:
         """After an aborted transaction: drop uncommitted store writes and seek each task's input back to its
@@ -215,10 +262,7 @@ class TaskManager:
             task.drop_uncommitted()
             task.next_offset = task.committed_offset
         tps = [KTopicPartition(t.input.topic, t.input.partition) for t in tasks]
-        try:
-            committed = self._consumer.committed(tps, timeout=self._config.broker_timeout_ms / 1000)
-        except KafkaException as exc:
-            raise RuntimeError(f"cannot read committed offsets to rewind after an aborted transaction: {exc}") from exc
+        committed = self._committed_offsets(tps)
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:

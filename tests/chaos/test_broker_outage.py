@@ -1,0 +1,105 @@
+"""The broker disappears mid-transaction (kill -9 of its JVM) while an exactly-once app processes a steady
+input, and comes back. The app must abort and retry, not lose or double an update: at the end each word's
+output values (read_committed) are exactly 1, 2, ..., n.
+
+It runs its own broker (scripts/kafka on another port) so the shared one is never touched."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from kafka_helpers import KAFKA_SCRIPT, Kafka, true_counts, wait_for, word_records, words
+from scenario import PARTITIONS, Runner, exactly_once_violations, output_sequences
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(400)]
+
+PORT = os.environ.get("HOTSTATE_OUTAGE_KAFKA_PORT", "19392")
+
+
+def broker(command: str) -> str:
+    env = {**os.environ, "HOTSTATE_KAFKA_PORT": PORT}
+    proc = subprocess.run([str(KAFKA_SCRIPT), command], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"scripts/kafka {command} on port {PORT} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+def broker_pid() -> int:
+    cache = Path(os.environ.get("HOTSTATE_CACHE", Path.home() / ".cache" / "hotstate"))
+    return int((cache / f"kafka-run-{PORT}" / "kafka.pid").read_text())
+
+
+@pytest.fixture
+def own_broker():
+    broker("reset")
+    bootstrap = broker("start")
+    k = Kafka(bootstrap, AdminClient({"bootstrap.servers": bootstrap}))
+    try:
+        yield k
+    finally:
+        broker("reset")
+
+
+def test_broker_killed_mid_transaction_loses_and_doubles_nothing(own_broker, tmp_path):
+    kafka = own_broker
+    rng = random.Random(3)
+    source = kafka.create_topic(partitions=PARTITIONS, prefix="outage-words")
+    sink = kafka.create_topic(partitions=PARTITIONS, prefix="outage-counts")
+    app_id = kafka.app_id("outage")
+    vocab = words(2000)
+    truth: Counter = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    feed_errors: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            while not stop.is_set():
+                recs = word_records(rng, vocab, 100)
+                kafka.produce(source, recs, partitions=PARTITIONS)  # waits out the outage (acks, retries)
+                with lock:
+                    truth.update(true_counts(recs))
+                time.sleep(0.02)
+        except BaseException as exc:  # surfaced by the test
+            feed_errors.append(exc)
+
+    app = Runner(kafka, app_id, tmp_path / "state", source, sink, tmp_path / "app.stderr", "exactly_once_v2")
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        app.wait_event("running", timeout_s=90)
+        feeder.start()
+        app.wait_event("offsets", timeout_s=30)
+        time.sleep(rng.uniform(0.5, 1.5))
+        os.kill(broker_pid(), signal.SIGKILL)  # mid-transaction: commits run every 100 ms
+        time.sleep(3)
+        broker("start")
+        wait_for(lambda: app.proc.poll() is None and len(app.of("offsets")) > 0, "the app to live on", 5)
+        seen = len(app.of("offsets"))
+
+        def committing_again() -> bool:
+            assert app.proc.poll() is None, f"the app died during the outage; see {app.stderr.name}"
+            return len(app.of("offsets")) > seen + 5
+
+        wait_for(committing_again, "the app to commit again after the outage", 120, 0.2)
+        stop.set()
+        feeder.join(120)
+        assert not feed_errors, feed_errors
+        ends = kafka.ends(source)
+        wait_for(lambda: kafka.committed(app_id, source, PARTITIONS) == ends, "every input offset committed", 120, 0.3)
+        assert app.proc.poll() is None, f"the app died during the outage; see {app.stderr.name}"
+        with lock:
+            expected = Counter(truth)
+        bad = exactly_once_violations(expected, output_sequences(kafka, sink))
+        assert not bad, f"{len(bad)} words with lost or doubled updates: {dict(list(bad.items())[:5])}"
+        app.terminate()
+    finally:
+        stop.set()
+        app.close_files()

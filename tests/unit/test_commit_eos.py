@@ -1,0 +1,108 @@
+"""The exactly-once committer's steps and failure handling, with a fake transactional producer."""
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from hotstate.observe.metrics import Metrics
+from hotstate.runtime.commit import (DeliveryTracker, ExactlyOnceCommitter, ProducerFenced, TransactionAborted,
+                                     is_fenced)
+
+
+class FakeTxnProducer:
+    def __init__(self, log, fail_at=None, error=None):
+        self.log, self.fail_at, self.error = log, fail_at, error
+
+    def _step(self, name):
+        self.log.append(name)
+        if name == self.fail_at:
+            raise KafkaException(self.error)
+
+    def init_transactions(self, timeout):
+        self._step("init")
+
+    def begin_transaction(self):
+        self._step("begin")
+
+    def produce(self, *a, **kw):
+        self._step("produce")
+
+    def poll(self, timeout):
+        return 0
+
+    def flush(self, timeout):
+        self._step("flush")
+        return 0
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout):
+        self._step("send_offsets")
+
+    def commit_transaction(self, timeout):
+        self._step("commit")
+
+    def abort_transaction(self, timeout):
+        self._step("abort")
+
+    def purge(self):
+        self.log.append("purge")
+
+
+class FakeConsumer:
+    def consumer_group_metadata(self):
+        return b"cgmd"
+
+
+def committer(log, clock=None, **producer):
+    made = []
+
+    def factory():
+        p = FakeTxnProducer(log)
+        made.append(p)
+        return p
+
+    c = ExactlyOnceCommitter(FakeConsumer(), FakeTxnProducer(log, **producer), DeliveryTracker(set()), Metrics(),
+                             1.0, producer_factory=factory, **({"clock": clock} if clock else {}))
+    return c, made
+
+
+def test_nothing_is_committed_outside_a_transaction():
+    log = []
+    c, _ = committer(log)
+    c.commit([])
+    assert log == []
+    c.begin()
+    c.begin()  # idempotent while open
+    c.commit([])
+    assert log == ["begin", "flush", "commit"]
+
+
+def test_an_abortable_failure_aborts_and_asks_for_a_rewind():
+    log = []
+    c, _ = committer(log, fail_at="send_offsets", error=KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "zombie"))
+    c.begin()
+    from hotstate.records import TopicPartition
+    task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
+                          "committed_offset": 1, "needs_commit": lambda self: True})()
+    with pytest.raises(TransactionAborted):
+        c.commit([task])
+    assert log == ["begin", "flush", "send_offsets", "abort"]
+    assert task.committed_offset == 1  # not marked committed
+
+
+def test_a_fatal_failure_asks_for_a_new_producer_within_a_budget():
+    log = []
+    now = [0.0]
+    fatal = KafkaError(KafkaError.INVALID_TXN_STATE, "gone", fatal=True)
+    c, made = committer(log, clock=lambda: now[0], fail_at="commit", error=fatal)
+    assert is_fenced(KafkaException(fatal)) and not is_fenced(KafkaException(KafkaError(KafkaError._TIMED_OUT)))
+    c.begin()
+    with pytest.raises(ProducerFenced):
+        c.commit([])
+    for _ in range(ExactlyOnceCommitter.RECREATE_MAX):
+        c.recreate_producer()
+        now[0] += 1
+    assert len(made) == ExactlyOnceCommitter.RECREATE_MAX and log.count("init") == ExactlyOnceCommitter.RECREATE_MAX
+    with pytest.raises(RuntimeError, match="failed fatally"):
+        c.recreate_producer()
+    now[0] += ExactlyOnceCommitter.RECREATE_WINDOW_S + 1  # an old burst does not count against a new one
+    c.recreate_producer()
