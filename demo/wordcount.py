@@ -102,6 +102,20 @@ def restored(app: hotstate.App) -> int:
     return sum(s.restored_records for t in app.tasks() for s in t.stores.values())
 
 
+def restart_and_check(app_id: str, bootstrap: str, state_dir: str, topic: str, expected: collections.Counter) -> None:
+    """Starts the app, times it to RUNNING, says what it replayed, checks the counts, closes it."""
+    app = build(app_id, bootstrap, state_dir, topic, Progress())
+    t0 = time.monotonic()
+    app.start()
+    app.wait_until_running(timeout_s=600)
+    took = time.monotonic() - t0
+    n = restored(app)
+    rate = f" ({n / took:,.0f} records/s)" if n else ""
+    print(f"\r    RUNNING after {took:.2f}s, {n:,} changelog records replayed{rate}" + " " * 20)
+    check(app, expected)
+    app.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('HOTSTATE_KAFKA_PORT', '9092')}")
@@ -136,28 +150,11 @@ def main() -> None:
     app.close()
 
     print("3. clean restart: the store keeps its changelog offset, so only the delta is replayed")
-    listener = Progress()
-    app = build(app_id, args.bootstrap, state_dir, topic, listener)
-    t0 = time.monotonic()
-    app.start()
-    app.wait_until_running(timeout_s=600)
-    took = time.monotonic() - t0
-    print(f"    RUNNING after {took:.2f}s, {restored(app):,} changelog records replayed")
-    check(app, expected)
-    app.close()
+    restart_and_check(app_id, args.bootstrap, state_dir, topic, expected)
 
     print("4. wiped state dir: the whole changelog is replayed on the restore thread")
     shutil.rmtree(state_dir)
-    listener = Progress()
-    app = build(app_id, args.bootstrap, state_dir, topic, listener)
-    t0 = time.monotonic()
-    app.start()
-    app.wait_until_running(timeout_s=600)
-    took = time.monotonic() - t0
-    n = restored(app)
-    print(f"\r    RUNNING after {took:.2f}s, {n:,} changelog records replayed ({n / took:,.0f} records/s)" + " " * 20)
-    check(app, expected)
-    app.close()
+    restart_and_check(app_id, args.bootstrap, state_dir, topic, expected)
 
     print(f"done. Data: broker topics {topic}, {topic}-counts, {app_id}-word-counts-changelog; "
           f"state dir {os.path.join(state_dir, app_id)}")

@@ -102,6 +102,40 @@ class Runner:
         self.stderr.close()
 
 
+class Feeder:
+    """Produces word records to ``source`` on a thread until stopped, keeping the true counts."""
+
+    def __init__(self, kafka, source: str, rng: random.Random, vocab: list[str], batch: int):
+        self._kafka, self._source, self._rng, self._vocab, self._batch = kafka, source, rng, vocab, batch
+        self._truth: Counter = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                recs = word_records(self._rng, self._vocab, self._batch)
+                self._kafka.produce(self._source, recs, partitions=PARTITIONS)  # waits out outages
+                with self._lock:
+                    self._truth.update(true_counts(recs))
+                time.sleep(0.02)
+        except BaseException as exc:  # surfaced by the test through .errors
+            self.errors.append(exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 120) -> Counter:
+        """Stops producing; returns the true counts of everything produced."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        with self._lock:
+            return Counter(self._truth)
+
+
 @dataclass
 class ChaosResult:
     truth: Counter

@@ -9,16 +9,14 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from kafka_helpers import KAFKA_SCRIPT, Kafka, true_counts, wait_for, word_records, words
-from scenario import PARTITIONS, Runner, exactly_once_violations, output_sequences
+from kafka_helpers import KAFKA_SCRIPT, Kafka, wait_for, words
+from scenario import PARTITIONS, Feeder, Runner, exactly_once_violations, output_sequences
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(400)]
 
@@ -54,25 +52,8 @@ def test_broker_killed_mid_transaction_loses_and_doubles_nothing(own_broker, tmp
     source = kafka.create_topic(partitions=PARTITIONS, prefix="outage-words")
     sink = kafka.create_topic(partitions=PARTITIONS, prefix="outage-counts")
     app_id = kafka.app_id("outage")
-    vocab = words(2000)
-    truth: Counter = Counter()
-    lock = threading.Lock()
-    stop = threading.Event()
-    feed_errors: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            while not stop.is_set():
-                recs = word_records(rng, vocab, 100)
-                kafka.produce(source, recs, partitions=PARTITIONS)  # waits out the outage (acks, retries)
-                with lock:
-                    truth.update(true_counts(recs))
-                time.sleep(0.02)
-        except BaseException as exc:  # surfaced by the test
-            feed_errors.append(exc)
-
+    feeder = Feeder(kafka, source, rng, words(2000), 100)
     app = Runner(kafka, app_id, tmp_path / "state", source, sink, tmp_path / "app.stderr", "exactly_once_v2")
-    feeder = threading.Thread(target=feed, daemon=True)
     try:
         app.wait_event("running", timeout_s=90)
         feeder.start()
@@ -89,17 +70,14 @@ def test_broker_killed_mid_transaction_loses_and_doubles_nothing(own_broker, tmp
             return len(app.of("offsets")) > seen + 5
 
         wait_for(committing_again, "the app to commit again after the outage", 120, 0.2)
-        stop.set()
-        feeder.join(120)
-        assert not feed_errors, feed_errors
+        expected = feeder.stop()
+        assert not feeder.errors, feeder.errors
         ends = kafka.ends(source)
         wait_for(lambda: kafka.committed(app_id, source, PARTITIONS) == ends, "every input offset committed", 120, 0.3)
         assert app.proc.poll() is None, f"the app died during the outage; see {app.stderr.name}"
-        with lock:
-            expected = Counter(truth)
         bad = exactly_once_violations(expected, output_sequences(kafka, sink))
         assert not bad, f"{len(bad)} words with lost or doubled updates: {dict(list(bad.items())[:5])}"
         app.terminate()
     finally:
-        stop.set()
+        feeder.stop()
         app.close_files()

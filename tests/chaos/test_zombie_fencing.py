@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
-from collections import Counter
 
 import pytest
 
-from kafka_helpers import true_counts, wait_for, word_records, words
-from scenario import PARTITIONS, Runner, exactly_once_violations, output_sequences
+from kafka_helpers import wait_for, words
+from scenario import PARTITIONS, Feeder, Runner, exactly_once_violations, output_sequences
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -31,23 +29,10 @@ def test_sigstopped_zombie_commits_nothing_and_rejoins(kafka, tmp_path):
     source = kafka.create_topic(partitions=PARTITIONS, prefix="zombie-words")
     sink = kafka.create_topic(partitions=PARTITIONS, prefix="zombie-counts")
     app_id = kafka.app_id("zombie")
-    vocab = words(3000)
-    truth: Counter = Counter()
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def feed() -> None:
-        while not stop.is_set():
-            recs = word_records(rng, vocab, 200)
-            kafka.produce(source, recs, partitions=PARTITIONS)
-            with lock:
-                truth.update(true_counts(recs))
-            time.sleep(0.02)
-
+    feeder = Feeder(kafka, source, rng, words(3000), 200)
     dir_a, dir_b = tmp_path / "a", tmp_path / "b"
     a = Runner(kafka, app_id, dir_a, source, sink, tmp_path / "a.stderr", "exactly_once_v2")
     b = Runner(kafka, app_id, dir_b, source, sink, tmp_path / "b.stderr", "exactly_once_v2")
-    feeder = threading.Thread(target=feed, daemon=True)
     try:
         feeder.start()
         wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(PARTITIONS)),
@@ -64,24 +49,22 @@ def test_sigstopped_zombie_commits_nothing_and_rejoins(kafka, tmp_path):
         wait_for(lambda: owned(a) and owned(a) | owned(b) == set(range(PARTITIONS)),
                  "the zombie to rejoin and run tasks again", 90, 0.2)
         time.sleep(1)
-        stop.set()
-        feeder.join(30)
+        expected = feeder.stop()
+        assert not feeder.errors, feeder.errors
         ends = kafka.ends(source)
         wait_for(lambda: kafka.committed(app_id, source, PARTITIONS) == ends, "every input offset committed", 60, 0.2)
         out = kafka.read_table(sink)
-        with lock:
-            expected = dict(truth)
         wrong = {w: (out.get(w), c) for w, c in expected.items() if out.get(w) != c}
         assert not wrong, f"{len(wrong)} words wrong in the output (got, true): {dict(list(wrong.items())[:10])}"
         # No zombie write became visible: each word's output values are exactly 1, 2, ..., n.
-        bad = exactly_once_violations(Counter(expected), output_sequences(kafka, sink))
+        bad = exactly_once_violations(expected, output_sequences(kafka, sink))
         assert not bad, f"{len(bad)} words with doubled or missing updates: {dict(list(bad.items())[:5])}"
         # The zombie's tasks kept their committed state on disk (closed, not wiped).
         for p in zombie_tasks:
             store_dir = dir_a / app_id / f"0_{p}" / "word-counts"
             assert store_dir.is_dir() and any(store_dir.iterdir()), f"the zombie's store of task 0_{p} was wiped"
     finally:
-        stop.set()
+        feeder.stop()
         for r in (a, b):
             if r.proc.poll() is None:
                 r.proc.send_signal(signal.SIGCONT)
