@@ -76,16 +76,18 @@ def test_nothing_is_committed_outside_a_transaction():
     assert log == ["begin", "flush", "commit"]
 
 
-def test_an_abortable_failure_aborts_and_asks_for_a_rewind():
+def test_an_abortable_failure_replaces_the_producer_and_asks_for_a_rewind():
     log = []
-    c, _ = committer(log, fail_at="send_offsets", error=KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "zombie"))
+    c, made = committer(log, fail_at="send_offsets", error=KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "zombie"))
     c.begin()
     from hotstate.records import TopicPartition
     task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
                           "committed_offset": 1, "needs_commit": lambda self: True})()
     with pytest.raises(TransactionAborted):
         c.commit([task])
-    assert log == ["begin", "flush", "send_offsets", "abort"]
+    # A new producer's init_transactions aborts the transaction on the coordinator (see commit.py).
+    assert log == ["begin", "flush", "send_offsets", "purge", "init"]
+    assert len(made) == 1 and c.producer is made[0]
     assert task.committed_offset == 1  # not marked committed
 
 

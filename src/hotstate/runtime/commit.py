@@ -187,6 +187,7 @@ class ExactlyOnceCommitter(Committer):
     # within the window, with the last error.
     RECREATE_MAX = 5
     RECREATE_WINDOW_S = 300.0
+    INIT_TIMEOUT_S = 300.0
 
     def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -196,8 +197,18 @@ class ExactlyOnceCommitter(Committer):
         self._in_transaction = False
 
     def init(self) -> None:
-        """Fences an earlier producer with the same transactional id and aborts its open transaction."""
-        self.producer.init_transactions(self._timeout_s)
+        """Fences an earlier producer with the same transactional id and aborts its open transaction.
+        Retried while the coordinator is busy or away (a broker restart), for at most ``INIT_TIMEOUT_S``."""
+        deadline = self._clock() + self.INIT_TIMEOUT_S
+        while True:
+            try:
+                self.producer.init_transactions(self._timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or self._clock() > deadline:
+                    raise
+                log.warning("init_transactions failed (%s); retrying", err)
 
     def recreate_producer(self) -> Producer:
         """After ProducerFenced: drop the fenced producer (its transaction is aborted by the broker) and
@@ -216,7 +227,7 @@ class ExactlyOnceCommitter(Committer):
         self._tracker.take_errors()
         self.producer = self._producer_factory()
         self.init()
-        log.warning("exactly-once: the producer was fenced; a new one took over (uncommitted work is redone)")
+        log.warning("exactly-once: a new transactional producer took over (uncommitted work is redone)")
         return self.producer
 
     def begin(self) -> None:
@@ -254,7 +265,11 @@ class ExactlyOnceCommitter(Committer):
                 raise ProducerFenced(str(err)) from exc
             log.warning("transaction failed (%s); aborting it: uncommitted work is dropped and the input is "
                         "processed again from the last commit", err)
-            self.abort()
+            # Not abort_transaction: after some abortable errors librdkafka must bump the producer epoch, and
+            # when the coordinator answers CONCURRENT_TRANSACTIONS (seen after a broker restart) its next
+            # transactional call blocks past any timeout. A new producer's init_transactions aborts the
+            # transaction on the coordinator just as well, and its retries are bounded.
+            self.recreate_producer()
             raise TransactionAborted(str(err)) from exc
         self._in_transaction = False
         self.mark_committed(tasks)

@@ -242,6 +242,7 @@ class TaskManager:
         try:
             self._committer.commit(running)
         except TransactionAborted:
+            self._producer = self._committer.producer  # the committer replaced it (see commit.py)
             self.rewind(running)
         except ProducerFenced:
             self.recover_from_fencing()
