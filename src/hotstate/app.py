@@ -89,6 +89,7 @@ class App:
         self._error: BaseException | None = None
         self._thread: StreamThread | None = None
         self._state_dir = StateDirectory(self.config.state_dir, self.config.app_id)
+        self._metrics_server: Any = None
 
     # ---- building ----
     def stream(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES) -> Stream:
@@ -122,6 +123,9 @@ class App:
         self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
                                     self._on_tasks_running, self._on_error)
         self._thread.start()
+        if self.config.metrics_port is not None:
+            from .observe.prometheus import MetricsServer
+            self._metrics_server = MetricsServer(self.config.app_id, self._metrics.snapshot, self.config.metrics_port)
 
     def _prepare_topics(self) -> None:
         admin = Admin(self.config)
@@ -169,6 +173,9 @@ class App:
             self._thread.join(timeout_s)
             done = not self._thread.is_alive()
         self._state_dir.unlock()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         with self._state_lock:
             # A failure during shutdown moved the app to ERROR; it stays there (error() tells what happened).
             if done and self._state is AppState.PENDING_SHUTDOWN:

@@ -1,18 +1,79 @@
 """Counters kept by the runtime; ``App.metrics()`` returns a snapshot of them.
 
-Each counter has one writer thread (processing or restore); readers may see a value one update old."""
+Each counter has one writer thread (processing or restore); readers may see a value one update old.
+Restore metrics use Kafka Streams' names (KIP-869): per instance ``active_restoring_tasks``,
+``standby_updating_tasks``, ``restore_records_rate``, ``active_restore_ratio``; per store partition
+``restore_records_total``, ``restore_remaining_records``, a rate and an ETA. Rates and ratios are over the
+last ``RATE_WINDOW_S`` seconds.
+"""
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
+from typing import Callable
+
+RATE_WINDOW_S = 10.0
+_SAMPLE_EVERY_S = 0.25
+_SAMPLES_MAX = int(RATE_WINDOW_S / _SAMPLE_EVERY_S) + 2
+
+
+class RateWindow:
+    """The growth per second of a counter over the last ``RATE_WINDOW_S`` seconds.
+
+    The writer calls ``sample(total)`` whenever the counter moved (it keeps at most one sample per
+    ``_SAMPLE_EVERY_S``, so a bounded deque); any thread calls ``rate(total)``. A counter that stopped moving
+    decays to 0 once its last samples leave the window."""
+
+    __slots__ = ("_samples", "_clock")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=_SAMPLES_MAX)
+
+    def sample(self, total: float) -> None:
+        now = self._clock()
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= _SAMPLE_EVERY_S:
+            samples.append((now, total))
+
+    def rate(self, total: float) -> float:
+        now = self._clock()
+        try:
+            for t, value in list(self._samples):
+                if now - t <= RATE_WINDOW_S:
+                    elapsed = now - t
+                    return (total - value) / elapsed if elapsed > 0 else 0.0
+        except RuntimeError:  # the writer mutated the deque while it was copied: report no rate this time
+            pass
+        return 0.0
 
 
 @dataclass
 class StoreRestoreMetrics:
+    """One store partition's restore. ``restore_remaining_records`` counts changelog offsets left to read
+    (an upper bound of records: compacted-away offsets and transaction markers count too)."""
+
     restore_records_total: int = 0
     restore_remaining_records: int = 0
     started_at_s: float = 0.0
     ended_at_s: float | None = None
+    changelog: str = ""
+    rate: RateWindow = field(default_factory=RateWindow)
+
+    def snapshot(self) -> dict:
+        done = self.ended_at_s is not None
+        rate = self.rate.rate(self.restore_records_total)
+        remaining = 0 if done else self.restore_remaining_records
+        return {
+            "changelog": self.changelog,
+            "state": "RESTORED" if done else "RESTORING",
+            "restore_records_total": self.restore_records_total,
+            "restore_remaining_records": remaining,
+            "restore_records_rate": round(rate, 1),
+            "restore_eta_s": 0.0 if done else (round(remaining / rate, 1) if rate > 0 else None),
+            "restore_seconds": round((self.ended_at_s if done else time.monotonic()) - self.started_at_s, 3),
+        }
 
 
 @dataclass
@@ -24,15 +85,27 @@ class Metrics:
     restore_records_total: int = 0
     restores: dict[str, StoreRestoreMetrics] = field(default_factory=dict)  # "<task>/<store>" -> metrics
     started_at_s: float = field(default_factory=time.monotonic)
+    # Written by the state updater.
+    active_restoring_tasks: int = 0
+    standby_updating_tasks: int = 0  # no standby replicas yet
+    restore_busy_s: float = 0.0  # time the restore thread spent restoring (reading, writing, flushing)
+    restore_rate: RateWindow = field(default_factory=RateWindow)
+    restore_busy_rate: RateWindow = field(default_factory=RateWindow)
 
     def snapshot(self) -> dict:
-        restoring = {k: v for k, v in self.restores.items() if v.ended_at_s is None}
+        restores = {k: v.snapshot() for k, v in list(self.restores.items())}
+        restoring = {k: v for k, v in restores.items() if v["state"] == "RESTORING"}
         return {
             "records_processed_total": self.records_processed_total,
             "skipped_records_total": self.skipped_records_total,
             "dropped_records_null_key_total": self.dropped_null_key,
             "commit_total": self.commits_total,
             "restore_records_total": self.restore_records_total,
+            "active_restoring_tasks": self.active_restoring_tasks,
+            "standby_updating_tasks": self.standby_updating_tasks,
+            "restore_records_rate": round(self.restore_rate.rate(self.restore_records_total), 1),
+            "active_restore_ratio": round(min(1.0, self.restore_busy_rate.rate(self.restore_busy_s)), 3),
             "active_restoring_stores": len(restoring),
-            "restore_remaining_records": {k: v.restore_remaining_records for k, v in restoring.items()},
+            "restore_remaining_records": {k: v["restore_remaining_records"] for k, v in restoring.items()},
+            "restores": restores,
         }
