@@ -196,3 +196,19 @@ def test_failing_restore_switch_fails_only_its_task(tmp_path):
     assert set(consumer.positions) == {CHANGELOG}
     run_until_idle(u, consumer)
     assert u.drain_restored() == [ok]
+
+
+def test_ending_a_bulk_restore_persists_the_offset_without_a_rewrite(tmp_path, bulk_from_one, caplog):
+    task = make_task("rocksdb", tmp_path)
+    consumer = FakeRestoreConsumer({CHANGELOG: (0, 30)}, {CHANGELOG: changelog_records(30)})
+    u = make_updater(consumer, restore_batch_records_max=4)
+    u._start_tasks([task])
+    with caplog.at_level("WARNING", logger="hotstate.state.rocksdb_store"):
+        run_until_idle(u, consumer)
+    assert not [r for r in caplog.records if "did not reach disk" in r.getMessage()]
+    task.close_stores()
+    again = task.stores["counts"].reopen()
+    try:
+        assert again.changelog_offset() == 30 and again.get(b"k2") == i64(29)
+    finally:
+        again.close()

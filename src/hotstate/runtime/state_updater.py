@@ -6,10 +6,17 @@ RESTORING, ``remove(task_id) -> Future`` when it loses one, and ``drain_restored
 
 All restoring store partitions of the instance share one restore consumer (manual assignment,
 ``read_committed``). Each consume call returns up to ``restore_consume_records_max`` records of any of
-them; each partition's records go to its store in write batches of up to ``restore_batch_records_max``
-records, without the WAL, the new changelog offset in the same batch. "Restored" means the consumer's
-position reached the end offset read when the restore began (not that a record at end-1 was seen: under
-transactions the last offset is a commit marker).
+them; each run of one partition's records goes into one write batch of its store (at most
+``restore_batch_records_max`` records), without the WAL, the new changelog offset in the same batch.
+"Restored" means the consumer's position reached the end offset read when the restore began (not that a
+record at end-1 was seen: under transactions the last offset is a commit marker).
+
+A store partition goes: assigned (reading) -> read to its end, unassigned, its flush started (flushing)
+-> flushed: ``end_restore`` makes the offset durable and switches the store back to processing; when that
+was its task's last store, the task is handed back. Backends may offer, and RocksDB does:
+``begin_restore(records)``, ``restore_batch()`` + ``write_restore_batch(batch, offset)`` (records go straight
+into a native batch), ``request_restore_flush()`` + ``restore_flushed()`` (a flush the thread does not wait
+for). Why each exists, with numbers: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def _restore_options() -> Options:
     opts.set_level_zero_stop_writes_trigger(_NO_TRIGGER)
     opts.set_soft_pending_compaction_bytes_limit(0)
     opts.set_hard_pending_compaction_bytes_limit(0)
-    opts.set_max_background_jobs(4)
+    opts.set_max_background_jobs(8)  # RocksDB gives a quarter to flushes: 2 flush threads
     return opts
 
 
@@ -74,6 +74,7 @@ class RocksDBBackend:
         self.path = path
         self._restoring = False  # some restore writes (WAL off) may not be flushed yet
         self._bulk = False  # open with the bulk-load options
+        self._flush_step = 0  # request_restore_flush: 1 data being flushed, 2 offset being flushed
         self._db = self._meta = self._meta_handle = None
         try:
             os.makedirs(path, exist_ok=True)
@@ -106,9 +107,10 @@ class RocksDBBackend:
                     f"the same state_dir?): {exc}") from exc
             raise StoreCorruptedError(f"store {self.name} at {self.path} cannot be opened: {exc}") from exc
 
-    def _reopen(self, opts: Options) -> None:
+    def _reopen(self, opts: Options) -> bytes | None:
+        """Closes and opens again with other options; returns the stored raw offset."""
         self._close_handles()
-        self._open(opts)
+        return self._open(opts)[1]
 
     def get(self, key: bytes) -> bytes | None:
         db = self._db
@@ -186,25 +188,39 @@ class RocksDBBackend:
 
     def request_restore_flush(self) -> None:
         """Starts flushing the restored data without waiting (the flush threads sort and write it while the
-        restore thread goes on with other stores); ``restore_flushed`` says when it is done. Only the default
-        column family: data reaches disk before the offset, never after it (a crash in between leaves data
-        ahead of the offset, which replaying the changelog from that offset repairs)."""
+        restore thread goes on with other stores); ``restore_flushed`` moves it on and says when it is done.
+        Two steps: the data (default column family), then the offset (meta column family). Data never
+        reaches disk after its offset: a crash in between leaves data ahead of the offset, which replaying
+        the changelog from that offset repairs."""
         if self._restoring:
             self._db.flush(False)
+            self._flush_step = 1
 
     def restore_flushed(self) -> bool:
         if not self._restoring:
             return True
-        prop = self._db.property_int_value
-        return not prop("rocksdb.num-immutable-mem-table") and not prop("rocksdb.num-running-flushes")
+        if self._flush_step == 1 and _flushed(self._db):
+            self._meta.flush(False)
+            self._flush_step = 2
+        return self._flush_step == 2 and _flushed(self._meta) and _flushed(self._db)
 
     def end_restore(self) -> None:
         """Makes every restored batch durable (data first, then the offset: closing flushes what is left,
         atomically across both column families) and reopens with the processing options."""
         if self._restoring or self._bulk:
             self._db.flush()
-            self._reopen(_options())
+            if self._flush_step != 2:
+                self._meta.flush()
+            raw = self._reopen(_options())
             self._restoring = self._bulk = False
+            self._flush_step = 0
+            if self._offset is not None and raw != OFFSET.pack(self._offset):  # an always-on check
+                log.warning("store %s: the restored changelog offset %d did not reach disk when the restore "
+                            "ended (found %r); writing it again", self.name, self._offset, raw)
+                batch = WriteBatch(raw_mode=True)
+                batch.put(_OFFSET_KEY, OFFSET.pack(self._offset), self._meta_handle)
+                batch.put(_FORMAT_KEY, _FORMAT, self._meta_handle)
+                self._db.write(batch)
 
     def approximate_num_entries(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
@@ -217,6 +233,7 @@ class RocksDBBackend:
                 self._db.flush()  # data first; closing flushes the offset
         finally:
             self._restoring = self._bulk = False
+            self._flush_step = 0
             self._close_handles()
 
     def _close_handles(self) -> None:
@@ -230,6 +247,12 @@ class RocksDBBackend:
     def wipe(self) -> None:
         self.close()
         wipe_path(self.path)
+
+
+def _flushed(cf: Rdict) -> bool:
+    """No memtable of this column family waits for or is in a flush."""
+    prop = cf.property_int_value
+    return not prop("rocksdb.num-immutable-mem-table") and not prop("rocksdb.num-running-flushes")
 
 
 def wipe_path(path: str) -> None:

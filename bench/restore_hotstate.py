@@ -1,0 +1,82 @@
+"""bench/restore.py's hotstate child: a cold restore of one RocksDB store through App, start -> RUNNING.
+
+Reads the job (JSON) from argv[1]; prints one JSON line. The changelog ``<app_id>-store-changelog`` is filled
+and the source topic exists, empty, with the same partition count."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import hotstate
+from hotstate import serde
+
+
+class _Window(hotstate.RestoreListener):
+    """First on_restore_start to last on_restore_end: the restore itself, without group join."""
+
+    def __init__(self) -> None:
+        self.first_start = self.last_end = None
+        self.restored = 0
+
+    def on_restore_start(self, partition, store_name, start_offset, end_offset):
+        now = time.perf_counter()
+        if self.first_start is None or now < self.first_start:
+            self.first_start = now
+
+    def on_restore_end(self, partition, store_name, total_restored):
+        self.last_end = time.perf_counter()
+        self.restored += total_restored
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (librdkafka's and RocksDB's included)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds per thread name (Linux): where the process spent its CPU."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = name.rstrip("0123456789")
+        out[name] = round(out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick, 2)
+    return out
+
+
+def main() -> None:
+    job = json.load(open(sys.argv[1]))
+    sample = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.load(open(job["sample_file"])).items()}
+    app = hotstate.App(app_id=job["app_id"], bootstrap_servers=job["bootstrap"], state_dir=job["state_dir"],
+                       commit_interval_ms=60_000, **job.get("config", {}))
+    app.stream(job["source"]).process(lambda record, ctx: None,
+                                      stores=[hotstate.StoreSpec("store", serde.BYTES, serde.BYTES)])
+    window = _Window()
+    app.set_restore_listener(window)
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=job["timeout_s"])
+        seconds, cpu_seconds = time.perf_counter() - t0, _cpu_s() - cpu0
+        threads = _thread_cpu_s()
+        records = sum(s.restored_records for t in app.tasks() for s in t.stores.values())
+        store = app.store("store")
+        wrong = sum(1 for k, v in sample.items() if store.get(k) != v)
+    finally:
+        app.close()
+    print(json.dumps({"seconds": seconds, "restore_seconds": window.last_end - window.first_start,
+                      "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records, "sample_checked": len(sample), "sample_wrong": wrong}))
+
+
+if __name__ == "__main__":
+    main()
