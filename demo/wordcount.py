@@ -18,41 +18,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import hotstate
 from hotstate import serde
+from hotstate.observe.progress import RestoreProgress
 
 
-class Progress(hotstate.RestoreListener):
-    """Prints restore progress; called on the restore thread."""
-
-    def __init__(self) -> None:
-        self.started: dict = {}
-        self.total = 0
-        self.records = 0
-        self.last_print = 0.0
-
-    def on_restore_start(self, partition, store_name, start_offset, end_offset):
-        self.started[partition] = (start_offset, end_offset)
-        self.total += end_offset - start_offset
-
-    def on_batch_restored(self, partition, store_name, batch_end_offset, num_restored):
-        self.records += num_restored
-        now = time.monotonic()
-        if now - self.last_print > 0.5:
-            self.last_print = now
-            pct = 100.0 * self.records / max(1, self.total)
-            print(f"\r    restoring: {self.records:>10,} / {self.total:,} records ({pct:5.1f}%)", end="", flush=True)
-
-    def on_restore_end(self, partition, store_name, total_restored):
-        pass
-
-
-def build(app_id: str, bootstrap: str, state_dir: str, topic: str, listener: Progress) -> hotstate.App:
+def build(app_id: str, bootstrap: str, state_dir: str, topic: str) -> hotstate.App:
     app = hotstate.App(app_id=app_id, bootstrap_servers=bootstrap, state_dir=state_dir, commit_interval_ms=1000)
     (app.stream(topic, key_serde=serde.STRING, value_serde=serde.STRING)
         .group_by_key()
         .count(store="word-counts")
         .to_stream()
         .to(f"{topic}-counts", value_serde=serde.INT64))
-    app.set_restore_listener(listener)
     return app
 
 
@@ -104,14 +79,15 @@ def restored(app: hotstate.App) -> int:
 
 def restart_and_check(app_id: str, bootstrap: str, state_dir: str, topic: str, expected: collections.Counter) -> None:
     """Starts the app, times it to RUNNING, says what it replayed, checks the counts, closes it."""
-    app = build(app_id, bootstrap, state_dir, topic, Progress())
+    app = build(app_id, bootstrap, state_dir, topic)
     t0 = time.monotonic()
-    app.start()
-    app.wait_until_running(timeout_s=600)
+    with RestoreProgress(app):  # live records, rate and ETA per store while it restores
+        app.start()
+        app.wait_until_running(timeout_s=600)
     took = time.monotonic() - t0
     n = restored(app)
     rate = f" ({n / took:,.0f} records/s)" if n else ""
-    print(f"\r    RUNNING after {took:.2f}s, {n:,} changelog records replayed{rate}" + " " * 20)
+    print(f"    RUNNING after {took:.2f}s, {n:,} changelog records replayed{rate}")
     check(app, expected)
     app.close()
 
@@ -140,8 +116,7 @@ def main() -> None:
     print(f"    {total_in:,} records in {time.monotonic() - t0:.1f}s")
 
     print("2. counting them into a RocksDB store (changelog-backed)")
-    listener = Progress()
-    app = build(app_id, args.bootstrap, state_dir, topic, listener)
+    app = build(app_id, args.bootstrap, state_dir, topic)
     t0 = time.monotonic()
     run_until_caught_up(app, total_in, "first run")
     took = time.monotonic() - t0
