@@ -41,7 +41,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -60,6 +59,7 @@ from collections import Counter
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+import machine  # bench/machine.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -662,14 +662,7 @@ def _human(res: dict) -> str:
 
 
 def _machine() -> str:
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores (nproc), {mem_gib:.0f} GiB, {cpu or '?'}, {platform.system()}"
+    return machine.describe()
 
 
 _SECTION = "## Exactly-once (`bench/eos.py`)"

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -33,6 +32,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import changelog_data
+import machine  # bench/machine.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -297,14 +297,7 @@ _TABLE_START = "<!-- bench/restore.py appends rows below -->"
 
 
 def _machine() -> str:
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB{', ' + cpu if cpu else ''}, {platform.system()}"
+    return machine.describe()
 
 
 def _record(args, shape: changelog_data.Shape, results: list[dict]) -> None:
