@@ -406,7 +406,12 @@ class StateUpdater:
         backend = sp.store.backend
         stored = backend.changelog_offset()
         if stored is None or position > stored:  # skipped markers or compacted-away records at the end
-            sp.write(sp.new_batch(), position)
+            if sp.restored == 0:
+                # Nothing restored (e.g. only a commit marker after a crash under exactly-once): one ordinary
+                # durable write of the offset, no restore-mode flush and reopen (measured ~0.1 s a store).
+                backend.write([], position)
+            else:
+                sp.write(sp.new_batch(), position)
         consumer.incremental_unassign([KTopicPartition(tp.topic, tp.partition)])
         del self._partitions[tp]
         sp.request_flush()
