@@ -51,6 +51,9 @@ class Config:
     # Bytes of uncommitted store writes (over all tasks, keys + values) that trigger an early commit:
     # the overlay never grows past this (Kafka Streams' statestore.uncommitted.max.bytes, KIP-892).
     statestore_uncommitted_max_bytes: int = 64 * 1024 * 1024
+    # Local state of a task that moved away stays on disk this long (and is reused if the task comes back);
+    # the cleaner runs at this interval too (Kafka Streams' state.cleanup.delay.ms).
+    state_cleanup_delay_ms: int = 600_000
     # Exactly-once: after an aborted transaction, how long to keep asking for the committed offsets to redo
     # the work from (the group coordinator may be moving or loading, e.g. during a broker restart).
     rewind_timeout_ms: int = 120_000
@@ -83,7 +86,7 @@ class Config:
             )
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                      "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms"):
+                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")

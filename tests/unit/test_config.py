@@ -95,7 +95,7 @@ def test_invalid_deserialization_exception_handler(h):
 
 POSITIVE_INT_FIELDS = ["commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                        "restore_consume_records_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                       "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms"]
+                       "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms"]
 
 
 @pytest.mark.parametrize("field", POSITIVE_INT_FIELDS)

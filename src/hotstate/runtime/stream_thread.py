@@ -86,6 +86,8 @@ class StreamThread(threading.Thread):
         poll_s = cfg.poll_ms / 1000
         uncommitted_max = cfg.statestore_uncommitted_max_bytes
         next_commit = time.monotonic() + commit_every_s
+        cleanup_every_s = cfg.state_cleanup_delay_ms / 1000
+        next_cleanup = time.monotonic() + cleanup_every_s
         while not self._stop_event.is_set():
             msgs = consumer.consume(cfg.poll_records_max, poll_s)
             tm.handle_restored()
@@ -96,6 +98,9 @@ class StreamThread(threading.Thread):
             if now >= next_commit or tm.dirty_bytes() >= uncommitted_max:
                 tm.commit()
                 next_commit = now + commit_every_s
+            if now >= next_cleanup:
+                tm.clean_obsolete_state()
+                next_cleanup = now + cleanup_every_s
             self._on_state(tm.all_running())
 
     def _shutdown(self, consumer, tm: TaskManager, updater: StateUpdater, clean: bool) -> None:

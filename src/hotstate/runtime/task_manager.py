@@ -88,7 +88,15 @@ class TaskManager:
             log.warning("task %s: dropping %d uncommitted store writes; they will be reprocessed",
                         task.id, task.dirty_records())
         task.close_stores()
+        self._state_dir.mark_closed(task.id)
         task.transition(TaskState.CLOSED)
+
+    def clean_obsolete_state(self) -> None:
+        """Deletes the state of tasks that left this instance more than ``state_cleanup_delay_ms`` ago."""
+        removed = self._state_dir.clean_obsolete(set(self.tasks), self._config.state_cleanup_delay_ms)
+        if removed:
+            log.info("deleted the local state of tasks %s: not here for over state_cleanup_delay_ms=%d",
+                     removed, self._config.state_cleanup_delay_ms)
 
     # ---- task creation ----
     def _create_task(self, topic: str, partition: int) -> Task:

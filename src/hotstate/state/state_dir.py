@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import shutil
+import time
 import uuid
 
 from ..errors import StateDirError
+
+_TASK_DIR = re.compile(r"\d+_\d+")
 
 
 class StateDirectory:
@@ -59,6 +64,39 @@ class StateDirectory:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return pid
+
+    def task_dirs(self) -> list[str]:
+        """The ids of the tasks that have a directory here (state on disk), whether they run or not."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if _TASK_DIR.fullmatch(n) and os.path.isdir(os.path.join(self.root, n)))
+
+    def mark_closed(self, task_id: str) -> None:
+        """Stamps the task's directory with the time it was closed here: ``clean_obsolete`` counts from it."""
+        path = os.path.join(self.root, task_id)
+        if os.path.isdir(path):
+            os.utime(path)
+
+    def clean_obsolete(self, running: set[str], delay_ms: int, now_s: float | None = None) -> list[str]:
+        """Deletes the directories of tasks not running here that were closed more than ``delay_ms`` ago
+        (Kafka Streams' state.cleanup.delay.ms): state of a task that moved away stays that long, to be
+        reused if the task comes back. Returns the ids removed."""
+        now_s = time.time() if now_s is None else now_s
+        removed = []
+        for tid in self.task_dirs():
+            if tid in running:
+                continue
+            path = os.path.join(self.root, tid)
+            try:
+                age_ms = (now_s - os.stat(path).st_mtime) * 1000
+            except FileNotFoundError:
+                continue
+            if age_ms > delay_ms:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(tid)
+        return removed
 
     def store_path(self, task_id: str, store: str) -> str:
         return os.path.join(self.root, task_id, store)
