@@ -51,6 +51,9 @@ class Config:
     # Bytes of uncommitted store writes (over all tasks, keys + values) that trigger an early commit:
     # the overlay never grows past this (Kafka Streams' statestore.uncommitted.max.bytes, KIP-892).
     statestore_uncommitted_max_bytes: int = 64 * 1024 * 1024
+    # Static membership (Kafka Streams' group.instance.id): a stable id per instance, e.g. the pod name. An
+    # instance that restarts within session_timeout_ms gets its tasks back without a rebalance.
+    group_instance_id: str | None = None
     # Local state of a task that moved away stays on disk this long (and is reused if the task comes back);
     # the cleaner runs at this interval too (Kafka Streams' state.cleanup.delay.ms).
     state_cleanup_delay_ms: int = 600_000
@@ -95,6 +98,10 @@ class Config:
             raise ConfigError(f"metrics_port={self.metrics_port!r} is invalid: give a TCP port (0-65535) or None")
         if not isinstance(self.replication_factor, int) or isinstance(self.replication_factor, bool) or (self.replication_factor < 1 and self.replication_factor != -1):
             raise ConfigError(f"replication_factor={self.replication_factor!r} is invalid: use -1 (broker default) or >= 1")
+        if self.group_instance_id is not None and (not isinstance(self.group_instance_id, str)
+                                                   or not _APP_ID.fullmatch(self.group_instance_id)):
+            raise ConfigError(f"group_instance_id={self.group_instance_id!r} is invalid: use 1-200 letters, digits, "
+                              "'.', '_' or '-', one value per instance that stays the same across its restarts")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
 

@@ -181,3 +181,33 @@ def test_commit_interval_default_follows_the_guarantee():
     assert make(processing_guarantee="exactly_once_v2", commit_interval_ms=500).commit_interval_ms == 500
     assert make(processing_guarantee="exactly_once_v2").exactly_once
     assert not make().exactly_once
+
+
+@pytest.mark.parametrize("bad", ["", "pod 1", "x" * 201, 7])
+def test_invalid_group_instance_id(bad):
+    with pytest.raises(ConfigError, match="group_instance_id"):
+        make(group_instance_id=bad)
+
+
+def test_group_instance_id_reaches_the_main_consumer_only():
+    from hotstate.kafka import clients
+    seen = {}
+
+    class Spy:
+        def __init__(self, conf):
+            seen.update(conf)
+
+    import hotstate.kafka.clients as mod
+    real = mod.Consumer
+    mod.Consumer = Spy
+    try:
+        clients.main_consumer(make(group_instance_id="pod-1"))
+        assert seen["group.instance.id"] == "pod-1"
+        seen.clear()
+        clients.restore_consumer(make(group_instance_id="pod-1"))
+        assert "group.instance.id" not in seen
+        seen.clear()
+        clients.main_consumer(make())
+        assert "group.instance.id" not in seen
+    finally:
+        mod.Consumer = real

@@ -30,6 +30,10 @@ def main_consumer(config: Config, **callbacks: Any) -> Consumer:
         **callbacks,
         **config.consumer_config,
     }
+    if config.group_instance_id is not None:
+        # A static member: close() does not leave the group, so a restart within the session timeout
+        # gets the same partitions back without a rebalance; a kill -9 is replaced at its rejoin.
+        conf.setdefault("group.instance.id", config.group_instance_id)
     return Consumer(conf)
 
 

@@ -47,6 +47,7 @@ class TaskManager:
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
+        self._metrics.rebalances_total += 1
         for tp in partitions:
             task = self._create_task(tp.topic, tp.partition)
             task.transition(TaskState.RESTORING)
