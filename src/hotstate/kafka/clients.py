@@ -77,3 +77,14 @@ def producer(config: Config, transactional_id: str | None = None, **callbacks: A
         conf["transaction.timeout.ms"] = config.transaction_timeout_ms
     conf.update(config.producer_config)
     return Producer(conf)
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None, **kwargs: Any) -> None:
+    """``producer.produce`` that waits while librdkafka's local queue is full (BufferError), serving
+    delivery reports meanwhile, instead of failing."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)

@@ -38,6 +38,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
+from ..kafka.clients import produce
 from ..observe.metrics import Metrics
 from .task import Task, TaskStore
 
@@ -104,17 +105,12 @@ class Committer:
         return {t.id: [(s, s.overlay.entries()) for s in t.stores.values()] for t in tasks}
 
     def send_changelogs(self, tasks: list[Task], pending: Pending) -> None:
-        produce, poll = self.producer.produce, self.producer.poll
+        producer = self.producer
         for task in tasks:
             for store, entries in pending[task.id]:
                 topic, partition = store.changelog
                 for key, value in entries:
-                    while True:
-                        try:
-                            produce(topic, value, key, partition=partition)
-                            break
-                        except BufferError:
-                            poll(0.05)
+                    produce(producer, topic, value, key, partition=partition)
 
     def flush(self) -> None:
         remaining = self.producer.flush(self._timeout_s)

@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..config import LOG_AND_CONTINUE, Config
 from ..dsl.topology import Topology
+from ..kafka.clients import produce
 from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
@@ -212,16 +213,12 @@ class TaskManager:
         task.next_offset = offset + 1
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, timestamp=timestamp)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # the local queue is full: let deliveries drain
-            except KafkaException as exc:
-                if is_fenced(exc):
-                    raise ProducerFenced(str(exc.args[0])) from exc
-                raise
+        try:
+            produce(self._producer, topic, value, key, timestamp=timestamp)
+        except KafkaException as exc:
+            if is_fenced(exc):
+                raise ProducerFenced(str(exc.args[0])) from exc
+            raise
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
         """The group's committed offsets, retried while the coordinator moves or loads (a broker restart),
