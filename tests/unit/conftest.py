@@ -6,6 +6,8 @@ from typing import Any, Callable
 import pytest
 
 import hotstate
+from hotstate.state.memory_store import MemoryBackend
+from hotstate.state.rocksdb_store import RocksDBBackend
 
 
 @pytest.fixture
@@ -15,3 +17,11 @@ def make_app(tmp_path) -> Callable[..., hotstate.App]:
         cfg.update(overrides)
         return hotstate.App(**cfg)
     return make
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def backend(request, tmp_path):
+    """Each backend test runs against both stores."""
+    b = MemoryBackend("s") if request.param == "memory" else RocksDBBackend("s", str(tmp_path / "db"))
+    yield b
+    b.close()

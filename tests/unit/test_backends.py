@@ -10,13 +10,6 @@ from hotstate.state.memory_store import MemoryBackend
 from hotstate.state.rocksdb_store import META_CF, RocksDBBackend
 
 
-@pytest.fixture(params=["memory", "rocksdb"])
-def backend(request, tmp_path):
-    b = MemoryBackend("s") if request.param == "memory" else RocksDBBackend("s", str(tmp_path / "db"))
-    yield b
-    b.close()
-
-
 def test_new_store_has_no_offset_and_no_data(backend):
     assert backend.changelog_offset() is None
     assert backend.get(b"a") is None

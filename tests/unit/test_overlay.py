@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import tempfile
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotstate.state.memory_store import MemoryBackend
 from hotstate.state.overlay import Overlay
 from hotstate.state.rocksdb_store import RocksDBBackend
-
-
-@pytest.fixture(params=["memory", "rocksdb"])
-def backend(request, tmp_path):
-    b = MemoryBackend("s") if request.param == "memory" else RocksDBBackend("s", str(tmp_path / "db"))
-    yield b
-    b.close()
 
 
 def test_read_your_writes(backend):
