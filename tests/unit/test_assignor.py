@@ -1,11 +1,13 @@
-"""The pure task assignor: balance, stickiness, lag-awareness, standbys. Property tests plus examples."""
+"""The pure task assignor, by example: balance, stickiness, lag-awareness, standbys, warm-ups and probing
+rebalances. The properties over random groups are in test_assignor_properties.py."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from hotstate.runtime.assignor import AssignorConfig, MemberAssignment, MemberInfo, assign, lag
+from hotstate.runtime.assignor import (AssignorConfig, MemberAssignment, MemberInfo, assign, lag,
+                                       needs_probing)
+
+F = frozenset
 
 
 def test_lag():
@@ -26,26 +28,28 @@ def test_duplicate_member_ids_rejected():
 
 def test_single_member_gets_everything():
     out = assign([MemberInfo("a")], {"0_0": 5, "0_1": 0}, AssignorConfig(num_standby_replicas=2))
-    assert out == {"a": MemberAssignment(frozenset({"0_0", "0_1"}), frozenset())}
+    assert out == {"a": MemberAssignment(F({"0_0", "0_1"}), F(), F())}
+    assert not needs_probing(out)
 
 
 def test_sticky_when_caught_up():
-    members = [MemberInfo("a", {"0_0": 100}, previous_active=frozenset({"0_0"})),
-               MemberInfo("b", {"0_1": 100}, previous_active=frozenset({"0_1"}))]
+    members = [MemberInfo("a", {"0_0": 100}, previous_active=F({"0_0"})),
+               MemberInfo("b", {"0_1": 100}, previous_active=F({"0_1"}))]
     out = assign(members, {"0_0": 100, "0_1": 100})
     assert out["a"].active == {"0_0"} and out["b"].active == {"0_1"}
 
 
 def test_lagging_previous_owner_loses_task_to_caught_up_member():
-    members = [MemberInfo("a", {}, previous_active=frozenset({"0_0"})),       # lost its disk
-               MemberInfo("b", {"0_0": 1_000_000})]                           # e.g. a standby
+    members = [MemberInfo("a", {}, previous_active=F({"0_0"})),       # lost its disk
+               MemberInfo("b", {"0_0": 1_000_000})]                     # e.g. a standby
     out = assign(members, {"0_0": 1_000_000, "0_1": 0}, AssignorConfig(acceptable_recovery_lag=10))
     assert out["b"].active == {"0_0"}
     assert out["a"].active == {"0_1"}
+    assert not needs_probing(out)
 
 
 def test_nobody_caught_up_keeps_previous_owner():
-    members = [MemberInfo("a", {"0_0": 10}, previous_active=frozenset({"0_0"})), MemberInfo("b", {"0_0": 50})]
+    members = [MemberInfo("a", {"0_0": 10}, previous_active=F({"0_0"})), MemberInfo("b", {"0_0": 50})]
     out = assign(members, {"0_0": 1000}, AssignorConfig(acceptable_recovery_lag=0))
     assert out["a"].active == {"0_0"}
 
@@ -56,88 +60,104 @@ def test_nobody_caught_up_new_task_goes_to_least_lag():
     assert out["b"].active == {"0_0"}
 
 
+def test_nobody_caught_up_goes_to_balanced_target_without_warmup():
+    members = [MemberInfo("a", {}, previous_active=F({"0_0", "0_1"})), MemberInfo("b")]   # a lost its disk
+    out = assign(members, {"0_0": 1000, "0_1": 1000}, AssignorConfig(acceptable_recovery_lag=10))
+    assert out["a"].active == {"0_0"} and out["b"].active == {"0_1"}
+    assert not needs_probing(out)
+
+
 def test_standby_goes_to_least_lagging_other_member():
-    members = [MemberInfo("a", {"0_0": 100}, previous_active=frozenset({"0_0"})),
+    members = [MemberInfo("a", {"0_0": 100}, previous_active=F({"0_0"})),
                MemberInfo("b", {}), MemberInfo("c", {"0_0": 90})]
     out = assign(members, {"0_0": 100}, AssignorConfig(num_standby_replicas=1))
     assert out["a"].active == {"0_0"}
     assert out["c"].standby == {"0_0"} and out["b"].standby == set()
 
 
-@st.composite
-def scenarios(draw):
-    n_members = draw(st.integers(1, 5))
-    n_tasks = draw(st.integers(0, 12))
-    tasks = [f"0_{i}" for i in range(n_tasks)]
-    ends = {t: draw(st.integers(0, 1000)) for t in tasks}
-    members = []
-    for i in range(n_members):
-        offsets = draw(st.dictionaries(st.sampled_from(tasks), st.integers(0, 1000))) if tasks else {}
-        members.append(MemberInfo(f"m{i}", offsets))
-    # previous actives: each task at most one previous owner
-    prev: dict[str, set[str]] = {m.member_id: set() for m in members}
-    for t in tasks:
-        owner = draw(st.none() | st.sampled_from([m.member_id for m in members]))
-        if owner is not None:
-            prev[owner].add(t)
-    members = [MemberInfo(m.member_id, m.task_offsets, frozenset(prev[m.member_id])) for m in members]
-    cfg = AssignorConfig(num_standby_replicas=draw(st.integers(0, 3)),
-                         acceptable_recovery_lag=draw(st.integers(0, 1000)))
-    order = draw(st.permutations(members))
-    return list(order), ends, cfg
+def test_standby_sticks_to_previous_holder_on_equal_lag():
+    members = [MemberInfo("a", {"0_0": 100}, previous_active=F({"0_0"})),
+               MemberInfo("b", {"0_0": 100}), MemberInfo("c", {"0_0": 100}, previous_standby=F({"0_0"}))]
+    out = assign(members, {"0_0": 100}, AssignorConfig(num_standby_replicas=1))
+    assert out["c"].standby == {"0_0"} and out["b"].standby == set()
 
 
-@settings(max_examples=300, deadline=None)
-@given(scenarios())
-def test_assignment_invariants(scenario):
-    members, ends, cfg = scenario
-    out = assign(members, ends, cfg)
-    ids = {m.member_id for m in members}
-    assert set(out) == ids
-    # every task exactly one active
-    actives = [t for a in out.values() for t in a.active]
-    assert sorted(actives) == sorted(ends)
-    # balance: active counts differ by at most one
-    counts = [len(a.active) for a in out.values()]
-    assert max(counts) - min(counts) <= 1
-    # standbys: never on the active owner, exactly min(replicas, members - 1) per task
-    replicas = min(cfg.num_standby_replicas, len(ids) - 1)
-    for t in ends:
-        owners = [mid for mid, a in out.items() if t in a.active]
-        holders = [mid for mid, a in out.items() if t in a.standby]
-        assert owners[0] not in holders
-        assert len(holders) == replicas
-    # deterministic, whatever the member order
-    assert assign(list(reversed(members)), ends, cfg) == out
+# Scale-out: a and b own 6 caught-up tasks each; c joins with an empty disk.
+ENDS = {f"0_{i}": 1000 for i in range(12)}
+A_TASKS, B_TASKS = F(f"0_{i}" for i in range(6)), F(f"0_{i}" for i in range(6, 12))
+SCALE_OUT = [MemberInfo("a", {t: 1000 for t in A_TASKS}, previous_active=A_TASKS),
+             MemberInfo("b", {t: 1000 for t in B_TASKS}, previous_active=B_TASKS),
+             MemberInfo("c")]
+CFG = AssignorConfig(acceptable_recovery_lag=10, max_warmup_replicas=2)
 
 
-@settings(max_examples=200, deadline=None)
-@given(scenarios())
-def test_sticky_owner_keeps_caught_up_task_when_balance_allows(scenario):
-    members, ends, cfg = scenario
-    # only members with at most floor(tasks / members) previous tasks are guaranteed to keep them all
-    out = assign(members, ends, cfg)
-    floor = len(ends) // len(members)
+def next_round(members: list[MemberInfo], out: dict[str, MemberAssignment]) -> list[MemberInfo]:
+    """What members report after a probing interval: everything they held is caught up (warm-ups too)."""
+    reported = []
     for m in members:
-        if len(m.previous_active) > floor:
-            continue
-        for t in m.previous_active:
-            if lag(m, t, ends[t]) <= cfg.acceptable_recovery_lag:
-                assert t in out[m.member_id].active, (m.member_id, t)
+        a = out[m.member_id]
+        offsets = {**m.task_offsets, **{t: ENDS[t] for t in a.active | a.standby | a.warmup}}
+        reported.append(MemberInfo(m.member_id, offsets, a.active, a.standby | a.warmup))
+    return reported
 
 
-@settings(max_examples=200, deadline=None)
-@given(scenarios())
-def test_task_goes_to_a_caught_up_member_when_one_has_room(scenario):
-    members, ends, cfg = scenario
-    out = assign(members, ends, cfg)
-    by_id = {m.member_id: m for m in members}
-    for mid, a in out.items():
-        for t in a.active:
-            if lag(by_id[mid], t, ends[t]) <= cfg.acceptable_recovery_lag:
-                continue
-            # mid is not caught up on t: every caught-up member was full when t was placed (or nobody is
-            # caught up), so each ends with at least floor(tasks / members) actives
-            anyone = [o for o in by_id if lag(by_id[o], t, ends[t]) <= cfg.acceptable_recovery_lag]
-            floor = len(ends) // len(members)
-            assert all(len(out[o].active) >= floor for o in anyone), (mid, t, anyone)
+def test_scale_out_keeps_tasks_on_caught_up_owners_and_warms_up_the_new_member():
+    out = assign(SCALE_OUT, ENDS, CFG)
+    assert out["a"].active == A_TASKS and out["b"].active == B_TASKS   # nothing moves to an empty disk
+    assert out["c"] == MemberAssignment(F(), F(), F({"0_4", "0_5"}))   # the budget: 2 warm-ups, on c
+    assert needs_probing(out)
+
+
+def test_caught_up_warmups_move_on_the_probing_rebalance():
+    first = assign(SCALE_OUT, ENDS, CFG)
+    out = assign(next_round(SCALE_OUT, first), ENDS, CFG)
+    assert out["c"].active == {"0_4", "0_5"}                            # the warmed-up tasks moved to c
+    assert out["a"].active == A_TASKS - {"0_4", "0_5"} and out["b"].active == B_TASKS
+    assert len(out["c"].warmup) == 2 and out["c"].warmup <= B_TASKS     # the next two warm up
+    assert needs_probing(out)
+
+
+def test_scale_out_converges_to_balance():
+    members, out = SCALE_OUT, assign(SCALE_OUT, ENDS, CFG)
+    for _ in range(2):
+        members = next_round(members, out)
+        out = assign(members, ENDS, CFG)
+    assert [len(out[m].active) for m in "abc"] == [4, 4, 4] and not needs_probing(out)
+    assert assign(next_round(members, out), ENDS, CFG) == out           # and stays there
+
+
+def test_exhausted_warmup_budget_leaves_the_task_on_its_caught_up_owner():
+    out = assign(SCALE_OUT, ENDS, AssignorConfig(acceptable_recovery_lag=10, max_warmup_replicas=1))
+    assert out["a"].active == A_TASKS and out["b"].active == B_TASKS
+    assert out["c"].warmup == {"0_4"}
+
+
+def test_task_stays_with_its_caught_up_previous_owner_rather_than_a_less_loaded_one():
+    # balance sends 0_3, 0_4 (a's) and 0_8 (b's) to c, which is caught up on none of them
+    a_tasks, b_tasks = F(f"0_{i}" for i in range(5)), F(f"0_{i}" for i in range(5, 9))
+    members = [MemberInfo("a", {t: 9 for t in a_tasks}, previous_active=a_tasks),
+               MemberInfo("b", {t: 9 for t in b_tasks | {"0_4"}}, previous_active=b_tasks), MemberInfo("c")]
+    out = assign(members, {f"0_{i}": 9 for i in range(9)}, AssignorConfig(acceptable_recovery_lag=0))
+    assert out["a"].active == a_tasks and out["b"].active == b_tasks   # 0_4 stays on a, though b has fewer
+    assert out["c"].warmup == {"0_3", "0_4"}                            # budget 2: 0_8 waits on b
+
+
+def test_task_without_caught_up_owner_stays_on_least_loaded_caught_up_member():
+    # 0_3 is new; a and b are caught up on it, its balanced target c is not: b (fewer actives) keeps it
+    members = [MemberInfo("a", {"0_0": 9, "0_1": 9, "0_3": 9}, previous_active=F({"0_0", "0_1"})),
+               MemberInfo("b", {"0_2": 9, "0_3": 9}, previous_active=F({"0_2"})), MemberInfo("c")]
+    out = assign(members, {"0_0": 9, "0_1": 9, "0_2": 9, "0_3": 9}, AssignorConfig(acceptable_recovery_lag=0))
+    assert out["a"].active == {"0_0", "0_1"} and out["b"].active == {"0_2", "0_3"}
+    assert out["c"].warmup == {"0_3"}
+
+
+def test_standbys_avoid_the_warmup_member():
+    out = assign(SCALE_OUT, ENDS, AssignorConfig(num_standby_replicas=1, acceptable_recovery_lag=10))
+    assert out["c"].warmup == {"0_4", "0_5"} and not out["c"].standby & {"0_4", "0_5"}
+    assert {"0_4", "0_5"} <= out["b"].standby
+
+
+def test_needs_probing():
+    assert not needs_probing({})
+    assert not needs_probing({"a": MemberAssignment(F({"0_0"}), F({"0_1"}))})
+    assert needs_probing({"a": MemberAssignment(F(), F(), F({"0_0"})), "b": MemberAssignment(F({"0_0"}), F())})

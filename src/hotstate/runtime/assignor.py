@@ -1,19 +1,30 @@
 """Task assignment as a pure function: members and tasks in, an assignment out. No I/O, no clock.
 
-Each member reports, per task, the changelog offset its local state holds (active, standby, or state
-left on disk). A task's *lag* on a member is the task's changelog end minus that offset (the whole end
-if the member holds nothing). A member is *caught up* on a task when its lag is within
-``acceptable_recovery_lag``.
+Kafka Streams' HighAvailabilityTaskAssignor (KIP-441), in small. Each member reports, per task, the
+changelog offset its local state holds (active, standby, warm-up, or state left on disk). A task's *lag*
+on a member is the task's changelog end minus that offset (the whole end if the member holds nothing;
+a stateless task has end 0, so every member is caught up on it). A member is *caught up* on a task when
+its lag is within ``acceptable_recovery_lag``.
 
 Rules, in order:
-1. Every task gets exactly one active; active counts differ by at most one between members.
-2. Sticky: a task stays with its previous active owner if that owner is caught up (or nobody is).
-3. Otherwise the task goes to the caught-up member with the fewest actives; if none is caught up, to the
-   member with the smallest lag (fewest actives, then member id, break ties).
-4. Standbys (``num_standby_replicas`` per task) go to other members, least lag first, then fewest tasks.
+1. Balanced target: every task gets exactly one active, and active counts differ by at most one. Tasks
+   with the fewest caught-up members are placed first. Sticky: a task stays with its previous active
+   owner while that owner has room and is caught up (or nobody is). Otherwise it goes to the caught-up
+   member with room and the fewest actives; if no such member, to the member with room and the
+   smallest lag (then fewest actives, then member id).
+2. Warm-ups: a task whose target is not caught up, while some member is, does not move there. It stays
+   on its previous owner if that one is caught up, else goes to the caught-up member with the fewest
+   actives; and while ``max_warmup_replicas`` (over the whole group) lasts, the target gets a *warm-up*
+   replica of it: a standby that restores the task so that it can move there later. Balance is broken
+   until then: ``needs_probing`` tells the group leader to schedule a probing rebalance, which moves
+   the task once the warm-up has caught up (rule 1 then places it on the caught-up target).
+3. Standbys: ``num_standby_replicas`` per task (at most members - 1) on members other than the active
+   owner and the warm-up holder: least lag first, then previous standby holders, then fewest tasks
+   (active, standby and warm-up), then member id.
+A member never holds one task twice (active, standby, warm-up). A member reports the warm-ups it held as
+``previous_standby``. Same input, same output, whatever the order of members or of the offsets.
 
-Warm-up replicas and probing rebalances (``max_warmup_replicas``) build on this in a later step.
-Today the membership carries librdkafka's built-in cooperative-sticky assignor; see docs/architecture.md.
+The group leader runs it inside the group protocol (runtime/membership.py); see docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -27,24 +38,31 @@ class MemberInfo:
     # task id -> changelog offset (summed over the task's stores) the member's local state holds
     task_offsets: Mapping[str, int] = field(default_factory=dict)
     previous_active: frozenset[str] = frozenset()
-    previous_standby: frozenset[str] = frozenset()
+    previous_standby: frozenset[str] = frozenset()  # warm-ups included
 
 
 @dataclass(frozen=True)
 class AssignorConfig:
     num_standby_replicas: int = 0
     acceptable_recovery_lag: int = 10_000
+    max_warmup_replicas: int = 2
 
 
 @dataclass(frozen=True)
 class MemberAssignment:
     active: frozenset[str]
     standby: frozenset[str]
+    warmup: frozenset[str] = frozenset()
 
 
 def lag(member: MemberInfo, task: str, end_offset: int) -> int:
     held = member.task_offsets.get(task)
     return end_offset if held is None else max(0, end_offset - held)
+
+
+def needs_probing(assignment: Mapping[str, MemberAssignment]) -> bool:
+    """True while some member has warm-ups: the leader schedules a probing rebalance to move their tasks."""
+    return any(a.warmup for a in assignment.values())
 
 
 def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
@@ -58,7 +76,16 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
     by_id = {m.member_id: m for m in members}
     floor, extra = divmod(len(task_end_offsets), len(members))  # `extra` members may carry floor + 1
     active: dict[str, set[str]] = {mid: set() for mid in ids}
-    tasks = sorted(task_end_offsets)
+
+    def lag_of(mid: str, task: str) -> int:
+        return lag(by_id[mid], task, task_end_offsets[task])
+
+    caught_up = {task: {mid for mid in ids if lag_of(mid, task) <= config.acceptable_recovery_lag}
+                 for task in task_end_offsets}
+    previous_owner = {task: next((mid for mid in ids if task in by_id[mid].previous_active), None)
+                      for task in task_end_offsets}
+    # scarce first: a full owner keeps the tasks nobody else could take over at once
+    tasks = sorted(task_end_offsets, key=lambda task: (len(caught_up[task]), task))
 
     def has_room(mid: str) -> bool:
         n = len(active[mid])
@@ -67,33 +94,43 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
         at_ceiling = sum(1 for other in ids if len(active[other]) > floor)
         return n == floor and at_ceiling < extra
 
-    def caught_up(mid: str, task: str) -> bool:
-        return lag(by_id[mid], task, task_end_offsets[task]) <= config.acceptable_recovery_lag
-
     unplaced = []
-    for task in tasks:  # rule 2: sticky
-        owner = next((mid for mid in ids if task in by_id[mid].previous_active), None)
-        anyone_caught_up = any(caught_up(mid, task) for mid in ids)
-        if owner is not None and has_room(owner) and (caught_up(owner, task) or not anyone_caught_up):
+    for task in tasks:  # rule 1, sticky
+        owner = previous_owner[task]
+        if owner is not None and has_room(owner) and (owner in caught_up[task] or not caught_up[task]):
             active[owner].add(task)
         else:
             unplaced.append(task)
-    for task in unplaced:  # rule 3
+    for task in unplaced:  # rule 1, the rest
         open_ids = [mid for mid in ids if has_room(mid)]
-        fresh = [mid for mid in open_ids if caught_up(mid, task)]
+        fresh = [mid for mid in open_ids if mid in caught_up[task]]
         if fresh:
             best = min(fresh, key=lambda mid: (len(active[mid]), mid))
         else:
-            best = min(open_ids, key=lambda mid: (lag(by_id[mid], task, task_end_offsets[task]), len(active[mid]), mid))
+            best = min(open_ids, key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
         active[best].add(task)
 
+    warmup: dict[str, set[str]] = {mid: set() for mid in ids}
+    budget = config.max_warmup_replicas
+    for task in sorted(task_end_offsets):  # rule 2
+        target = next(mid for mid in ids if task in active[mid])
+        if target in caught_up[task] or not caught_up[task]:
+            continue
+        owner = previous_owner[task]
+        keeper = owner if owner in caught_up[task] else min(caught_up[task], key=lambda mid: (len(active[mid]), mid))
+        active[target].remove(task)
+        active[keeper].add(task)
+        if budget > 0:
+            warmup[target].add(task)
+            budget -= 1
+
     standby: dict[str, set[str]] = {mid: set() for mid in ids}
-    replicas = min(config.num_standby_replicas, len(ids) - 1)
-    for task in tasks:  # rule 4
-        owner = next(mid for mid in ids if task in active[mid])
-        candidates = [mid for mid in ids if mid != owner]
-        candidates.sort(key=lambda mid: (lag(by_id[mid], task, task_end_offsets[task]),
-                                         len(active[mid]) + len(standby[mid]), mid))
+    replicas = max(0, min(config.num_standby_replicas, len(ids) - 1))
+    for task in sorted(task_end_offsets):  # rule 3
+        candidates = [mid for mid in ids if task not in active[mid] and task not in warmup[mid]]
+        candidates.sort(key=lambda mid: (lag_of(mid, task), task not in by_id[mid].previous_standby,
+                                         len(active[mid]) + len(standby[mid]) + len(warmup[mid]), mid))
         for mid in candidates[:replicas]:
             standby[mid].add(task)
-    return {mid: MemberAssignment(frozenset(active[mid]), frozenset(standby[mid])) for mid in ids}
+    return {mid: MemberAssignment(frozenset(active[mid]), frozenset(standby[mid]), frozenset(warmup[mid]))
+            for mid in ids}
