@@ -4,7 +4,7 @@ from .app import App, AppState, StoreInfo, TaskInfo
 from .config import Config
 from .errors import (BrokerUnavailableError, ConfigError, DeserializationError, HotstateError, ProcessingError,
                      StateDirError, StoreCorruptedError, TopologyError)
-from .observe.listener import RestoreListener
+from .observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason
 from .records import Record, TopicPartition
 from .runtime.task import TaskState
 from .state.store import StoreSpec
@@ -12,6 +12,7 @@ from .state.store import StoreSpec
 __all__ = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
     "ProcessingError", "Record", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
-    "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
+    "StandbyUpdateListener", "StoreSpec", "SuspendReason", "TaskInfo", "TaskState", "TopicPartition",
+    "TopologyError", "serde",
 ]
 __version__ = "0.1.0"

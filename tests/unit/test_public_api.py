@@ -5,7 +5,8 @@ import hotstate
 
 EXPECTED = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
+    "ProcessingError", "Record", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreCorruptedError",
+    "StoreInfo", "SuspendReason",
     "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
 ]
 

@@ -4,7 +4,8 @@ Each counter has one writer thread (processing or restore); readers may see a va
 Restore metrics use Kafka Streams' names (KIP-869): per instance ``active_restoring_tasks``,
 ``standby_updating_tasks``, ``restore_records_rate``, ``active_restore_ratio``; per store partition
 ``restore_records_total``, ``restore_remaining_records``, a rate and an ETA. Rates and ratios are over the
-last ``RATE_WINDOW_S`` seconds.
+last ``RATE_WINDOW_S`` seconds. Standbys: ``standby_records_lag`` per standby task (changelog end - store
+offset, summed over its stores; refreshed about once a second).
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ class Metrics:
     started_at_s: float = field(default_factory=time.monotonic)
     # Written by the state updater.
     active_restoring_tasks: int = 0
-    standby_updating_tasks: int = 0  # no standby replicas yet
+    standby_updating_tasks: int = 0
+    standby_records_lag: dict[str, int] = field(default_factory=dict)  # task id -> lag; replaced, never mutated
     restore_busy_s: float = 0.0  # time the restore thread spent restoring (reading, writing, flushing)
     restore_rate: RateWindow = field(default_factory=RateWindow)
     restore_busy_rate: RateWindow = field(default_factory=RateWindow)
@@ -105,6 +107,7 @@ class Metrics:
             "restore_records_total": self.restore_records_total,
             "active_restoring_tasks": self.active_restoring_tasks,
             "standby_updating_tasks": self.standby_updating_tasks,
+            "standby_records_lag": dict(self.standby_records_lag),
             "restore_records_rate": round(self.restore_rate.rate(self.restore_records_total), 1),
             "active_restore_ratio": round(min(1.0, self.restore_busy_rate.rate(self.restore_busy_s)), 3),
             "active_restoring_stores": len(restoring),
