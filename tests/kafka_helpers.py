@@ -291,11 +291,14 @@ class Kafka:
             log.exception("cleaning up test topics failed (ignored)")
 
 
-def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = 30.0, interval_s: float = 0.05) -> None:
+def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = 30.0, interval_s: float = 0.05,
+             detail: Callable[[], object] | None = None) -> None:
+    """``detail``: what to show on a timeout (e.g. each instance's tasks), to tell why it did not happen."""
     deadline = time.monotonic() + timeout_s
     while not pred():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}"
+                               + (f"; {detail()}" if detail is not None else ""))
         time.sleep(interval_s)
 
 

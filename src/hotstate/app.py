@@ -16,7 +16,7 @@ from .dsl.stream import Stream, check_serde
 from .dsl.topology import Topology
 from .errors import HotstateError, IllegalStateTransition, TopologyError
 from .kafka.admin import Admin, ChangelogSpec
-from .observe.listener import RestoreListener
+from .observe.listener import RestoreListener, StandbyUpdateListener
 from .observe.metrics import Metrics
 from .records import TopicPartition
 from .runtime.stream_thread import StreamThread
@@ -68,6 +68,10 @@ class TaskInfo:
     input_partitions: list[TopicPartition]
     state: TaskState
     stores: dict[str, StoreInfo] = field(default_factory=dict)
+    # A standby (or warm-up) replica: kept current from the changelog, not processing. Its state is
+    # RUNNING while the state updater tails it; ``lag`` is how many changelog records it is behind.
+    standby: bool = False
+    lag: int | None = None
 
     @property
     def changelog_offsets(self) -> dict[str, int | None]:
@@ -83,6 +87,7 @@ class App:
         self.config = Config.from_kwargs(**config)
         self._topology = Topology()
         self._listener: RestoreListener | None = None
+        self._standby_listener: StandbyUpdateListener | None = None
         self._metrics = Metrics()
         self._state = AppState.CREATED
         self._state_lock = threading.Condition()
@@ -106,6 +111,11 @@ class App:
         self._require(AppState.CREATED, "set_restore_listener()")
         self._listener = listener
 
+    def set_standby_listener(self, listener: StandbyUpdateListener) -> None:
+        """Called on the state updater thread; see :class:`hotstate.StandbyUpdateListener`."""
+        self._require(AppState.CREATED, "set_standby_listener()")
+        self._standby_listener = listener
+
     # ---- lifecycle ----
     def start(self) -> None:
         """Checks the broker, topics and state dir (raising a clear error at once), then starts processing
@@ -121,7 +131,7 @@ class App:
             raise
         self._transition(AppState.REBALANCING)
         self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
-                                    self._on_tasks_running, self._on_error)
+                                    self._on_tasks_running, self._on_error, self._standby_listener)
         self._thread.start()
         if self.config.metrics_port is not None:
             from .observe.prometheus import MetricsServer
@@ -221,7 +231,12 @@ class App:
             stores = {name: StoreInfo(s.changelog, s.backend.changelog_offset(), s.restored_records)
                       for name, s in task.stores.items()}
             out.append(TaskInfo(task.id, [task.input], task.state, stores))
-        return sorted(out, key=lambda t: t.id)
+        lags = tm.standby_lags()
+        for task in list(tm.standbys.values()):
+            stores = {name: StoreInfo(s.changelog, s.backend.changelog_offset(), s.restored_records)
+                      for name, s in task.stores.items()}
+            out.append(TaskInfo(task.id, [task.input], TaskState.RUNNING, stores, standby=True, lag=lags.get(task.id)))
+        return sorted(out, key=lambda t: (t.standby, t.id))
 
     def store(self, name: str) -> ReadOnlyStore:
         """A read-only view of store ``name`` over this instance's RUNNING tasks."""

@@ -57,6 +57,17 @@ class Config:
     # Local state of a task that moved away stays on disk this long (and is reused if the task comes back);
     # the cleaner runs at this interval too (Kafka Streams' state.cleanup.delay.ms).
     state_cleanup_delay_ms: int = 600_000
+    # High availability (Kafka Streams' names). Standby replicas per task, kept current on other instances.
+    num_standby_replicas: int = 0
+    # A task may move to an instance whose local state is within this many changelog records of the end.
+    acceptable_recovery_lag: int = 10_000
+    # Warm-up replicas (extra standbys on the instance a task should move to) placed at once, over the group.
+    max_warmup_replicas: int = 2
+    # While warm-ups exist, a rebalance probes for caught-up ones at least this often (an instance whose
+    # warm-ups caught up asks for one at once).
+    probing_rebalance_interval_ms: int = 600_000
+    # The group member: the most time between two polls of the processing loop before it is thrown out.
+    max_poll_interval_ms: int = 300_000
     # Exactly-once: after an aborted transaction, how long to keep asking for the committed offsets to redo
     # the work from (the group coordinator may be moving or loading, e.g. during a broker restart).
     rewind_timeout_ms: int = 120_000
@@ -89,10 +100,15 @@ class Config:
             )
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                      "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
-                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms"):
+                     "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms",
+                     "max_warmup_replicas", "probing_rebalance_interval_ms", "max_poll_interval_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
+        for name in ("num_standby_replicas", "acceptable_recovery_lag"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r} is invalid: it must be an integer >= 0")
         if self.metrics_port is not None and (not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
                                               or not 0 <= self.metrics_port <= 65535):
             raise ConfigError(f"metrics_port={self.metrics_port!r} is invalid: give a TCP port (0-65535) or None")

@@ -33,7 +33,9 @@ def test_static_member_restarts_without_a_rebalance(kafka, tmp_path):
     watching = threading.Event()
     a_changes: list[set[str]] = []
     try:
-        wait_for(lambda: len(running_ids(a)) == 2 and len(running_ids(b)) == 2, "two tasks on each instance", 90)
+        wait_for(lambda: len(running_ids(a)) == 2 and len(running_ids(b)) == 2, "two tasks on each instance", 90,
+                 detail=lambda: {"a": [(t.id, t.state.value) for t in a.tasks()], "b": [(t.id, t.state.value) for t in b.tasks()],
+                                 "a metrics": a.metrics()["rebalances_total"], "b metrics": b.metrics()["rebalances_total"]})
         wait_for(lambda: all(t.stores["word-counts"].changelog_offset == 200 for t in a.tasks() + b.tasks()),
                  "both to commit what they processed", 60)
         a_tasks, b_tasks = running_ids(a), running_ids(b)

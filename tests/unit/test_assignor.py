@@ -161,3 +161,15 @@ def test_needs_probing():
     assert not needs_probing({})
     assert not needs_probing({"a": MemberAssignment(F({"0_0"}), F({"0_1"}))})
     assert needs_probing({"a": MemberAssignment(F(), F(), F({"0_0"})), "b": MemberAssignment(F({"0_0"}), F())})
+
+
+def test_a_failed_over_task_goes_to_its_standby_not_to_another_caught_up_member():
+    """Both survivors are within acceptable_recovery_lag of the dead member's tasks, but only the standby
+    holder has lag 0: the task goes there and replays nothing (values from a live crash run)."""
+    i0 = MemberInfo("i0", {"0_0": 1149, "0_2": 1226, "0_4": 536, "0_1": 1228, "0_3": 1183, "0_5": 793},
+                    frozenset({"0_0", "0_2"}), frozenset({"0_1", "0_3", "0_5"}))
+    i1 = MemberInfo("i1", {"0_1": 1228, "0_3": 1183, "0_5": 514, "0_0": 1149, "0_2": 1226, "0_4": 792},
+                    frozenset({"0_1", "0_3"}), frozenset({"0_0", "0_2", "0_4"}))
+    ends = {"0_0": 1149, "0_1": 1228, "0_2": 1226, "0_3": 1183, "0_4": 792, "0_5": 793}
+    out = assign([i0, i1], ends, AssignorConfig(1, 300, 2))
+    assert "0_4" in out["i1"].active and "0_5" in out["i0"].active

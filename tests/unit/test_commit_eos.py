@@ -108,3 +108,30 @@ def test_a_fatal_failure_asks_for_a_new_producer_within_a_budget():
         c.recreate_producer()
     now[0] += ExactlyOnceCommitter.RECREATE_WINDOW_S + 1  # an old burst does not count against a new one
     c.recreate_producer()
+
+
+def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_producer_budget():
+    """After a broker restart the group forgets the member: every commit is refused (UNKNOWN_MEMBER_ID) until
+    it rejoins. That asks the member to rejoin and never counts as a failing producer."""
+    from hotstate.records import TopicPartition
+    log = []
+
+    class Member(FakeConsumer):
+        rejoins = 0
+
+        def request_rejoin(self):
+            self.rejoins += 1
+
+    member = Member()
+    stale = KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "the group forgot this member")
+    c = ExactlyOnceCommitter(member, FakeTxnProducer(log, fail_at="send_offsets", error=stale), DeliveryTracker(set()),
+                             Metrics(), 1.0, producer_factory=lambda: FakeTxnProducer(log, fail_at="send_offsets",
+                                                                                       error=stale))
+    task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
+                          "committed_offset": 1, "needs_commit": lambda self: True})()
+    for _ in range(ExactlyOnceCommitter.RECREATE_MAX + 3):
+        c.begin()
+        with pytest.raises(TransactionAborted):
+            c.commit([task])
+    assert member.rejoins == ExactlyOnceCommitter.RECREATE_MAX + 3
+    assert log.count("init") == ExactlyOnceCommitter.RECREATE_MAX + 3

@@ -189,25 +189,37 @@ def test_invalid_group_instance_id(bad):
         make(group_instance_id=bad)
 
 
-def test_group_instance_id_reaches_the_main_consumer_only():
+def test_group_instance_id_reaches_the_group_member_only(monkeypatch):
+    """The kafka-python member is the static member; the librdkafka consumers never join the group."""
     from hotstate.kafka import clients
-    seen = {}
+    from hotstate.runtime import membership
+    seen: dict = {}
+    monkeypatch.setattr(clients, "Consumer", lambda conf: seen.update(conf))
+    monkeypatch.setattr(membership, "KafkaConsumer", lambda **kw: seen.update(kw))
+    membership._kafka_member(make(group_instance_id="pod-1"), None)
+    assert seen["group_instance_id"] == "pod-1" and seen["group_id"] == "wordcount"
+    seen.clear()
+    clients.main_consumer(make(group_instance_id="pod-1"))
+    assert "group.instance.id" not in seen and "partition.assignment.strategy" not in seen
+    seen.clear()
+    clients.restore_consumer(make(group_instance_id="pod-1"))
+    assert "group.instance.id" not in seen
+    seen.clear()
+    membership._kafka_member(make(), None)
+    assert seen["group_instance_id"] is None
 
-    class Spy:
-        def __init__(self, conf):
-            seen.update(conf)
 
-    import hotstate.kafka.clients as mod
-    real = mod.Consumer
-    mod.Consumer = Spy
-    try:
-        clients.main_consumer(make(group_instance_id="pod-1"))
-        assert seen["group.instance.id"] == "pod-1"
-        seen.clear()
-        clients.restore_consumer(make(group_instance_id="pod-1"))
-        assert "group.instance.id" not in seen
-        seen.clear()
-        clients.main_consumer(make())
-        assert "group.instance.id" not in seen
-    finally:
-        mod.Consumer = real
+@pytest.mark.parametrize("name, bad", [("num_standby_replicas", -1), ("acceptable_recovery_lag", -5),
+                                       ("max_warmup_replicas", 0), ("probing_rebalance_interval_ms", 0),
+                                       ("max_poll_interval_ms", -1), ("num_standby_replicas", True),
+                                       ("acceptable_recovery_lag", "10")])
+def test_high_availability_configs_are_validated(name, bad):
+    with pytest.raises(ConfigError, match=name):
+        make(**{name: bad})
+
+
+def test_high_availability_defaults_are_kafka_streams_defaults():
+    c = make()
+    assert (c.num_standby_replicas, c.acceptable_recovery_lag, c.max_warmup_replicas,
+            c.probing_rebalance_interval_ms) == (0, 10_000, 2, 600_000)
+    assert make(num_standby_replicas=2, acceptable_recovery_lag=0).num_standby_replicas == 2

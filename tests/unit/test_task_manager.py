@@ -6,6 +6,7 @@ import logging
 import os
 import struct
 from concurrent.futures import Future
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -13,7 +14,8 @@ from confluent_kafka import KafkaError, KafkaException
 from hotstate import StoreSpec, TopicPartition, serde
 from hotstate.errors import DeserializationError, ProcessingError
 from hotstate.observe.metrics import Metrics
-from hotstate.runtime.membership import ConsumerGroupMembership
+from hotstate.dsl.topology import Topology
+from hotstate.runtime.membership import GroupMembership
 from hotstate.runtime.task import TaskState
 from hotstate.runtime.task_manager import TaskManager
 from hotstate.state.memory_store import MemoryBackend
@@ -358,23 +360,25 @@ class RecordingMembershipListener:
         self.calls.append(("lost", ps, list(self.consumer.calls)))
 
 
-def test_membership_adapter_assigns_paused_and_revokes_before_unassign():
-    from confluent_kafka import TopicPartition as KTP
+def test_membership_assigns_paused_and_revokes_before_unassign(make_app):
+    from kafka import TopicPartition as KpTP
     c = FakeGroupConsumer()
-    m = ConsumerGroupMembership(c)
+    member = SimpleNamespace(_coordinator=None)
+    m = GroupMembership(make_app().config, Topology(), c, lambda tps: {}, member_factory=lambda cfg, plugin: member)
     listener = RecordingMembershipListener(c)
-    m._listener = listener
-    m._on_assign(c, [KTP("words", 1)])
-    m._on_revoke(c, [KTP("words", 1)])
-    m._on_lost(c, [KTP("words", 2)])
-    m._on_assign(c, [])
-    assert listener.calls[0] == ("assigned", [TopicPartition("words", 1)],
-                                 [("assign", [("words", 1)]), ("pause", [("words", 1)])])
+    m.listener = listener
+    m.on_assigned({KpTP("words", 1), KpTP("words", 2)})
+    m.on_revoked({KpTP("words", 1)})
+    m.on_lost({KpTP("words", 2)})
+    m.on_revoked({KpTP("words", 2)})  # no longer assigned: nothing to revoke or unassign twice
+    assert listener.calls[0] == ("assigned", [TopicPartition("words", 1), TopicPartition("words", 2)],
+                                 [("assign", [("words", 1), ("words", 2)]), ("pause", [("words", 1), ("words", 2)])])
     # revoke: the listener runs while the partition is still assigned (it commits), then unassign
     assert listener.calls[1][:2] == ("revoked", [TopicPartition("words", 1)])
     assert ("unassign", [("words", 1)]) not in listener.calls[1][2]
-    assert c.calls[-2:] == [("unassign", [("words", 2)]), ("assign", [])]
     assert listener.calls[2][:2] == ("lost", [TopicPartition("words", 2)])
+    assert listener.calls[3][:2] == ("revoked", [])
+    assert c.calls[2:] == [("unassign", [("words", 1)]), ("unassign", [("words", 2)]), ("unassign", [])]
     assert isinstance(listener.calls[0][1][0], TopicPartition)
 
 
@@ -404,3 +408,46 @@ def test_lost_partitions_under_alos_keep_the_other_tasks_work(make_app, tmp_path
     tm.partitions_lost([TopicPartition("words", 0)])
     assert getattr(tm._committer, "aborts", 0) == 0
     assert t1.dirty_records() == 1 and consumer.seeks == []
+
+
+def test_a_member_that_rejoined_under_a_new_member_id_loses_what_it_owned_even_if_it_gets_it_again(make_app):
+    """kafka-python reports lost partitions only when it noticed the eviction before rejoining; a member
+    frozen past its session timeout may rejoin first. Its old tasks must close and start afresh."""
+    from kafka import TopicPartition as KpTP
+    c = FakeGroupConsumer()
+    ids = ["m-1"]
+    member = SimpleNamespace(_coordinator=None, group_metadata=lambda: SimpleNamespace(member_id=ids[0]))
+    m = GroupMembership(make_app().config, Topology(), c, lambda tps: {}, member_factory=lambda cfg, plugin: member)
+    listener = RecordingMembershipListener(c)
+    m.listener = listener
+    first = [KpTP("words", 0), KpTP("words", 1)]
+    m.check_membership([], first)
+    m.on_assigned(set(first))
+    m.check_membership(first, first)  # same member, same generation's partitions: nothing happens
+    assert [k for k, *_ in listener.calls] == ["assigned"]
+    ids[0] = "m-2"  # evicted, rejoined as a new member, and given partition 1 again
+    m.check_membership(first, [KpTP("words", 1)])
+    assert [(k, ps) for k, ps, _ in listener.calls[1:]] == [
+        ("lost", [TopicPartition("words", 0), TopicPartition("words", 1)]),
+        ("assigned", [TopicPartition("words", 1)])]
+
+
+def test_task_offsets_report_state_on_disk_open_tasks_and_tasks_that_left(make_app, tmp_path, tms):
+    """What the member tells the group leader: per task, the changelog offset local state holds, for state
+    left on disk by an earlier run, for open tasks, and for a task that just moved away."""
+    tm, sd = build(make_app, tmp_path)
+    tms.append(tm)
+    os.makedirs(sd.root, exist_ok=True)
+    left = RocksDBBackend("c", sd.store_path("0_2", "c"))
+    left.write([(b"k", b"v")], 42)
+    left.close()
+    assert tm.task_offsets() == {"0_2": 42}
+    (t0,) = running(tm, (0,))
+    t0.stores["c"].backend.write([(b"a", b"1")], 7)
+    assert tm.task_offsets() == {"0_2": 42, "0_0": 7}
+    tm.partitions_revoked([TopicPartition("words", 0)])
+    assert tm.task_offsets() == {"0_2": 42, "0_0": 7}, "a task that moved away still counts with its stored offset"
+    sd.mark_closed("0_2")
+    os.utime(os.path.join(sd.root, "0_2"), (0, 0))  # closed long ago
+    tm.clean_obsolete_state()
+    assert tm.task_offsets() == {"0_0": 7}, "cleaned-up state no longer counts"

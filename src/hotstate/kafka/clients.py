@@ -13,6 +13,8 @@ LIBRDKAFKA_LOG = logging.getLogger("hotstate.librdkafka")
 
 
 def main_consumer(config: Config, **callbacks: Any) -> Consumer:
+    """Assigned by hand what the group member (runtime/membership.py) owns; ``group.id`` only serves the
+    committed offsets a newly assigned partition starts from."""
     conf: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "group.id": config.group_id,
@@ -20,8 +22,6 @@ def main_consumer(config: Config, **callbacks: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": config.session_timeout_ms,
         # A fetch parked at the broker delays requests queued behind it on the same connection
         # (offset commits, watermark queries): keep the park short.
         "fetch.wait.max.ms": 100,
@@ -30,10 +30,6 @@ def main_consumer(config: Config, **callbacks: Any) -> Consumer:
         **callbacks,
         **config.consumer_config,
     }
-    if config.group_instance_id is not None:
-        # A static member: close() does not leave the group, so a restart within the session timeout
-        # gets the same partitions back without a rebalance; a kill -9 is replaced at its rejoin.
-        conf.setdefault("group.instance.id", config.group_instance_id)
     return Consumer(conf)
 
 
@@ -59,6 +55,21 @@ def restore_consumer(config: Config) -> Consumer:
         **config.restore_consumer_config,
     }
     return Consumer(conf)
+
+
+def end_offsets_consumer(config: Config) -> Consumer:
+    """Asks only for changelog end offsets (high watermarks). ``read_uncommitted`` on purpose: a
+    ``read_committed`` consumer is told the last stable offset, which an open transaction (a zombie's)
+    holds back while committed records may follow it; a restore that stopped there would miss them."""
+    return Consumer({
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": f"{config.app_id}-restore-unused",
+        "enable.auto.commit": False,
+        "isolation.level": "read_uncommitted",
+        "client.id": f"{config.app_id}-ends",
+        "logger": LIBRDKAFKA_LOG,
+        **config.restore_consumer_config,
+    })
 
 
 def producer(config: Config, transactional_id: str | None = None, **callbacks: Any) -> Producer:

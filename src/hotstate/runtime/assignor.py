@@ -10,11 +10,12 @@ Rules, in order:
 1. Balanced target: every task gets exactly one active, and active counts differ by at most one. Tasks
    with the fewest caught-up members are placed first. Sticky: a task stays with its previous active
    owner while that owner has room and is caught up (or nobody is). Otherwise it goes to the caught-up
-   member with room and the fewest actives; if no such member, to the member with room and the
-   smallest lag (then fewest actives, then member id).
+   member with room and the least lag (so a failover lands on the standby that replays least), then the
+   fewest actives; if no such member, to the member with room and the smallest lag (then fewest
+   actives, then member id).
 2. Warm-ups: a task whose target is not caught up, while some member is, does not move there. It stays
-   on its previous owner if that one is caught up, else goes to the caught-up member with the fewest
-   actives; and while ``max_warmup_replicas`` (over the whole group) lasts, the target gets a *warm-up*
+   on its previous owner if that one is caught up, else goes to the caught-up member with the least lag,
+   then the fewest actives; and while ``max_warmup_replicas`` (over the whole group) lasts, the target gets a *warm-up*
    replica of it: a standby that restores the task so that it can move there later. Balance is broken
    until then: ``needs_probing`` tells the group leader to schedule a probing rebalance, which moves
    the task once the warm-up has caught up (rule 1 then places it on the caught-up target).
@@ -104,8 +105,8 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
     for task in unplaced:  # rule 1, the rest
         open_ids = [mid for mid in ids if has_room(mid)]
         fresh = [mid for mid in open_ids if mid in caught_up[task]]
-        if fresh:
-            best = min(fresh, key=lambda mid: (len(active[mid]), mid))
+        if fresh:  # the least lag among them: a failover to a standby replays only the standby's lag
+            best = min(fresh, key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
         else:
             best = min(open_ids, key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
         active[best].add(task)
@@ -117,7 +118,8 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
         if target in caught_up[task] or not caught_up[task]:
             continue
         owner = previous_owner[task]
-        keeper = owner if owner in caught_up[task] else min(caught_up[task], key=lambda mid: (len(active[mid]), mid))
+        keeper = owner if owner in caught_up[task] else min(caught_up[task],
+                                                             key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
         active[target].remove(task)
         active[keeper].add(task)
         if budget > 0:

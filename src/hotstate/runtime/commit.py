@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 Pending = dict[str, list[tuple[TaskStore, list]]]
 
+# The group moved on without this member (a rebalance, or the broker forgot it, e.g. after a restart): its
+# offsets are refused until it rejoins. Not a producer failure.
+_STALE_MEMBER = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                           KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID})
+
 
 class DeliveryTracker:
     """The producer's delivery callback: remembers the last offset per changelog partition and errors."""
@@ -206,11 +211,12 @@ class ExactlyOnceCommitter(Committer):
                     raise
                 log.warning("init_transactions failed (%s); retrying", err)
 
-    def recreate_producer(self) -> Producer:
+    def recreate_producer(self, count: bool = True) -> Producer:
         """After ProducerFenced: drop the fenced producer (its transaction is aborted by the broker) and
-        start a new one with the same transactional id."""
+        start a new one with the same transactional id. ``count``: the failure counts toward the limit
+        (a refusal of a stale group member's offsets does not: it ends when the member has rejoined)."""
         now = self._clock()
-        self._recreated_at = [t for t in self._recreated_at if now - t < self.RECREATE_WINDOW_S] + [now]
+        self._recreated_at = [t for t in self._recreated_at if now - t < self.RECREATE_WINDOW_S] + ([now] if count else [])
         if len(self._recreated_at) > self.RECREATE_MAX:
             raise RuntimeError(f"the transactional producer failed fatally {len(self._recreated_at)} times within "
                                f"{self.RECREATE_WINDOW_S:g}s; see the log for its errors")
@@ -259,13 +265,17 @@ class ExactlyOnceCommitter(Committer):
             err = exc.args[0]
             if is_fenced(exc):
                 raise ProducerFenced(str(err)) from exc
+            stale_member = err.code() in _STALE_MEMBER
             log.warning("transaction failed (%s); aborting it: uncommitted work is dropped and the input is "
-                        "processed again from the last commit", err)
+                        "processed again from the last commit%s", err,
+                        "; the group member rejoins" if stale_member else "")
+            if stale_member and hasattr(self._consumer, "request_rejoin"):
+                self._consumer.request_rejoin()
             # Not abort_transaction: after some abortable errors librdkafka must bump the producer epoch, and
             # when the coordinator answers CONCURRENT_TRANSACTIONS (seen after a broker restart) its next
             # transactional call blocks past any timeout. A new producer's init_transactions aborts the
             # transaction on the coordinator just as well, and its retries are bounded.
-            self.recreate_producer()
+            self.recreate_producer(count=not stale_member)
             raise TransactionAborted(str(err)) from exc
         self._in_transaction = False
         self.mark_committed(tasks)

@@ -1,26 +1,60 @@
-"""Membership: how this instance learns which input partitions (tasks) it owns.
+"""Membership: how this instance learns which tasks it runs (active) and which it keeps warm (standby,
+warm-up), over Kafka's own group coordinator.
 
-The port is ``MembershipListener``: ``partitions_assigned`` / ``partitions_revoked`` /
-``partitions_lost``, called on the processing thread. Newly assigned partitions start paused; the task
-manager resumes each one when its task is RUNNING.
+The group member is a kafka-python consumer that never fetches: it joins the group ``app_id`` with
+hotstate's assignor (``TaskAssignor``, classic protocol, cooperative rebalancing) and carries user data
+both ways, as Kafka Streams' StreamsPartitionAssignor does. librdkafka has no pluggable assignor, so the
+data paths stay on confluent-kafka: the main consumer is assigned by hand what the member owns, commits
+go through the member (fenced by its generation), and under exactly-once the transactional producer gets
+the member's group metadata (``kafka/group_metadata.py``). docs/spikes/membership.md has the spike.
 
-Today's adapter, ``ConsumerGroupMembership``, rides on the main consumer's group with librdkafka's
-built-in cooperative-sticky assignor: librdkafka has no pluggable assignor, so the pure
-``assignor.assign`` cannot run inside it. Standby and warm-up replicas need a member that carries our
-assignor and per-member user data over the classic group protocol; docs/architecture.md records the spike
-that chose the client for it.
+Subscription user data (member -> leader), JSON: ``{"v": 1, "offsets": {task: offset}, "standby": [...],
+"nonce": n}``: per task, the changelog offset the member's local state holds (summed over the task's
+stores; active, standby, or state left on disk). Assignment user data (leader -> member):
+``{"v": 1, "standby": [...], "warmup": [...], "probe": bool}``. Active tasks travel as the member's
+assigned partitions.
+
+Threads: kafka-python runs the group protocol on its own IO thread, and calls the assignor and the
+rebalance listener there, but only while the processing thread waits inside ``GroupMembership.poll``.
+So the ``MembershipListener`` calls never run beside the processing loop. They must not call blocking
+kafka-python APIs (kafka-python forbids it on its IO thread): a commit asked for inside a callback is
+sent by ``poll`` right after, before this member rejoins, so before the partitions' next owner starts.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Protocol
 
-from confluent_kafka import Consumer
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
+from kafka import TopicPartition as KpTopicPartition
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
+from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
+from ..config import Config
+from ..dsl.topology import Topology
+from ..kafka import group_metadata
 from ..records import TopicPartition
+from . import assignor
+from .task import task_id
+
+log = logging.getLogger(__name__)
+# kafka-python logs every connection at INFO; unless the application set a level for it, keep its warnings.
+if logging.getLogger("kafka").level == logging.NOTSET:
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+_JOIN_WAIT_MS = 500  # one wait inside a join; the loop re-waits until joined or stopped
+_POLL_EVERY_S = 0.05  # the group member's poll when no rebalance is pending (heartbeats run on their own)
+_WARMUP_CHECK_EVERY_S = 1.0
 
 
 class MembershipListener(Protocol):
+    """Called inside ``GroupMembership.poll`` (see the module docstring for the threads)."""
+
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None: ...
 
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
@@ -31,31 +65,335 @@ class MembershipListener(Protocol):
         """Already owned by someone else: close without committing."""
         ...
 
+    def standbys_assigned(self, standby: set[str], warmup: set[str]) -> None:
+        """After each rebalance: the standby and warm-up tasks this instance keeps from now on."""
+        ...
 
-def _tps(partitions: list[KTopicPartition]) -> list[TopicPartition]:
-    return [TopicPartition(p.topic, p.partition) for p in partitions]
+    def task_offsets(self) -> dict[str, int]:
+        """Per task, the changelog offset local state holds (summed over its stores)."""
+        ...
+
+    def standby_lags(self) -> dict[str, int]:
+        """Per standby or warm-up task, how far its local state is behind the changelog end."""
+        ...
+
+    def before_rejoin(self) -> None:
+        """A rebalance is about to start: commit now, so a revoked task has nothing left to commit."""
+        ...
 
 
-class ConsumerGroupMembership:
-    def __init__(self, consumer: Consumer):
+def _tp(topic: str, partition: int) -> TopicPartition:
+    return TopicPartition(topic, partition)
+
+
+class TaskAssignor(AbstractPartitionAssignor):
+    """kafka-python's hook for hotstate's assignor. ``assign`` runs on the group leader."""
+
+    name = "hotstate"
+    version = 1
+
+    def __init__(self, membership: "GroupMembership"):
+        self._m = membership
+        self.owned: list[KpTopicPartition] = []
+
+    def supported_protocols(self) -> list:
+        return [RebalanceProtocol.COOPERATIVE]
+
+    def metadata(self, topics: Any) -> ConsumerProtocolSubscription:
+        m = self._m
+        user_data = json.dumps({"v": 1, "offsets": m.listener.task_offsets(),
+                                "standby": sorted(m.standby | m.warmup), "nonce": m.nonce}).encode()
+        by_topic: dict[str, list[int]] = {}
+        for tp in self.owned:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        owned = [ConsumerProtocolSubscription.TopicPartition(topic=t, partitions=sorted(ps))
+                 for t, ps in sorted(by_topic.items())]
+        return ConsumerProtocolSubscription(version=1, topics=sorted(topics), user_data=user_data,
+                                            owned_partitions=owned)
+
+    def assign(self, cluster: Any, members: list) -> dict:
+        m = self._m
+        tasks: dict[str, TopicPartition] = {}
+        for sub in m.topology.subtopologies:
+            for p in sorted(cluster.partitions_for_topic(sub.source.topic) or ()):
+                tasks[task_id(sub.id, p)] = _tp(sub.source.topic, p)
+        ends = m.task_end_offsets(tasks)
+        infos, owner_now = [], {}
+        for member in members:
+            sub = member.metadata
+            try:
+                data = json.loads(sub.user_data.decode()) if sub.user_data else {}
+            except ValueError:
+                log.warning("member %s sent user data hotstate cannot read; treating it as empty", member.member_id)
+                data = {}
+            owned = set()
+            for otp in getattr(sub, "owned_partitions", None) or ():
+                for p in otp.partitions:
+                    owned.add((otp.topic, p))
+            active = frozenset(t for t, tp in tasks.items() if tuple(tp) in owned)
+            for t in active:
+                owner_now.setdefault(t, set()).add(member.member_id)
+            infos.append(assignor.MemberInfo(member.member_id, {k: int(v) for k, v in data.get("offsets", {}).items()},
+                                             active, frozenset(data.get("standby", ()))))
+        # A task two members claim (one was a zombie): neither counts as its previous owner.
+        infos = [assignor.MemberInfo(i.member_id, i.task_offsets,
+                                     frozenset(t for t in i.previous_active if len(owner_now[t]) == 1),
+                                     i.previous_standby) for i in infos]
+        result = assignor.assign(infos, ends, m.assignor_config)
+        probe = assignor.needs_probing(result)
+        # Cooperative (KIP-429): a task another member still owns is withheld this round; that member revokes
+        # it, and the follow-up rebalance hands it over. (A task its assignee claims along with a zombie stays
+        # with the assignee; the zombie's assignment drops it.) Meanwhile the assignee keeps the task's
+        # state warm as a standby, and every member rejoins at once rather than at its next heartbeat.
+        withheld = {mid: {t for t in a.active if owner_now.get(t) and mid not in owner_now[t]}
+                    for mid, a in result.items()}
+        rejoin = any(withheld.values())
+        out = {}
+        for mid, a in result.items():
+            parts: dict[str, list[int]] = {}
+            for t in a.active - withheld[mid]:
+                tp = tasks[t]
+                parts.setdefault(tp.topic, []).append(tp.partition)
+            user_data = json.dumps({"v": 1, "standby": sorted(a.standby | withheld[mid]), "warmup": sorted(a.warmup),
+                                    "probe": probe, "rejoin": rejoin}).encode()
+            out[mid] = ConsumerProtocolAssignment(
+                version=0, user_data=user_data,
+                assigned_partitions=[ConsumerProtocolAssignment.TopicPartition(topic=t, partitions=sorted(ps))
+                                     for t, ps in sorted(parts.items())])
+        log.info("assignment (leader): %s", {mid: (sorted(a.active), sorted(a.standby), sorted(a.warmup))
+                                             for mid, a in result.items()})
+        return out
+
+    def on_assignment(self, assignment: Any, generation: int) -> None:
+        before, self.owned = self.owned, list(assignment.partitions())
+        self._m.check_membership(before, self.owned)
+        try:
+            data = json.loads(assignment.user_data.decode()) if assignment.user_data else {}
+        except ValueError:
+            data = {}
+        self._m.assignment_received(set(data.get("standby", ())), set(data.get("warmup", ())),
+                                    bool(data.get("probe")), bool(data.get("rejoin")))
+
+
+class _RebalanceListener(ConsumerRebalanceListener):
+    def __init__(self, membership: "GroupMembership"):
+        self._m = membership
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._m.on_assigned(assigned)
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._m.on_revoked(revoked)
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._m.on_lost(lost)
+
+
+def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
+    """The kafka-python consumer that is the group member; it never fetches."""
+    return KafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers.split(","),
+        group_id=config.group_id,
+        client_id=f"{config.app_id}-member",
+        group_instance_id=config.group_instance_id,
+        partition_assignment_strategy=[plugin],
+        enable_auto_commit=False,
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=max(100, min(3000, config.session_timeout_ms // 3)),
+        max_poll_interval_ms=config.max_poll_interval_ms,
+        request_timeout_ms=max(config.session_timeout_ms + 5000, 30000),
+    )
+
+
+class GroupMembership:
+    def __init__(self, config: Config, topology: Topology, consumer: Any,
+                 end_offsets: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+                 member_factory: Callable[[Config, TaskAssignor], Any] | None = None):
+        """``consumer``: the confluent-kafka main consumer, assigned by hand what this member owns.
+        ``end_offsets``: changelog end offsets (the leader's assignor asks for them)."""
+        self.config = config
+        self.topology = topology
         self._consumer = consumer
-        self._listener: MembershipListener | None = None
+        self._end_offsets = end_offsets
+        self.assignor_config = assignor.AssignorConfig(config.num_standby_replicas, config.acceptable_recovery_lag,
+                                                       config.max_warmup_replicas)
+        self.listener: MembershipListener | None = None
+        self.standby: set[str] = set()
+        self.warmup: set[str] = set()
+        self.nonce = 0
+        self._assignor = TaskAssignor(self)
+        self._new_assignment = False
+        self._probe = False
+        self._probe_at = float("inf")
+        self._probe_requested = False
+        self._next_poll = 0.0
+        self._next_warmup_check = 0.0
+        self._deferred_commits: dict[tuple[str, int], int] = {}
+        self._assigned: set[TopicPartition] = set()  # what the main consumer is assigned
+        self._member_id: str | None = None  # of the last assignment
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._member = (member_factory or _kafka_member)(config, self._assignor)
+        self._coordinator = self._member._coordinator
 
-    def join(self, topics: list[str], listener: MembershipListener) -> None:
-        self._listener = listener
-        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+    # ---- processing thread ----
+    def join(self, listener: MembershipListener) -> None:
+        self.listener = listener
+        self._thread = threading.current_thread()
+        self._member.subscribe(sorted(self.topology.source_topics), listener=_RebalanceListener(self))
 
-    # librdkafka calls these inside consumer.consume(), on the processing thread.
-    def _on_assign(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
-        if partitions:
-            consumer.pause(partitions)
-        self._listener.partitions_assigned(_tps(partitions))
+    def need_rejoin(self) -> bool:
+        return bool(self._coordinator.need_rejoin())
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
-        self._listener.partitions_revoked(_tps(partitions))
-        consumer.incremental_unassign(partitions)
+    def poll(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Drives the group protocol; rebalance callbacks run inside. Blocks while a rebalance is under way:
+        once a join is in flight it is waited for back to back, because kafka-python drops (and sends
+        again) a join that completes while nobody waits for it, which restarts the rebalance."""
+        now = time.monotonic()
+        if self._new_assignment is False and self.warmup and now >= self._next_warmup_check:
+            self._next_warmup_check = now + _WARMUP_CHECK_EVERY_S
+            self._maybe_probe(now)
+        joining = self._joining()
+        if not joining and now < self._next_poll:
+            return
+        self._next_poll = now + _POLL_EVERY_S
+        if joining:
+            self.listener.before_rejoin()
+            self._flush_deferred_commits()
+        while True:
+            self._coordinator.poll(timeout_ms=_JOIN_WAIT_MS if joining else 0)
+            # Commits asked for inside the callbacks go out before this member joins again (a cooperative
+            # revocation is followed by a second join at once).
+            self._flush_deferred_commits()
+            joining = self._joining()
+            if not joining or stopping():
+                break
+        if self._new_assignment:
+            self._new_assignment = False
+            self.listener.standbys_assigned(set(self.standby), set(self.warmup))
 
-    def _on_lost(self, consumer: Consumer, partitions: list[KTopicPartition]) -> None:
-        self._listener.partitions_lost(_tps(partitions))
-        consumer.incremental_unassign(partitions)
+    def _joining(self) -> bool:
+        return bool(self._coordinator.need_rejoin()) or getattr(self._coordinator, "_join_task", None) is not None
+
+    def _maybe_probe(self, now: float) -> None:
+        """Warm-ups exist: ask for a rebalance once they caught up (or after probing_rebalance_interval_ms),
+        so the leader can hand their tasks over."""
+        if self._probe_requested:
+            return
+        lags = self.listener.standby_lags()
+        caught_up = [t for t in self.warmup if t in lags and lags[t] <= self.config.acceptable_recovery_lag]
+        if caught_up or now >= self._probe_at:
+            log.info("probing rebalance: warm-ups %s caught up (lags %s)", sorted(caught_up),
+                     {t: lags.get(t) for t in sorted(self.warmup)})
+            self._probe_requested = True
+            self.request_rejoin()
+
+    def request_rejoin(self) -> None:
+        """Ask for a rebalance with fresh user data (a static member's rejoin alone would not trigger one)."""
+        self.nonce += 1
+        self._coordinator.request_rejoin()
+
+    def commit(self, offsets: list[KTopicPartition], asynchronous: bool = False) -> None:
+        """Commits input offsets as this member (the broker fences a stale generation). Inside a rebalance
+        callback the commit is sent right after the callback returns, before this member rejoins."""
+        if threading.current_thread() is not self._thread:
+            for tp in offsets:
+                self._deferred_commits[(tp.topic, tp.partition)] = tp.offset
+            return
+        self._commit({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+    def _flush_deferred_commits(self) -> None:
+        if self._deferred_commits:
+            offsets, self._deferred_commits = self._deferred_commits, {}
+            try:
+                self._commit(offsets)
+            except KafkaException as exc:
+                log.warning("committing the offsets of revoked tasks failed (%s); their new owner processes "
+                            "the records since the last commit again", exc.args[0])
+
+    def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self._require_generation()
+        try:
+            self._member.commit({KpTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except Exception as exc:  # kafka-python's errors, e.g. CommitFailedError after a rebalance
+            raise KafkaException(KafkaError(KafkaError._FAIL, f"offset commit failed: {exc!r}")) from exc
+
+    def consumer_group_metadata(self) -> bytes:
+        gm = self._require_generation()
+        return group_metadata.serialized(gm.group_id, gm.generation_id, gm.member_id, gm.group_instance_id)
+
+    def _require_generation(self) -> Any:
+        """The member's generation, refusing none: the broker accepts offsets sent without a generation
+        (generation -1, no member id) unfenced, so a zombie whose membership was reset must not send any."""
+        gm = self._member.group_metadata()
+        if gm.generation_id < 0 or not gm.member_id:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID,
+                                            "this instance is not a member of the group right now (it is rejoining); "
+                                            "its offsets are not committed"))
+        return gm
+
+    def close(self) -> None:
+        """Leaves the group (a static member does not: it keeps its tasks for session_timeout_ms)."""
+        try:
+            self._member.close(autocommit=False)
+        except Exception:
+            log.exception("closing the group member failed")
+
+    # ---- kafka-python's IO thread, while the processing thread waits in poll() ----
+    def task_end_offsets(self, tasks: Mapping[str, TopicPartition]) -> dict[str, int]:
+        changelogs = {t: [_tp(self.config.changelog_topic(name), tp.partition)
+                          for name in self.topology.subtopology_of(tp.topic).stores]
+                      for t, tp in tasks.items()}
+        ends = self._end_offsets([c for cs in changelogs.values() for c in cs])
+        return {t: sum(ends.get(c, 0) for c in cs) for t, cs in changelogs.items()}
+
+    def check_membership(self, owned_before: list, owned_now: list) -> None:
+        """Called first when an assignment arrives. A new member id means the group evicted this member
+        (e.g. it was frozen past the session timeout) and it joined again as a new member: what it owned
+        before is lost, even partitions it gets again (kafka-python reports lost partitions only when it
+        noticed the eviction before rejoining). Those tasks close without committing and start afresh from
+        their committed state; the stale in-memory work of the old membership is dropped."""
+        member_id = self._member.group_metadata().member_id
+        previous, self._member_id = self._member_id, member_id
+        if previous is None or previous == member_id or not owned_before:
+            return
+        lost = sorted(_tp(tp.topic, tp.partition) for tp in owned_before)
+        log.warning("this instance rejoined the group as a new member (%s -> %s): its tasks %s are lost and "
+                    "start again from their committed state", previous, member_id, [str(p) for p in lost])
+        self.on_lost(owned_before)
+        self._assignor.owned = list(owned_now)
+        kept = [tp for tp in owned_now if (tp.topic, tp.partition) in {(p.topic, p.partition) for p in owned_before}]
+        if kept:
+            self.on_assigned(kept)  # kafka-python sees no change for these, so it will not report them
+
+    def assignment_received(self, standby: set[str], warmup: set[str], probe: bool, rejoin: bool = False) -> None:
+        if rejoin:  # the leader withheld tasks until their owners revoke them: the follow-up round starts now
+            self._coordinator.request_rejoin()
+        self.standby, self.warmup = standby, warmup
+        self._new_assignment = True
+        self._probe_requested = False
+        self._probe_at = time.monotonic() + self.config.probing_rebalance_interval_ms / 1000 if probe else float("inf")
+
+    def on_assigned(self, assigned: Any) -> None:
+        parts = sorted(_tp(tp.topic, tp.partition) for tp in assigned if (tp.topic, tp.partition) not in self._assigned)
+        self._assigned.update(parts)
+        self._consumer.incremental_assign([KTopicPartition(t, p) for t, p in parts])
+        if parts:
+            self._consumer.pause([KTopicPartition(t, p) for t, p in parts])
+        self.listener.partitions_assigned(parts)
+
+    def on_revoked(self, revoked: Any) -> None:
+        parts = sorted(_tp(tp.topic, tp.partition) for tp in revoked if (tp.topic, tp.partition) in self._assigned)
+        self.listener.partitions_revoked(parts)
+        self._unassign(parts)
+
+    def on_lost(self, lost: Any) -> None:
+        parts = sorted(_tp(tp.topic, tp.partition) for tp in lost if (tp.topic, tp.partition) in self._assigned)
+        self._assignor.owned = []
+        self._deferred_commits.clear()
+        self.listener.partitions_lost(parts)
+        self._unassign(parts)
+
+    def _unassign(self, parts: list[TopicPartition]) -> None:
+        self._assigned.difference_update(parts)
+        self._consumer.incremental_unassign([KTopicPartition(t, p) for t, p in parts])

@@ -12,10 +12,13 @@ from typing import Any, Callable
 from ..config import Config
 from ..dsl.topology import Topology
 from ..kafka import clients
-from ..observe.listener import RestoreListener
+from confluent_kafka import KafkaException
+from confluent_kafka import TopicPartition as KTopicPartition
+
+from ..observe.listener import RestoreListener, StandbyUpdateListener
 from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
-from .membership import ConsumerGroupMembership
+from .membership import GroupMembership
 from .commit import AtLeastOnceCommitter, Committer, DeliveryTracker, ExactlyOnceCommitter
 from .state_updater import StateUpdater
 from .task_manager import TaskManager
@@ -32,12 +35,14 @@ _EOS_TIMEOUT_S = 60.0
 class StreamThread(threading.Thread):
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory,
                  listener: RestoreListener | None, metrics: Metrics,
-                 on_state: Callable[[bool], None], on_error: Callable[[BaseException], None]):
+                 on_state: Callable[[bool], None], on_error: Callable[[BaseException], None],
+                 standby_listener: StandbyUpdateListener | None = None):
         super().__init__(name="hotstate-stream-thread", daemon=True)
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
         self._listener = listener
+        self._standby_listener = standby_listener
         self._metrics = metrics
         self._on_state = on_state  # called with "all tasks running?" after each loop
         self._on_error = on_error
@@ -48,6 +53,13 @@ class StreamThread(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # failed while setting up: no client or task to close yet
+            log.exception("stream thread failed to start")
+            self._on_error(exc)
+
+    def _run(self) -> None:
         cfg = self._config
         changelogs = {cfg.changelog_topic(name) for name in self._topology.store_specs()}
         tracker = DeliveryTracker(changelogs)
@@ -57,13 +69,22 @@ class StreamThread(threading.Thread):
 
         producer = new_producer()
         consumer = clients.main_consumer(cfg)
-        updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics)
+        timeout_s = cfg.broker_timeout_ms / 1000
+
+        def end_offsets(tps: list) -> dict:
+            return {tp: _end_offset(consumer, tp, timeout_s) for tp in tps}
+
+        membership = GroupMembership(cfg, self._topology, consumer, end_offsets)
+        updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics,
+                               standby_listener=self._standby_listener,
+                               ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg))
         committer: Committer
+        # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:
-            committer = ExactlyOnceCommitter(consumer, producer, tracker, self._metrics, _EOS_TIMEOUT_S,
+            committer = ExactlyOnceCommitter(membership, producer, tracker, self._metrics, _EOS_TIMEOUT_S,
                                              producer_factory=new_producer)
         else:
-            committer = AtLeastOnceCommitter(consumer, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
+            committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer)
         self.task_manager = tm
         clean = True
@@ -71,16 +92,16 @@ class StreamThread(threading.Thread):
             if isinstance(committer, ExactlyOnceCommitter):
                 committer.init()
             updater.start()
-            ConsumerGroupMembership(consumer).join(self._topology.source_topics, tm)
-            self._loop(consumer, tm)
+            membership.join(tm)
+            self._loop(consumer, tm, membership)
         except BaseException as exc:
             clean = False
             log.exception("stream thread failed")
             self._on_error(exc)
         finally:
-            self._shutdown(consumer, tm, updater, clean)
+            self._shutdown(consumer, tm, updater, membership, clean)
 
-    def _loop(self, consumer, tm: TaskManager) -> None:
+    def _loop(self, consumer, tm: TaskManager, membership: GroupMembership) -> None:
         cfg = self._config
         commit_every_s = cfg.commit_interval_ms / 1000
         poll_s = cfg.poll_ms / 1000
@@ -89,6 +110,7 @@ class StreamThread(threading.Thread):
         cleanup_every_s = cfg.state_cleanup_delay_ms / 1000
         next_cleanup = time.monotonic() + cleanup_every_s
         while not self._stop_event.is_set():
+            membership.poll(self._stop_event.is_set)
             msgs = consumer.consume(cfg.poll_records_max, poll_s)
             tm.handle_restored()
             if msgs:
@@ -103,7 +125,8 @@ class StreamThread(threading.Thread):
                 next_cleanup = now + cleanup_every_s
             self._on_state(tm.all_running())
 
-    def _shutdown(self, consumer, tm: TaskManager, updater: StateUpdater, clean: bool) -> None:
+    def _shutdown(self, consumer, tm: TaskManager, updater: StateUpdater, membership: GroupMembership,
+                  clean: bool) -> None:
         try:
             tm.shutdown(clean)
         except BaseException as exc:
@@ -111,8 +134,24 @@ class StreamThread(threading.Thread):
             self._on_error(exc)
         finally:
             updater.shutdown(timeout_s=30)
+            membership.close()  # leaves the group (unless static): the tasks move at once
             try:
-                consumer.close()  # leaves the group: the partitions move at once
+                consumer.close()
             except Exception:
                 log.exception("closing the consumer failed")
             tm.producer.flush(10)
+
+
+def _end_offset(consumer: Any, tp: Any, timeout_s: float) -> int:
+    """A changelog's end offset for the group leader's assignor, retried over transient broker errors (a
+    just-created topic has no leader for a moment). Unknown after ``timeout_s``: 0, which makes every member
+    count as caught up on it, so the task is placed by stickiness and balance alone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(KTopicPartition(*tp), timeout=timeout_s, cached=False)[1]
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                log.warning("end offset of %s[%d] unknown (%s); the assignor treats it as 0", tp[0], tp[1], exc.args[0])
+                return 0
+            time.sleep(0.1)

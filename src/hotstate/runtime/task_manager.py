@@ -1,10 +1,13 @@
-"""The task manager: creates, restores (via the state updater), processes, commits and closes tasks.
+"""The task manager: creates, restores (via the state updater), processes, commits and closes tasks, and
+keeps the standby and warm-up tasks the assignor gives this instance (tailed by the state updater).
 
-Runs on the processing thread only (rebalance callbacks run there too, inside ``consume``).
+Runs on the processing thread; the membership's callbacks run while that thread waits inside
+``GroupMembership.poll`` (runtime/membership.py), never beside it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Iterable
 
@@ -24,6 +27,7 @@ from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
 from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
 from .state_updater import StateUpdater
+from ..observe.listener import SuspendReason
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ class TaskManager:
         self._metrics = metrics
         self._committer = committer
         self.tasks: dict[str, Task] = {}
+        self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
+        self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
         self._by_input: dict[tuple[str, int], Task] = {}
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
@@ -50,6 +56,8 @@ class TaskManager:
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
         self._metrics.rebalances_total += 1
         for tp in partitions:
+            sub = self._topology.subtopology_of(tp.topic)
+            self._drop_standby(task_id(sub.id, tp.partition), SuspendReason.PROMOTED)
             task = self._create_task(tp.topic, tp.partition)
             task.transition(TaskState.RESTORING)
             self.tasks[task.id] = task
@@ -62,6 +70,80 @@ class TaskManager:
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
         self.commit()
         self._close_tasks(partitions, clean=True)
+
+    def before_rejoin(self) -> None:
+        self.commit()
+
+    def standbys_assigned(self, standby: set[str], warmup: set[str]) -> None:
+        """Keep exactly these standby (and warm-up) tasks: stop the others, start the new ones."""
+        wanted = {t for t in standby | warmup if t not in self.tasks}
+        for tid in sorted(set(self.standbys) - wanted):
+            self._drop_standby(tid, SuspendReason.MIGRATED)
+        for tid in sorted(wanted - set(self.standbys)):
+            sub_id, partition = (int(x) for x in tid.split("_"))
+            sub = self._topology.subtopologies[sub_id]
+            if not sub.stores:
+                continue  # a stateless task has nothing to keep warm
+            task = self._create_task(sub.source.topic, partition)
+            self._forget_disk_offsets(tid)
+            self.standbys[tid] = task
+            self._updater.add_standby(task)
+        if standby or warmup:
+            log.info("standby tasks %s, warm-up tasks %s", sorted(standby), sorted(warmup))
+
+    def _drop_standby(self, tid: str, reason: SuspendReason) -> None:
+        task = self.standbys.pop(tid, None)
+        if task is None:
+            return
+        self._updater.remove_standby(tid, reason).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
+        self._remember_disk_offsets(task)
+        task.close_stores()
+        self._state_dir.mark_closed(tid)
+
+    def task_offsets(self) -> dict[str, int]:
+        """Per task, the changelog offset the local state holds (summed over its stores): active tasks,
+        standbys, and state left on disk by tasks that moved away. The group leader's assignor reads it."""
+        if self._disk_offsets is None:
+            self._disk_offsets = self._scan_disk_offsets()
+        out = dict(self._disk_offsets)
+        for task in [*self.tasks.values(), *self.standbys.values()]:
+            try:
+                out[task.id] = sum(s.backend.changelog_offset() or 0 for s in task.stores.values())
+            except Exception as exc:  # e.g. the state updater is reopening the store for a bulk restore
+                log.debug("task %s: offset not readable right now (%s); reported as 0", task.id, exc)
+                out[task.id] = 0
+        return out
+
+    def standby_lags(self) -> dict[str, int]:
+        return self._updater.standby_lags()
+
+    def _scan_disk_offsets(self) -> dict[str, int]:
+        out = {}
+        open_ids = set(self.tasks) | set(self.standbys)
+        for tid in self._state_dir.task_dirs():
+            if tid in open_ids:
+                continue
+            total = 0
+            for store in _store_dirs(self._state_dir.store_path(tid, "")):
+                try:
+                    backend = RocksDBBackend(store, self._state_dir.store_path(tid, store))
+                except StoreCorruptedError:
+                    continue
+                try:
+                    total += backend.changelog_offset() or 0
+                finally:
+                    backend.close()
+            out[tid] = total
+        return out
+
+    def _remember_disk_offsets(self, task: Task) -> None:
+        if self._disk_offsets is not None and any(s.spec.kind != MEMORY for s in task.stores.values()):
+            self._disk_offsets[task.id] = sum(s.backend.changelog_offset() or 0 for s in task.stores.values()
+                                              if s.spec.kind != MEMORY)
+
+    def _forget_disk_offsets(self, tid: str) -> None:
+        if self._disk_offsets is not None:
+            self._disk_offsets.pop(tid, None)
 
     def partitions_lost(self, partitions: list[TopicPartition]) -> None:
         """Another instance owns these already. Under exactly-once the open transaction may hold output and
@@ -84,6 +166,7 @@ class TaskManager:
     def _close_task(self, task: Task, clean: bool) -> None:
         if task.state is TaskState.RESTORING:
             self._updater.remove(task.id).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
+        self._remember_disk_offsets(task)
         if task.state is not TaskState.SUSPENDED:
             task.transition(TaskState.SUSPENDED)
         if not clean and task.dirty_records():
@@ -96,6 +179,8 @@ class TaskManager:
     def clean_obsolete_state(self) -> None:
         """Deletes the state of tasks that left this instance more than ``state_cleanup_delay_ms`` ago."""
         removed = self._state_dir.clean_obsolete(set(self.tasks), self._config.state_cleanup_delay_ms)
+        for tid in removed:
+            self._forget_disk_offsets(tid)
         if removed:
             log.info("deleted the local state of tasks %s: not here for over state_cleanup_delay_ms=%d",
                      removed, self._config.state_cleanup_delay_ms)
@@ -104,6 +189,7 @@ class TaskManager:
     def _create_task(self, topic: str, partition: int) -> Task:
         sub = self._topology.subtopology_of(topic)
         tid = task_id(sub.id, partition)
+        self._forget_disk_offsets(tid)
         stores = {name: self._open_store(tid, partition, spec) for name, spec in sub.stores.items()}
         return Task(sub, partition, stores)
 
@@ -292,3 +378,12 @@ class TaskManager:
             self._close_task(task, clean)
         self.tasks.clear()
         self._by_input.clear()
+        for tid in list(self.standbys):
+            self._drop_standby(tid, SuspendReason.MIGRATED)
+
+
+def _store_dirs(task_dir: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(task_dir) if os.path.isdir(os.path.join(task_dir, n)))
+    except FileNotFoundError:
+        return []
