@@ -199,7 +199,8 @@ def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
         partition_assignment_strategy=[plugin],
         enable_auto_commit=False,
         session_timeout_ms=config.session_timeout_ms,
-        heartbeat_interval_ms=max(100, min(3000, config.session_timeout_ms // 3)),
+        # Heartbeats also tell a member that a rebalance started: once a second, it joins promptly.
+        heartbeat_interval_ms=max(100, min(1000, config.session_timeout_ms // 3)),
         max_poll_interval_ms=config.max_poll_interval_ms,
         request_timeout_ms=max(config.session_timeout_ms + 5000, 30000),
     )
