@@ -56,10 +56,9 @@ import uuid
 import zlib
 from collections import Counter
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
-from confluent_kafka import TopicPartition as KTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 import machine  # bench/machine.py
+from bench_kafka import BenchKafka  # bench/bench_kafka.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -166,80 +165,15 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 # ---- Kafka ----
 
-class _Kafka:
+class _Kafka(BenchKafka):
     """Topics and groups this run makes (deleted at the end), watermarks, committed offsets, reading."""
 
     def __init__(self, bootstrap: str):
-        self.bootstrap = bootstrap
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
-        self.topics: list[str] = []
-        self.groups: list[str] = []
-        self._readers: dict[str, Consumer] = {}
-
-    def create_topic(self, name: str, partitions: int) -> str:
-        self.topics.append(name)
-        self.admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)[name].result(60)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.watermarks(name, partitions)
-                return name
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def app(self, app_id: str) -> str:
-        self.groups.append(app_id)
-        return app_id
-
-    def _reader(self, group: str) -> Consumer:
-        c = self._readers.get(group)
-        if c is None:
-            c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
-                          "isolation.level": "read_committed"})
-            self._readers[group] = c
-        return c
-
-    def watermarks(self, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-        c = self._reader("bench-eos-watermarks-" + topic)
-        return {p: c.get_watermark_offsets(KTopicPartition(topic, p), timeout=10, cached=False)
-                for p in range(partitions)}
-
-    def ends(self, topic: str, partitions: int) -> dict[int, int]:
-        return {p: hi for p, (lo, hi) in self.watermarks(topic, partitions).items()}
-
-    def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
-        """The group's committed offsets (0 where none), read without joining the group."""
-        tps = self._reader(group).committed([KTopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: max(0, tp.offset) for tp in tps}
+        super().__init__(bootstrap, "bench-eos")
 
     def read_table(self, topic: str, partitions: int) -> dict[bytes, bytes]:
         """The latest value per key of ``topic``, read_committed, to its current end."""
-        want = {p: hi for p, (lo, hi) in self.watermarks(topic, partitions).items() if hi > lo}
-        table: dict[bytes, bytes] = {}
-        if not want:
-            return table
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-eos-reader-{uuid.uuid4().hex[:8]}",
-                      "enable.auto.commit": False, "isolation.level": "read_committed"})
-        try:
-            c.assign([KTopicPartition(topic, p, OFFSET_BEGINNING) for p in want])
-            deadline = time.monotonic() + 300
-            left = set(want)
-            while left:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic} to {want} timed out")
-                for msg in c.consume(10_000, 0.2):
-                    if msg.error() is not None:
-                        raise KafkaException(msg.error())
-                    table[msg.key()] = msg.value()
-                # Under read_committed the last offset may be a transaction marker: go by the position.
-                for tp in c.position([KTopicPartition(topic, p) for p in left]):
-                    if tp.offset >= want[tp.partition]:
-                        left.discard(tp.partition)
-        finally:
-            c.close()
-        return table
+        return {msg.key(): msg.value() for msg in self.read(topic, partitions, timeout_s=300)}
 
     def wait_committed(self, group: str, topic: str, partitions: int, target: dict[int, int], timeout_s: float,
                        proc: "_Proc | None" = None) -> None:
@@ -254,43 +188,15 @@ class _Kafka:
                 raise TimeoutError(f"{group}: committed {got}, want {target} within {timeout_s}s")
             time.sleep(0.05)
 
-    def close_readers(self) -> None:
-        for c in self._readers.values():
-            try:
-                c.close()
-            except Exception:
-                pass
-        self._readers.clear()
-
     def cleanup(self) -> None:
         self.close_readers()
-        existing = set(self.admin.list_topics(timeout=10).topics)
-        mine = sorted(t for t in existing if t in self.topics or any(t.startswith(g + "-") for g in self.groups))
-        if mine:
-            for fut in self.admin.delete_topics(mine, operation_timeout=30).values():
-                try:
-                    fut.result(60)
-                except Exception:
-                    pass
+        self.delete_topics()
         # A Kafka Streams member does not leave the group on close: its group is non-empty until the session
         # times out.
-        groups, deadline = list(self.groups), time.monotonic() + 3 * SESSION_TIMEOUT_MS / 1000
-        while groups:
-            failed = []
-            for group, fut in self.admin.delete_consumer_groups(groups, request_timeout=30).items():
-                try:
-                    fut.result(60)
-                except KafkaException as exc:
-                    if exc.args[0].name() == "NON_EMPTY_GROUP":
-                        failed.append(group)
-                except Exception:
-                    pass
-            groups = failed
-            if groups and time.monotonic() > deadline:
-                print(f"bench/eos: could not delete the groups {groups} (not empty)", file=sys.stderr)
-                break
-            if groups:
-                time.sleep(1)
+        left = self.delete_groups(request_timeout_s=30, result_timeout_s=60,
+                                  retry_non_empty_s=3 * SESSION_TIMEOUT_MS / 1000)
+        if left:
+            print(f"bench/eos: could not delete the groups {left} (not empty)", file=sys.stderr)
 
 
 class _Input:

@@ -63,9 +63,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
-from confluent_kafka import TopicPartition as KTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException, Producer
+
+from bench_kafka import BenchKafka  # bench/bench_kafka.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -224,106 +224,34 @@ def _median(xs: list) -> float | None:
 # ---------------------------------------------------------------------------------------------------------
 # The broker: topics this scenario makes, watermarks, committed offsets, reading the output
 
-class Broker:
+class Broker(BenchKafka):
+    """BenchKafka with a missing changelog's ends as zeros, the output read as INT64 sequences, best-effort cleanup."""
+
     def __init__(self, bootstrap: str):
-        self.bootstrap = bootstrap
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
-        self.topics: list[str] = []
-        self.groups: list[str] = []
-        self._reader: Consumer | None = None
-
-    def reader(self) -> Consumer:
-        if self._reader is None:
-            self._reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"ha-bench-{uuid.uuid4().hex[:8]}",
-                                     "enable.auto.commit": False, "isolation.level": "read_committed"})
-        return self._reader
-
-    def create_topic(self, name: str, partitions: int) -> str:
-        self.topics.append(name)
-        self.admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)[name].result(60)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.watermarks(name, partitions)
-                return name
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def watermarks(self, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-        c = self.reader()
-        return {p: c.get_watermark_offsets(KTopicPartition(topic, p), timeout=10, cached=False)
-                for p in range(partitions)}
+        super().__init__(bootstrap, "ha-bench")
 
     def ends(self, topic: str, partitions: int) -> dict[int, int]:
         """High watermarks. A changelog that does not exist yet: zeros."""
         try:
-            return {p: hi for p, (lo, hi) in self.watermarks(topic, partitions).items()}
+            return super().ends(topic, partitions)
         except KafkaException:
             return {p: 0 for p in range(partitions)}
 
-    def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
-        try:
-            tps = c.committed([KTopicPartition(topic, p) for p in range(partitions)], timeout=10)
-            return {tp.partition: max(0, tp.offset) for tp in tps}
-        finally:
-            c.close()
-
     def read_sequences(self, topic: str, partitions: int, timeout_s: float = 300) -> dict[bytes, list[int]]:
         """key -> every INT64 value of ``topic`` (read_committed) up to its current end, in order."""
-        want = {p: hi for p, (lo, hi) in self.watermarks(topic, partitions).items() if hi > lo}
         seqs: dict[bytes, list[int]] = {}
-        if not want:
-            return seqs
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"ha-bench-reader-{uuid.uuid4().hex[:8]}",
-                      "enable.auto.commit": False, "isolation.level": "read_committed"})
         unpack = struct.Struct(">q").unpack
-        try:
-            c.assign([KTopicPartition(topic, p, OFFSET_BEGINNING) for p in want])
-            deadline = time.monotonic() + timeout_s
-            left = set(want)
-            while left:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic} to {want} timed out")
-                for msg in c.consume(10_000, 0.2):
-                    if msg.error() is not None:
-                        raise KafkaException(msg.error())
-                    if msg.offset() >= want[msg.partition()]:
-                        continue
-                    v = msg.value()
-                    seqs.setdefault(msg.key(), []).append(None if v is None else unpack(v)[0])
-                # Under read_committed the last offsets may be transaction markers: go by the position.
-                for tp in c.position([KTopicPartition(topic, p) for p in left]):
-                    if tp.offset >= want[tp.partition]:
-                        left.discard(tp.partition)
-        finally:
-            c.close()
+        for msg in self.read(topic, partitions, timeout_s):
+            v = msg.value()
+            seqs.setdefault(msg.key(), []).append(None if v is None else unpack(v)[0])
         return seqs
 
     def cleanup(self) -> None:
-        if self._reader is not None:
-            try:
-                self._reader.close()
-            except Exception:
-                pass
-            self._reader = None
+        self.close_readers()
         try:
-            existing = set(self.admin.list_topics(timeout=10).topics)
-            mine = sorted(t for t in existing if t in self.topics or any(t.startswith(g + "-") for g in self.groups))
-            if mine:
-                for fut in self.admin.delete_topics(mine, operation_timeout=30).values():
-                    try:
-                        fut.result(60)
-                    except Exception:
-                        pass
-            if self.groups:  # static members and Kafka Streams' members stay until their session ends: best effort
-                for fut in self.admin.delete_consumer_groups(self.groups, request_timeout=10).values():
-                    try:
-                        fut.result(15)
-                    except Exception:
-                        pass
+            self.delete_topics()
+            # static members and Kafka Streams' members stay until their session ends: best effort
+            self.delete_groups(request_timeout_s=10, result_timeout_s=15)
         except Exception as exc:
             print(f"ha_scenarios: cleanup failed (ignored): {exc!r}", file=sys.stderr)
 
@@ -657,7 +585,7 @@ class Deployment:
         run = uuid.uuid4().hex[:8]
         tag = "hs" if s.system == "hotstate" else "ks"
         self.app_id = f"ha-{scenario.replace('_', '-')}-{tag}-{run}"
-        self.broker.groups.append(self.app_id)
+        self.broker.app(self.app_id)
         self.work = tempfile.mkdtemp(prefix=f"{self.app_id}-", dir=s.work_dir)
         self.source = self.broker.create_topic(f"{self.app_id}-in", s.partitions)
         self.sink = self.broker.create_topic(f"{self.app_id}-out", s.partitions)
