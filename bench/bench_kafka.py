@@ -38,6 +38,11 @@ class BenchKafka:
             except KafkaException:
                 if time.monotonic() > deadline:
                     raise
+                # librdkafka may hold on to metadata from before the topic existed ("Unknown partition"):
+                # ask again with a fresh client.
+                stale = self._readers.pop(self._watermarks_group, None)
+                if stale is not None:
+                    stale.close()
                 time.sleep(0.2)
 
     def app(self, group: str) -> str:
