@@ -451,3 +451,21 @@ def test_task_offsets_report_state_on_disk_open_tasks_and_tasks_that_left(make_a
     os.utime(os.path.join(sd.root, "0_2"), (0, 0))  # closed long ago
     tm.clean_obsolete_state()
     assert tm.task_offsets() == {"0_0": 7}, "cleaned-up state no longer counts"
+
+
+def test_the_cleaner_keeps_the_state_of_standby_tasks_however_old_their_directory(make_app, tmp_path, tms):
+    """A standby lives on for hours: its task directory's time is when it was created, not when it was last
+    written. state_cleanup_delay_ms applies to tasks that are neither active nor standby here."""
+    tm, sd = build(make_app, tmp_path, state_cleanup_delay_ms=1_000)
+    tms.append(tm)
+    added = []
+    tm._updater.add_standby = added.append
+    tm.standbys_assigned({"0_1"}, set())
+    assert [t.id for t in added] == ["0_1"]
+    os.makedirs(os.path.join(sd.root, "0_2"))
+    for tid in ("0_1", "0_2"):
+        os.utime(os.path.join(sd.root, tid), (0, 0))  # created long ago
+    tm.clean_obsolete_state()
+    assert sd.task_dirs() == ["0_1"], "the standby's state stays; the task that is nowhere here goes"
+    for t in tm.standbys.values():
+        t.close_stores()

@@ -85,7 +85,6 @@ class TaskManager:
             if not sub.stores:
                 continue  # a stateless task has nothing to keep warm
             task = self._create_task(sub.source.topic, partition)
-            self._forget_disk_offsets(tid)
             self.standbys[tid] = task
             self._updater.add_standby(task)
         if standby or warmup:
@@ -177,8 +176,10 @@ class TaskManager:
         task.transition(TaskState.CLOSED)
 
     def clean_obsolete_state(self) -> None:
-        """Deletes the state of tasks that left this instance more than ``state_cleanup_delay_ms`` ago."""
-        removed = self._state_dir.clean_obsolete(set(self.tasks), self._config.state_cleanup_delay_ms)
+        """Deletes the state of tasks that left this instance more than ``state_cleanup_delay_ms`` ago (neither
+        active nor standby here: a standby's directory keeps the time it was created)."""
+        removed = self._state_dir.clean_obsolete(set(self.tasks) | set(self.standbys),
+                                                 self._config.state_cleanup_delay_ms)
         for tid in removed:
             self._forget_disk_offsets(tid)
         if removed:
