@@ -13,26 +13,19 @@ import sys
 
 from .config import default_state_dir
 from .errors import HotstateError, StoreCorruptedError
-from .state.rocksdb_store import RocksDBBackend
+from .state.rocksdb_store import stored_offset
+from .state.state_dir import StateDirectory
 
 
 def _stored_offsets(root: str) -> list[tuple[str, str, int | None, str]]:
     rows = []
-    for task in sorted(os.listdir(root)):
-        task_dir = os.path.join(root, task)
-        if not os.path.isdir(task_dir):
-            continue
-        for store in sorted(os.listdir(task_dir)):
-            path = os.path.join(task_dir, store)
+    state_dir = StateDirectory(os.path.dirname(root), os.path.basename(root))
+    for task in state_dir.task_dirs():
+        for store in state_dir.store_names(task):
             try:
-                backend = RocksDBBackend(store, path)
+                rows.append((task, store, stored_offset(store, state_dir.store_path(task, store)), ""))
             except StoreCorruptedError as exc:
                 rows.append((task, store, None, f"corrupted: {exc}"))
-                continue
-            try:
-                rows.append((task, store, backend.changelog_offset(), ""))
-            finally:
-                backend.close()
     return rows
 
 

@@ -7,7 +7,6 @@ Runs on the processing thread; the membership's callbacks run while that thread 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Iterable
 
@@ -22,7 +21,7 @@ from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.memory_store import MemoryBackend
 from ..state.overlay import Overlay
-from ..state.rocksdb_store import RocksDBBackend, wipe_path
+from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
 from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
@@ -123,15 +122,11 @@ class TaskManager:
             if tid in open_ids:
                 continue
             total = 0
-            for store in _store_dirs(self._state_dir.store_path(tid, "")):
+            for store in self._state_dir.store_names(tid):
                 try:
-                    backend = RocksDBBackend(store, self._state_dir.store_path(tid, store))
+                    total += stored_offset(store, self._state_dir.store_path(tid, store)) or 0
                 except StoreCorruptedError:
                     continue
-                try:
-                    total += backend.changelog_offset() or 0
-                finally:
-                    backend.close()
             out[tid] = total
         return out
 
@@ -382,9 +377,3 @@ class TaskManager:
         for tid in list(self.standbys):
             self._drop_standby(tid, SuspendReason.MIGRATED)
 
-
-def _store_dirs(task_dir: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(task_dir) if os.path.isdir(os.path.join(task_dir, n)))
-    except FileNotFoundError:
-        return []

@@ -255,5 +255,15 @@ def _flushed(cf: Rdict) -> bool:
     return not prop("rocksdb.num-immutable-mem-table") and not prop("rocksdb.num-running-flushes")
 
 
+def stored_offset(name: str, path: str) -> int | None:
+    """The changelog offset a closed store on disk holds (opens and closes it); StoreCorruptedError if it
+    cannot be opened."""
+    backend = RocksDBBackend(name, path)
+    try:
+        return backend.changelog_offset()
+    finally:
+        backend.close()
+
+
 def wipe_path(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)

@@ -73,6 +73,14 @@ class StateDirectory:
             return []
         return sorted(n for n in names if _TASK_DIR.fullmatch(n) and os.path.isdir(os.path.join(self.root, n)))
 
+    def store_names(self, task_id: str) -> list[str]:
+        """The stores a task has on disk here."""
+        path = os.path.join(self.root, task_id)
+        try:
+            return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
+        except FileNotFoundError:
+            return []
+
     def mark_closed(self, task_id: str) -> None:
         """Stamps the task's directory with the time it was closed here: ``clean_obsolete`` counts from it."""
         path = os.path.join(self.root, task_id)
