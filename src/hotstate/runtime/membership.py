@@ -363,7 +363,8 @@ class GroupMembership:
                     "start again from their committed state", previous, member_id, [str(p) for p in lost])
         self.on_lost(owned_before)
         self._assignor.owned = list(owned_now)
-        kept = [tp for tp in owned_now if (tp.topic, tp.partition) in {(p.topic, p.partition) for p in owned_before}]
+        before = {(p.topic, p.partition) for p in owned_before}
+        kept = [tp for tp in owned_now if (tp.topic, tp.partition) in before]
         if kept:
             self.on_assigned(kept)  # kafka-python sees no change for these, so it will not report them
 
