@@ -95,6 +95,7 @@ def test_commit_steps_in_order(make_app):
         h.pipe(w, "")
     committer.commit([h.task])
     assert events == [
+        ("flush",),  # outputs first: the changelog never runs ahead of the output
         ("produce", CL, 0, b"a", i64(2)),   # one changelog record per dirty key, latest value
         ("produce", CL, 0, b"b", i64(1)),
         ("flush",),

@@ -2,6 +2,10 @@
 
 At-least-once (``AtLeastOnceCommitter.commit``):
 
+0. ``flush`` (only when stores have uncommitted entries): the output records produced while processing
+   are delivered first, so a changelog record is never in Kafka without the output of the updates it
+   holds. Without it a kill could leave the changelog (hence a standby or a restore) ahead of the output:
+   the reprocessed record then counts on from the newer state, and the output skips a value.
 1. ``send_changelogs``: every store's uncommitted entries go to the producer, one record per key, to
    the store's changelog partition. Crash: some may reach the changelog; stores and input offsets are
    unchanged. Restart restores those records too: the store then holds updates whose input is
@@ -161,6 +165,8 @@ class Committer:
 class AtLeastOnceCommitter(Committer):
     def commit(self, tasks: list[Task]) -> None:
         pending = self.pending(tasks)
+        if any(entries for stores in pending.values() for _, entries in stores):
+            self.flush()  # 0
         self.send_changelogs(tasks, pending)  # 1
         self.flush()  # 2
         self.write_stores(tasks, pending)  # 3
