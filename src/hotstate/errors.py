@@ -7,6 +7,8 @@
 - ``DeserializationError``: fix the input, or set ``deserialization_exception_handler="log_and_continue"``.
 - ``StateDirError``: fix the permissions or the path of ``state_dir``.
 - ``StoreCorruptedError``: the local store cannot be used; hotstate wipes it and restores from the changelog.
+- ``StoreIOError``: the disk failed a store operation (full, too many open files, EIO); the store is kept:
+  fix the disk or the limit and start again.
 - ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
   record is processed again after a restart).
 """
@@ -35,6 +37,11 @@ class StateDirError(HotstateError):
 
 class StoreCorruptedError(HotstateError):
     """A local store cannot be opened or read consistently; it must be wiped and restored."""
+
+
+class StoreIOError(HotstateError):
+    """The operating system failed a store operation (disk full, too many open files, an I/O error). The
+    store is not corrupt and is never wiped for this: free space or raise the limit, then start again."""
 
 
 class StoreClosedError(HotstateError):

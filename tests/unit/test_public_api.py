@@ -5,8 +5,8 @@ import hotstate
 
 EXPECTED = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreCorruptedError",
-    "StoreInfo", "SuspendReason",
+    "ProcessingError", "Record", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreClosedError",
+    "StoreCorruptedError", "StoreInfo", "StoreIOError", "SuspendReason",
     "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
 ]
 

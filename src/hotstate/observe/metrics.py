@@ -83,6 +83,7 @@ class Metrics:
     skipped_records_total: int = 0  # undecodable records dropped by log_and_continue
     dropped_null_key: int = 0
     commits_total: int = 0
+    store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
     rebalances_total: int = 0  # assignments this instance received (every rebalance it took part in)
     restore_records_total: int = 0
     restores: dict[str, StoreRestoreMetrics] = field(default_factory=dict)  # "<task>/<store>" -> metrics
@@ -104,6 +105,7 @@ class Metrics:
             "dropped_records_null_key_total": self.dropped_null_key,
             "commit_total": self.commits_total,
             "rebalances_total": self.rebalances_total,
+            "store_corruptions_total": self.store_corruptions_total,
             "restore_records_total": self.restore_records_total,
             "active_restoring_tasks": self.active_restoring_tasks,
             "standby_updating_tasks": self.standby_updating_tasks,

@@ -115,6 +115,7 @@ class StreamThread(threading.Thread):
             tm.handle_restored()
             if msgs:
                 tm.process(msgs)
+            tm.handle_corrupted()
             tm.producer.poll(0)
             now = time.monotonic()
             if now >= next_commit or tm.dirty_bytes() >= uncommitted_max:

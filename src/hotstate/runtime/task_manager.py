@@ -7,6 +7,7 @@ Runs on the processing thread; the membership's callbacks run while that thread 
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from typing import Any, Iterable
 
@@ -16,7 +17,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from ..config import LOG_AND_CONTINUE, Config
 from ..dsl.topology import Topology
 from ..kafka.clients import produce
-from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
+from ..errors import DeserializationError, ProcessingError, StateDirError, StoreCorruptedError, StoreIOError
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.memory_store import MemoryBackend
@@ -25,7 +26,7 @@ from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
 from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
-from .state_updater import StateUpdater
+from .state_updater import StateUpdater, store_reset
 from ..observe.listener import SuspendReason
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
 
@@ -50,6 +51,8 @@ class TaskManager:
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
         self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
+        # Ids of tasks whose store a read on another thread (an interactive query) found damaged.
+        self._corruption_reports: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -116,6 +119,9 @@ class TaskManager:
         return self._updater.standby_lags()
 
     def _scan_disk_offsets(self) -> dict[str, int]:
+        """The offsets of state left on disk by tasks not open here. A damaged leftover store is wiped (its
+        task is not assigned here: nothing restores it now; if it comes back it restores in full); one that
+        cannot be read for another reason counts as 0 and is kept."""
         out = {}
         open_ids = set(self.tasks) | set(self.standbys)
         for tid in self._state_dir.task_dirs():
@@ -123,10 +129,15 @@ class TaskManager:
                 continue
             total = 0
             for store in self._state_dir.store_names(tid):
+                path = self._state_dir.store_path(tid, store)
                 try:
-                    total += stored_offset(store, self._state_dir.store_path(tid, store)) or 0
-                except StoreCorruptedError:
-                    continue
+                    total += stored_offset(store, path) or 0
+                except StoreCorruptedError as exc:
+                    log.warning("task %s (not assigned here): %s; wiping it", tid, exc)
+                    wipe_path(path)
+                except (StateDirError, StoreIOError) as exc:
+                    log.warning("task %s (not assigned here): cannot read the offset of its store %s (%s); "
+                                "reporting it as 0", tid, store, exc)
             out[tid] = total
         return out
 
@@ -196,9 +207,10 @@ class TaskManager:
                 return MemoryBackend(spec.name)
         else:
             path = self._state_dir.store_path(tid, spec.name)
+            report = self._corruption_reports.put
 
             def reopen() -> Any:
-                return RocksDBBackend(spec.name, path)
+                return RocksDBBackend(spec.name, path, on_corruption=lambda msg: report(tid))
         try:
             backend = reopen()
         except StoreCorruptedError as exc:
@@ -281,6 +293,11 @@ class TaskManager:
                 source.process(key, value, ctx)
             except ProducerFenced:
                 raise
+            except StoreCorruptedError as exc:
+                self._revive_corrupted(task, exc)
+                if self._config.exactly_once:
+                    return  # every task was rewound: the rest of this batch is read again
+                continue
             except Exception as exc:
                 raise ProcessingError(topic, partition, offset, exc) from exc
             task.next_offset = offset + 1
@@ -301,6 +318,45 @@ class TaskManager:
             if is_fenced(exc):
                 raise ProducerFenced(str(exc.args[0])) from exc
             raise
+
+    def handle_corrupted(self) -> None:
+        """Revives the tasks whose store an interactive query found damaged (see ``_revive_corrupted``)."""
+        while True:
+            try:
+                tid = self._corruption_reports.get_nowait()
+            except queue.Empty:
+                return
+            task = self.tasks.get(tid)
+            if task is not None and task.state is TaskState.RUNNING:
+                self._revive_corrupted(task, StoreCorruptedError(f"task {tid}: a query found a store damaged"))
+
+    def _revive_corrupted(self, task: Task, error: StoreCorruptedError) -> None:
+        """A RUNNING task's store is damaged (a read while processing or serving a query met a corrupt block):
+        Kafka Streams' TaskCorruptedException. The task is closed without committing, its damaged stores are
+        wiped (the others are kept) and it restores from its changelogs on the state updater; its input
+        rewinds to the last commit. Under exactly-once the open transaction holds this task's output too, so
+        it is aborted and every running task rewinds."""
+        log.warning("task %s: %s; closing it, wiping its damaged store and restoring it from the changelog",
+                    task.id, error)
+        self._metrics.store_corruptions_total += 1
+        if self._config.exactly_once:
+            others = [t for t in self.tasks.values() if t.state is TaskState.RUNNING and t is not task]
+            try:
+                self._committer.abort()
+            except ProducerFenced:
+                self._producer = self._committer.recreate_producer()
+            self.rewind(others)
+        task.drop_uncommitted()
+        task.transition(TaskState.SUSPENDED)
+        for store in task.stores.values():
+            if store.backend.corrupted:
+                log.warning("task %s: wiping store %s; it restores in full from %s", task.id, store.spec.name,
+                            store.changelog)
+                store_reset(store)
+        self._consumer.pause([KTopicPartition(task.input.topic, task.input.partition)])
+        self.rewind([task])
+        task.transition(TaskState.RESTORING)
+        self._updater.add(task)
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
         """The group's committed offsets, retried while the coordinator moves or loads (a broker restart),

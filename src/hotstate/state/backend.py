@@ -18,8 +18,12 @@ Entry = tuple[bytes, "bytes | None"]
 class StoreBackend(Protocol):
     name: str
     persistent: bool
+    # A read found the store's files damaged (it raised StoreCorruptedError): wipe it and restore.
+    corrupted: bool
 
-    def get(self, key: bytes) -> bytes | None: ...
+    def get(self, key: bytes) -> bytes | None:
+        """StoreCorruptedError if the store's files are damaged, StoreClosedError once it is closed."""
+        ...
 
     def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Keys in [lo, hi] (inclusive, either end open when None), in byte order."""

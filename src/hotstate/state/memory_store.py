@@ -9,6 +9,7 @@ from .backend import Entry, check_offset_forward
 
 class MemoryBackend:
     persistent = False
+    corrupted = False  # nothing on disk to damage
 
     def __init__(self, name: str):
         self.name = name

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import Iterable, Iterator
+import threading
+import weakref
+from typing import Callable, Iterable, Iterator
 
-from rocksdict import MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import DbClosedError, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
-from ..errors import StateDirError, StoreClosedError, StoreCorruptedError
+from ..errors import HotstateError, StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError
 from .backend import OFFSET, Entry, check_offset_forward
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,43 @@ RESTORE_MEMTABLE_BYTES = 16 * 1024 * 1024
 RESTORE_MEMTABLES_MAX = 4
 RESTORE_L0_FILES_MAX = 32
 _NO_TRIGGER = 1 << 30
+
+
+def classify(exc: BaseException, name: str, path: str, doing: str) -> HotstateError:
+    """What a RocksDB error means for the store, from RocksDB's status (rocksdict raises a plain Exception
+    whose text starts with the status: "Corruption: ...", "IO error: ..."). Only damage to the store's own
+    files is corruption (the caller may wipe it and restore from the changelog); a lock held elsewhere is
+    a state-dir problem; every other failure (disk full, too many open files, EIO) leaves the store as it
+    is and says so."""
+    if isinstance(exc, HotstateError):
+        return exc
+    if isinstance(exc, DbClosedError):
+        return _closed(name)
+    text = str(exc)
+    if text.startswith("Corruption") or (text.startswith("IO error") and "No such file or directory" in text):
+        # A damaged file, or a file the store's MANIFEST or CURRENT names that is gone.
+        return StoreCorruptedError(f"store {name} at {path} is damaged; {doing}: {text}")
+    if text.startswith("IO error") and ("While lock file" in text or "lock hold by current process" in text):
+        return StateDirError(f"store {name} at {path} is locked by another open database (another instance on the "
+                             f"same state_dir, or a process still holding it): {text}")
+    return StoreIOError(f"store {name} at {path}: {doing}: {text}. The store was kept as it is (this is "
+                        "not corruption): check the disk (free space, errors) and the open-files limit, then "
+                        "start again")
+
+
+def _closed(name: str) -> StoreClosedError:
+    return StoreClosedError(f"store {name} is closed (its task moved away or the app is closing); "
+                            "query again after the rebalance")
+
+
+class _Scan:
+    """A live iterator of ``RocksDBBackend.range``. It holds the only reference to the native iterator, which
+    keeps the database open: ``close`` drops it, so a half-consumed query cannot keep a closed store open."""
+
+    __slots__ = ("it", "__weakref__")
+
+    def __init__(self, it: object):
+        self.it = it
 
 
 def _options() -> Options:
@@ -69,9 +108,15 @@ class RocksDBBackend:
     # Restores of at least this many records use the bulk-load options (see begin_restore).
     BULK_RESTORE_RECORDS_MIN = 100_000
 
-    def __init__(self, name: str, path: str):
+    def __init__(self, name: str, path: str, on_corruption: Callable[[str], None] | None = None):
+        """``on_corruption(message)``: called (on whatever thread found it) when a read finds the store's
+        files damaged, before StoreCorruptedError is raised to the reader."""
         self.name = name
         self.path = path
+        self._on_corruption = on_corruption
+        self.corrupted = False  # a read met damaged files: wipe and restore (see TaskManager._revive_corrupted)
+        self._scans: weakref.WeakSet[_Scan] = weakref.WeakSet()
+        self._scans_lock = threading.Lock()
         self._restoring = False  # some restore writes (WAL off) may not be flushed yet
         self._bulk = False  # open with the bulk-load options
         self._flush_step = 0  # request_restore_flush: 1 data being flushed, 2 offset being flushed
@@ -101,11 +146,7 @@ class RocksDBBackend:
             return self._meta.get(_FORMAT_KEY), self._meta.get(_OFFSET_KEY)
         except Exception as exc:  # rocksdict raises plain Exception for corruption and bad files
             self.close()
-            if "lock" in str(exc).lower():
-                raise StateDirError(
-                    f"store {self.name} at {self.path} is locked by another open database (another instance on "
-                    f"the same state_dir?): {exc}") from exc
-            raise StoreCorruptedError(f"store {self.name} at {self.path} cannot be opened: {exc}") from exc
+            raise classify(exc, self.name, self.path, "it cannot be opened") from exc
 
     def _reopen(self, opts: Options) -> bytes | None:
         """Closes and opens again with other options; returns the stored raw offset."""
@@ -115,25 +156,61 @@ class RocksDBBackend:
     def get(self, key: bytes) -> bytes | None:
         db = self._db
         if db is None:
-            raise StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
-                                   "query again after the rebalance")
-        return db.get(key)
+            raise _closed(self.name)
+        try:
+            return db.get(key)
+        except Exception as exc:
+            raise self._read_error(exc, "reading a key failed") from exc
 
     def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [lo, hi] in byte order. Closing the store ends a scan that is still open (its next step
+        raises StoreClosedError); a scan that meets a damaged block raises StoreCorruptedError instead of
+        ending early."""
+        db = self._db
+        if db is None:
+            raise _closed(self.name)
+        scan = _Scan(db.iter())
+        with self._scans_lock:
+            self._scans.add(scan)
+        try:
+            it = scan.it
+            if lo is None:
+                it.seek_to_first()
+            else:
+                it.seek(lo)
+            del it  # only the scan holds the native iterator between steps
+            while True:
+                it = scan.it
+                if it is None:
+                    raise _closed(self.name)
+                if not it.valid():
+                    it.status()  # raises what ended the scan, if it was not the end of the keys
+                    return
+                key = it.key()
+                if hi is not None and key > hi:
+                    return
+                value = it.value()
+                it.next()
+                del it
+                yield key, value
+        except HotstateError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc, "a scan failed") from exc
+        finally:
+            scan.it = None
+            with self._scans_lock:
+                self._scans.discard(scan)
+
+    def _read_error(self, exc: BaseException, doing: str) -> HotstateError:
         if self._db is None:
-            raise StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
-                                   "query again after the rebalance")
-        it = self._db.iter()
-        if lo is None:
-            it.seek_to_first()
-        else:
-            it.seek(lo)
-        while it.valid():
-            key = it.key()
-            if hi is not None and key > hi:
-                return
-            yield key, it.value()
-            it.next()
+            return _closed(self.name)
+        error = classify(exc, self.name, self.path, doing)
+        if isinstance(error, StoreCorruptedError):
+            self.corrupted = True
+            if self._on_corruption is not None:
+                self._on_corruption(str(error))
+        return error
 
     def changelog_offset(self) -> int | None:
         return self._offset
@@ -160,7 +237,7 @@ class RocksDBBackend:
             self.end_restore()
         batch = self._batch(entries)
         self._seal(batch, changelog_offset)
-        self._db.write(batch)
+        self._write_batch(batch, None)
         self._offset = changelog_offset
 
     def restore(self, entries: Iterable[Entry], changelog_offset: int) -> None:
@@ -182,9 +259,21 @@ class RocksDBBackend:
     def write_restore_batch(self, batch: WriteBatch, changelog_offset: int) -> None:
         """Writes the batch and the new changelog offset atomically, without the WAL."""
         self._seal(batch, changelog_offset)
-        self._db.write(batch, self._wal_off)
+        self._write_batch(batch, self._wal_off)
         self._offset = changelog_offset
         self._restoring = True
+
+    def _write_batch(self, batch: WriteBatch, opts: WriteOptions | None) -> None:
+        db = self._db
+        if db is None:
+            raise _closed(self.name)
+        try:
+            if opts is None:
+                db.write(batch)
+            else:
+                db.write(batch, opts)
+        except Exception as exc:
+            raise classify(exc, self.name, self.path, "writing a batch failed") from exc
 
     def request_restore_flush(self) -> None:
         """Starts flushing the restored data without waiting (the flush threads sort and write it while the
@@ -223,7 +312,10 @@ class RocksDBBackend:
                 self._db.write(batch)
 
     def approximate_num_entries(self) -> int:
-        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        db = self._db
+        if db is None:
+            raise _closed(self.name)
+        return int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
         if self._db is None:
@@ -239,6 +331,10 @@ class RocksDBBackend:
     def _close_handles(self) -> None:
         db, meta = self._db, self._meta
         self._db = self._meta = self._meta_handle = None
+        with self._scans_lock:  # open scans hold the database open: end them first
+            scans, self._scans = list(self._scans), weakref.WeakSet()
+        for scan in scans:
+            scan.it = None
         if meta is not None:
             meta.close()
         if db is not None:
