@@ -71,12 +71,27 @@ def test_a_standby_follows_the_changelog_and_takes_over_replaying_only_its_lag(k
 
         produce_round(kafka, source, "r2")
         wait_for(lambda: a.store("word-counts").get(f"r2-{p}-49") == 8, "a to process round 2", 60)
+        # The store shows writes before they are committed (its overlay), and under exactly-once the commit
+        # marker reaches the changelog after commit_transaction returns: the end is read once a committed
+        # every input record of round 2 and the changelog ends where a's committed store offset says it
+        # must (one past it under exactly-once: the marker).
+        input_end = kafka.ends(source)[p]
+        wait_for(lambda: kafka.committed(app_id, source, 2).get(p) == input_end, "a to commit round 2", 60)
+        marker = 1 if guarantee == "exactly_once_v2" else 0
+
+        def a_stored() -> int | None:
+            return next(t for t in a.tasks() if t.id == a_task).stores["word-counts"].changelog_offset
+
+        wait_for(lambda: a_stored() is not None and kafka.ends(changelog)[p] == a_stored() + marker,
+                 "the changelog end to settle after a's last commit", 30,
+                 detail=lambda: (a_stored(), kafka.ends(changelog)[p]))
         end_before = kafka.ends(changelog)[p]
 
         def standby_offset() -> int | None:
             return next(t for t in b.tasks() if t.standby).stores["word-counts"].changelog_offset
 
-        wait_for(lambda: standby_offset() == end_before, "b's standby store to reach the changelog end", 60)
+        wait_for(lambda: standby_offset() == end_before, "b's standby store to reach the changelog end", 60,
+                 detail=lambda: (standby_offset(), end_before, kafka.ends(changelog)[p]))
         wait_for(lambda: standbys(b).get(a_task) == 0, "b's standby to report lag 0", 30)
         assert standby_b.of("start") and standby_b.of("batch"), "the standby listener saw the standby load batches"
 
