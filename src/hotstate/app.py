@@ -273,8 +273,13 @@ class App:
                     self._transition(want)
 
     def _on_error(self, exc: BaseException) -> None:
+        """The first error is the app's error (what went wrong); later ones, often its consequences while
+        shutting down, are only logged."""
         with self._state_lock:
-            self._error = exc
+            if self._error is not None:
+                log.warning("after the app's error %r, also: %r", self._error, exc)
+            else:
+                self._error = exc
             if self._state is not AppState.NOT_RUNNING and AppState.ERROR in _APP_TRANSITIONS[self._state]:
                 self._state = AppState.ERROR
             self._state_lock.notify_all()

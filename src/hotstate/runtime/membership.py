@@ -176,17 +176,27 @@ class TaskAssignor(AbstractPartitionAssignor):
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
+    """kafka-python wraps an exception of a rebalance callback in a KafkaError that names none of it; the
+    original is kept, and ``GroupMembership.poll`` raises it instead (e.g. a store that cannot be opened)."""
+
     def __init__(self, membership: "GroupMembership"):
         self._m = membership
 
+    def _call(self, fn: Callable[[Any], None], partitions: Any) -> None:
+        try:
+            fn(partitions)
+        except BaseException as exc:
+            self._m.callback_error = exc
+            raise
+
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self._m.on_assigned(assigned)
+        self._call(self._m.on_assigned, assigned)
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self._m.on_revoked(revoked)
+        self._call(self._m.on_revoked, revoked)
 
     def on_partitions_lost(self, lost: Any) -> None:
-        self._m.on_lost(lost)
+        self._call(self._m.on_lost, lost)
 
 
 def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
@@ -233,7 +243,7 @@ class GroupMembership:
         self._assigned: set[TopicPartition] = set()  # what the main consumer is assigned
         self._member_id: str | None = None  # of the last assignment
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self.callback_error: BaseException | None = None  # raised by a rebalance callback (see _RebalanceListener)
         self._member = (member_factory or _kafka_member)(config, self._assignor)
         self._coordinator = self._member._coordinator
 
@@ -262,7 +272,13 @@ class GroupMembership:
             self.listener.before_rejoin()
             self._flush_deferred_commits()
         while True:
-            self._coordinator.poll(timeout_ms=_JOIN_WAIT_MS if joining else 0)
+            try:
+                self._coordinator.poll(timeout_ms=_JOIN_WAIT_MS if joining else 0)
+            except Exception:
+                error, self.callback_error = self.callback_error, None
+                if error is not None:
+                    raise error from None
+                raise
             # Commits asked for inside the callbacks go out before this member joins again (a cooperative
             # revocation is followed by a second join at once).
             self._flush_deferred_commits()

@@ -91,10 +91,17 @@ class Task:
         return self.next_offset is not None and self.next_offset != self.committed_offset
 
     def close_stores(self) -> None:
-        """Drop uncommitted writes and close the backends (committed state stays on disk)."""
+        """Drop uncommitted writes and close the backends (committed state stays on disk). Every store is
+        closed even if one fails; the first failure is raised after."""
+        error: BaseException | None = None
         for s in self.stores.values():
             s.overlay.clear()
-            s.backend.close()
+            try:
+                s.backend.close()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class ProcessorContext:

@@ -426,10 +426,17 @@ class TaskManager:
         except KafkaException as exc:
             log.warning("aborting the open transaction failed (%s); the broker aborts it after "
                         "transaction_timeout_ms", exc.args[0])
+        error: BaseException | None = None
         for task in list(self.tasks.values()):
-            self._close_task(task, clean)
+            try:
+                self._close_task(task, clean)
+            except Exception as exc:  # the other tasks still close
+                log.error("closing task %s failed: %r", task.id, exc)
+                error = error or exc
         self.tasks.clear()
         self._by_input.clear()
         for tid in list(self.standbys):
             self._drop_standby(tid, SuspendReason.MIGRATED)
+        if error is not None:
+            raise error
 

@@ -335,10 +335,15 @@ class RocksDBBackend:
             scans, self._scans = list(self._scans), weakref.WeakSet()
         for scan in scans:
             scan.it = None
-        if meta is not None:
-            meta.close()
-        if db is not None:
-            db.close()
+        for handle in (meta, db):
+            if handle is None:
+                continue
+            try:
+                handle.close()
+            except Exception as exc:  # e.g. a full disk: RocksDB stopped writing; its files keep what was written
+                log.warning("store %s at %s: closing RocksDB reported %s; the store keeps what its last "
+                            "successful write left on disk", self.name, self.path, exc)
+        # The handles go with this frame: the database is released and its lock with it.
 
     def wipe(self) -> None:
         self.close()

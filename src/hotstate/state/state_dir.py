@@ -58,11 +58,19 @@ class StateDirectory:
             pass
         pid = uuid.uuid4().hex
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(pid)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(pid)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise StateDirError(f"cannot write this instance's id to {path} ({exc.strerror}); free space on the "
+                                "state_dir's disk or fix its permissions, then start again") from exc
         return pid
 
     def task_dirs(self) -> list[str]:
