@@ -159,22 +159,7 @@ class StateUpdater(StandbyUpdates):
         assert consumer is not None
         try:
             while not self._stop.is_set():
-                # No wait when a consume follows (it waits itself); a short one when only flushes are polled.
-                self._handle_commands(wait_s=0 if self._partitions else _FLUSH_POLL_S if self._flushing
-                                      else 0 if self._standby_partitions else _IDLE_WAIT_S)
-                if self._partitions or self._flushing:
-                    began = time.perf_counter()
-                    if self._partitions:
-                        self._restore_round(consumer)
-                    else:
-                        self._check_flushed()
-                    metrics = self._metrics
-                    metrics.restore_busy_s += time.perf_counter() - began
-                    metrics.restore_busy_rate.sample(metrics.restore_busy_s)
-                elif self._standby_partitions:
-                    self._standby_round(consumer)
-                if self._standbys:
-                    self._maintain_standbys(consumer, time.monotonic())
+                self.run_once()
         except BaseException as exc:  # the thread must not die silently
             log.exception("state updater failed")
             self.fatal_error = exc
@@ -194,6 +179,28 @@ class StateUpdater(StandbyUpdates):
             with self._submit_lock:
                 self._closed = True
             self._resolve_pending_removes()
+
+    def run_once(self, wait: bool = True) -> None:
+        """One pass of the thread's loop: commands, then a restore round (or a check of restore flushes), else
+        a standby round, then the standby upkeep. The thread calls it in a loop; a deterministic simulation
+        calls it directly (``wait=False``: no idle wait for commands)."""
+        consumer = self._consumer
+        # No wait when a consume follows (it waits itself); a short one when only flushes are polled.
+        self._handle_commands(wait_s=0 if not wait or self._partitions else _FLUSH_POLL_S if self._flushing
+                              else 0 if self._standby_partitions else _IDLE_WAIT_S)
+        if self._partitions or self._flushing:
+            began = time.perf_counter()
+            if self._partitions:
+                self._restore_round(consumer)
+            else:
+                self._check_flushed()
+            metrics = self._metrics
+            metrics.restore_busy_s += time.perf_counter() - began
+            metrics.restore_busy_rate.sample(metrics.restore_busy_s)
+        elif self._standby_partitions:
+            self._standby_round(consumer)
+        if self._standbys:
+            self._maintain_standbys(consumer, time.monotonic())
 
     def _resolve_pending_removes(self) -> None:
         while True:
