@@ -79,7 +79,8 @@ def test_user_error_aborts_the_transaction_and_nothing_partial_is_visible(kafka,
             ctx.forward(record.key, n)
 
         app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
-                           processing_guarantee="exactly_once_v2", commit_interval_ms=60_000)
+                           processing_guarantee="exactly_once_v2", commit_interval_ms=60_000,
+                           transaction_timeout_ms=120_000)
         (app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
             .process(count, stores=[hotstate.StoreSpec("n", serde.STRING, serde.JSON)],
                      key_serde=serde.STRING, value_serde=serde.INT64)
