@@ -15,6 +15,7 @@ from hotstate import StoreSpec, TopicPartition, serde
 from hotstate.errors import DeserializationError, ProcessingError
 from hotstate.observe.metrics import Metrics
 from hotstate.dsl.topology import Topology
+from hotstate.runtime.commit import ProducerFenced
 from hotstate.runtime.membership import GroupMembership
 from hotstate.runtime.task import TaskState
 from hotstate.runtime.task_manager import TaskManager
@@ -270,13 +271,30 @@ def test_records_of_unknown_or_restoring_tasks_are_skipped(make_app, tmp_path, t
     assert tm.tasks["0_0"].next_offset is None
 
 
-def test_partition_eof_is_ignored_other_errors_raise(make_app, tmp_path, tms):
+def test_partition_eof_is_ignored_and_only_fatal_error_events_raise(make_app, tmp_path, tms):
     tm, _ = build(make_app, tmp_path)
     tms.append(tm)
     running(tm)
     tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._PARTITION_EOF))])
-    with pytest.raises(KafkaException):
-        tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._TRANSPORT))])
+    with pytest.raises(KafkaException) as ei:
+        tm.process([FakeMsg(None, -1, -1, None, None, error=KafkaError(KafkaError._FATAL, "fenced", fatal=True))])
+    assert ei.value.args[0].fatal()
+
+
+def test_transient_error_events_are_logged_rate_limited_and_processing_goes_on(make_app, tmp_path, tms, caplog):
+    """librdkafka retries by itself after _TRANSPORT / _ALL_BROKERS_DOWN: the app must not die of them."""
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    down = [FakeMsg(None, -1, -1, None, None, error=KafkaError(code, "brokers away"))
+            for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)]
+    with caplog.at_level(logging.WARNING):
+        tm.process([*down, FakeMsg("words", 0, 10, b"a", b"x")])
+        for _ in range(50):
+            tm.process(down)
+    assert t0.stores["c"].view.get("a") == 1 and t0.next_offset == 11
+    warnings = [r for r in caplog.records if "brokers away" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]  # once per error code, not 102 times
 
 
 @pytest.mark.parametrize("what, key, value", [("key", b"\xff\xfe", b"ok"), ("value", b"ok", b"\xff\xfe")])
@@ -397,6 +415,25 @@ def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(mak
     assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0  # its share of the transaction is gone
     assert consumer.seeks == [("words", 1, 7)]  # and it starts again from its last commit
     assert t1.next_offset == t1.committed_offset
+
+
+def test_a_fenced_producer_found_while_aborting_for_lost_partitions_is_replaced(make_app, tmp_path, tms):
+    """partitions_lost runs inside the group member's callback: a fatal producer error from the abort must get a
+    new producer and a rewind, as anywhere else, not kill the app."""
+    consumer = FakeConsumer(committed={("words", 1): 7})
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2")
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    fresh = FakeProducer()
+
+    def abort():
+        raise ProducerFenced("fenced by a newer epoch")
+    tm._committer.abort = abort
+    tm._committer.recreate_producer = lambda: fresh
+    tm.partitions_lost([TopicPartition("words", 0)])
+    assert t0.state is TaskState.CLOSED and tm.producer is fresh
+    assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0 and consumer.seeks == [("words", 1, 7)]
 
 
 def test_lost_partitions_under_alos_keep_the_other_tasks_work(make_app, tmp_path, tms):

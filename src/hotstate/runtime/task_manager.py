@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class TaskManager:
+    ERROR_LOG_EVERY_S = 10.0
+
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
                  producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer):
         self._config = config
@@ -50,6 +52,7 @@ class TaskManager:
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
         self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
+        self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -146,7 +149,11 @@ class TaskManager:
         log.warning("partitions lost (this instance was out of the group): %s", [str(p) for p in partitions])
         self._close_tasks(partitions, clean=False)
         if self._config.exactly_once:
-            self._committer.abort()
+            try:
+                self._committer.abort()
+            except ProducerFenced:  # its transaction is gone with it: a new producer, and the rest rewinds
+                self.recover_from_fencing()
+                return
             self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool) -> None:
@@ -253,9 +260,11 @@ class TaskManager:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._error_event(err)
+                continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             task = by_input.get((topic, partition))
             if task is None or task.state is not TaskState.RUNNING:
@@ -285,6 +294,18 @@ class TaskManager:
                 raise ProcessingError(topic, partition, offset, exc) from exc
             task.next_offset = offset + 1
             metrics.records_processed_total += 1
+
+    def _error_event(self, err: KafkaError) -> None:
+        """A non-fatal error event of the main consumer (brokers down, a connection lost, ...): librdkafka
+        retries by itself, so it is logged, at most once per ``ERROR_LOG_EVERY_S`` per error code."""
+        now = time.monotonic()
+        last, suppressed = self._error_log.get(err.code(), (float("-inf"), 0))
+        if now - last < self.ERROR_LOG_EVERY_S:
+            self._error_log[err.code()] = (last, suppressed + 1)
+            return
+        self._error_log[err.code()] = (now, 0)
+        log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
+                    f"; {suppressed} more since the last report" if suppressed else "")
 
     def _bad_record(self, task: Task, topic: str, partition: int, offset: int, what: str, exc: Exception) -> None:
         error = DeserializationError(topic, partition, offset, what, exc)
