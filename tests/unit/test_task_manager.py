@@ -400,6 +400,92 @@ def test_membership_assigns_paused_and_revokes_before_unassign(make_app):
     assert isinstance(listener.calls[0][1][0], TopicPartition)
 
 
+class FakeMember:
+    """kafka-python's consumer as GroupMembership uses it: group metadata, commit, the coordinator's reset."""
+
+    def __init__(self, commit_error=None):
+        self.generation, self.member_id, self.commit_error = 5, "m-1", commit_error
+        self.resets = []
+        self._coordinator = SimpleNamespace(reset_generation=self._reset)
+
+    def _reset(self, member_id=""):
+        self.resets.append(member_id)
+        self.generation, self.member_id = -1, member_id
+
+    def group_metadata(self):
+        return SimpleNamespace(group_id="unit-app", generation_id=self.generation, member_id=self.member_id,
+                               group_instance_id=None)
+
+    def commit(self, offsets):
+        if self.commit_error is not None:
+            raise self.commit_error
+
+
+def test_membership_commit_errors_keep_their_meaning(make_app):
+    """The committer tells a stale member (close the tasks as lost) from a transient failure by the code."""
+    from confluent_kafka import TopicPartition as KTP
+    from kafka import errors as Errors
+    cases = [(Errors.CommitFailedError(Errors.IllegalGenerationError()), KafkaError.ILLEGAL_GENERATION),
+             (Errors.CommitFailedError(Errors.UnknownMemberIdError()), KafkaError.UNKNOWN_MEMBER_ID),
+             (Errors.CommitFailedError(Errors.RebalanceInProgressError()), KafkaError.REBALANCE_IN_PROGRESS),
+             (Errors.CommitFailedError("not part of an active group"), KafkaError.ILLEGAL_GENERATION),
+             (Errors.RebalanceInProgressError(), KafkaError.REBALANCE_IN_PROGRESS),
+             (Errors.FencedInstanceIdError(), KafkaError.FENCED_INSTANCE_ID),
+             (Errors.KafkaTimeoutError(), KafkaError._FAIL)]
+    for error, code in cases:
+        fm = FakeMember(commit_error=error)
+        m = GroupMembership(make_app().config, Topology(), FakeGroupConsumer(), lambda tps: {},
+                            member_factory=lambda cfg, plugin: fm)
+        m._thread = __import__("threading").current_thread()
+        with pytest.raises(KafkaException) as ei:
+            m.commit([KTP("words", 0, 3)])
+        assert ei.value.args[0].code() == code, (error, ei.value.args[0])
+    assert m.has_generation()
+    fm.generation = -1
+    assert not m.has_generation()
+
+
+def test_a_member_that_drops_out_reports_everything_lost_once_and_rejoins_without_a_generation(make_app):
+    """After a refused commit: every task closes as lost now; kafka-python is made to see its generation as
+    lost, so it rejoins (same member id) and reports every partition it then gets as newly assigned."""
+    from kafka import TopicPartition as KpTP
+    c, fm = FakeGroupConsumer(), FakeMember()
+    m = GroupMembership(make_app().config, Topology(), c, lambda tps: {}, member_factory=lambda cfg, plugin: fm)
+    listener = RecordingMembershipListener(c)
+    m.listener = listener
+    m.on_assigned({KpTP("words", 0), KpTP("words", 1)})
+    m.drop_out()
+    assert fm.resets == ["m-1"] and not m.has_generation()
+    assert [(k, ps) for k, ps, _ in listener.calls[1:]] == [("lost", [TopicPartition("words", 0),
+                                                                      TopicPartition("words", 1)])]
+    assert c.calls[-1] == ("unassign", [("words", 0), ("words", 1)])
+    m.on_lost({KpTP("words", 0), KpTP("words", 1)})  # kafka-python's own report when it rejoins: nothing left
+    assert len(listener.calls) == 2
+    m.on_assigned({KpTP("words", 1)})
+    assert listener.calls[-1][:2] == ("assigned", [TopicPartition("words", 1)])
+
+
+def test_a_refused_commit_closes_every_task_as_lost(make_app, tmp_path, tms):
+    """At-least-once zombie: the committer raises TaskMigrated; no task may go on processing on a store that
+    lacks the changelog records just sent, and the group member drops out and rejoins."""
+    from hotstate.runtime.commit import TaskMigrated
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x")])
+    dropped = []
+    tm._membership = SimpleNamespace(drop_out=lambda: dropped.append(True))
+
+    def refused(tasks):
+        raise TaskMigrated("refused")
+    tm._committer.commit = refused
+    tm.commit()
+    assert dropped == [True]
+    assert t0.state is TaskState.CLOSED and t1.state is TaskState.CLOSED and tm.tasks == {}
+    tm.process([FakeMsg("words", 0, 6, b"a", b"x")])  # records still in flight are not processed
+    assert tm._metrics.records_processed_total == 1
+
+
 # ---- exactly-once: a zombie that lost partitions commits nothing for them ----
 
 def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(make_app, tmp_path, tms):

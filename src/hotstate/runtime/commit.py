@@ -7,15 +7,22 @@ At-least-once (``AtLeastOnceCommitter.commit``):
    holds. Without it a kill could leave the changelog (hence a standby or a restore) ahead of the output:
    the reprocessed record then counts on from the newer state, and the output skips a value.
 1. ``send_changelogs``: every store's uncommitted entries go to the producer, one record per key, to
-   the store's changelog partition. Crash: some may reach the changelog; stores and input offsets are
+   the store's changelog partition. Skipped, with every later step, when the member knows it has no
+   generation: its offsets would be refused, so it sends nothing and ends as a refused 3 does. Crash: some may reach the changelog; stores and input offsets are
    unchanged. Restart restores those records too: the store then holds updates whose input is
    processed again (duplicates, allowed under at-least-once).
 2. ``flush``: the producer delivers changelog and output records (idempotent, acks=all) and reports
    each changelog partition's last offset. Crash: as after 1, with every record in Kafka.
-3. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB write.
-   Crash: stores match their changelogs; input offsets are not committed, so the input since the last
-   commit is processed again (duplicates downstream and in the aggregates).
-4. ``commit_offsets``: input offsets committed synchronously. Crash: nothing lost, nothing repeated.
+3. ``commit_offsets``: input offsets committed synchronously by the group member, fenced by its
+   generation. Crash: the stores are behind their changelogs; restore replays the tail after the stored
+   offset, and nothing is lost or repeated. Refused because the member is stale (``_STALE_MEMBER``: a
+   zombie frozen past its session, or a rebalance it missed): the stores keep their offsets, the writes
+   are dropped and ``TaskMigrated`` tells the caller to close every task as lost (the changelog may now
+   hold records the store lacks, so no task may go on). A transient failure: logged, and step 4 runs (the
+   input since the last commit is processed again). Inside a rebalance callback the commit is deferred
+   (still a member) and step 4 runs.
+4. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB write.
+   Crash: nothing lost, nothing repeated.
 
 Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened by ``begin``:
 
@@ -31,7 +38,8 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
-(at-least-once) or committed (exactly-once). See docs/architecture.md.
+and the input offsets committed (at-least-once) or the transaction committed (exactly-once). See
+docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -97,6 +105,12 @@ class ProducerFenced(Exception):
 class TransactionAborted(Exception):
     """The open transaction was aborted (fenced zombie, lost partitions, or a retriable broker failure).
     The caller drops uncommitted state and rewinds the input to the last committed offsets."""
+
+
+class TaskMigrated(Exception):
+    """At-least-once: the offset commit was refused because this member is stale (the group moved on without
+    it), or it knows it has no generation. The uncommitted writes are dropped and the stores keep their offsets;
+    the caller closes every task as lost (its store may lack changelog records just sent) and rejoins."""
 
 
 class Committer:
@@ -165,12 +179,17 @@ class Committer:
 class AtLeastOnceCommitter(Committer):
     def commit(self, tasks: list[Task]) -> None:
         pending = self.pending(tasks)
-        if any(entries for stores in pending.values() for _, entries in stores):
+        dirty = any(entries for stores in pending.values() for _, entries in stores)
+        if not self._has_generation():  # its offsets would be refused: send nothing, not even step 1
+            if dirty or self.input_offsets(tasks):
+                self._migrated(tasks, "this instance has no generation in the group right now (it is rejoining)")
+            return
+        if dirty:
             self.flush()  # 0
         self.send_changelogs(tasks, pending)  # 1
         self.flush()  # 2
-        self.write_stores(tasks, pending)  # 3
-        self.commit_offsets(tasks)  # 4
+        self.commit_offsets(tasks)  # 3
+        self.write_stores(tasks, pending)  # 4
         self._metrics.commits_total += 1
 
     def commit_offsets(self, tasks: list[Task]) -> None:
@@ -180,11 +199,26 @@ class AtLeastOnceCommitter(Committer):
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # e.g. a rebalance took the partitions away: the new owner reprocesses from the last commit.
+            err = exc.args[0]
+            if err.code() in _STALE_MEMBER:
+                self._migrated(tasks, f"the group refused this member's offset commit ({err})")
+            # A transient failure (e.g. the coordinator moved): the stores take the writes, and the records
+            # since the last commit are processed again (by the new owner, if the partitions move meanwhile).
             log.warning("committing input offsets failed (%s); the records since the last commit will be "
-                        "processed again", exc.args[0])
+                        "processed again", err)
             return
         self.mark_committed(tasks)
+
+    def _has_generation(self) -> bool:
+        check = getattr(self._consumer, "has_generation", None)  # the group member; a bare consumer has none
+        return check is None or bool(check())
+
+    @staticmethod
+    def _migrated(tasks: list[Task], why: str) -> None:
+        for task in tasks:
+            task.drop_uncommitted()
+        raise TaskMigrated(f"{why}: its tasks are closed as lost, their uncommitted writes dropped, and they start "
+                           "again from their committed state once the member has rejoined")
 
 
 class ExactlyOnceCommitter(Committer):

@@ -24,7 +24,7 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
-from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
+from .commit import Committer, ProducerFenced, TaskMigrated, TransactionAborted, is_fenced
 from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -36,7 +36,9 @@ class TaskManager:
     ERROR_LOG_EVERY_S = 10.0
 
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
-                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer):
+                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
+                 membership: Any = None):
+        """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -45,6 +47,7 @@ class TaskManager:
         self._updater = updater
         self._metrics = metrics
         self._committer = committer
+        self._membership = membership
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
@@ -355,6 +358,16 @@ class TaskManager:
             self.rewind(running)
         except ProducerFenced:
             self.recover_from_fencing()
+        except TaskMigrated as exc:
+            self._lose_all(exc)
+
+    def _lose_all(self, exc: TaskMigrated) -> None:
+        """At-least-once: the group refused this member's offsets. Its stores may lack changelog records it just
+        sent, so no task goes on: all close as lost (the member reports them lost, then rejoins)."""
+        log.warning("%s", exc)
+        if self._membership is not None:
+            self._membership.drop_out()  # calls partitions_lost with every partition it owns
+        self._close_tasks([t.input for t in list(self._by_input.values())], clean=False)  # any left: no member
 
     def recover_from_fencing(self) -> None:
         """Exactly-once: the producer was fenced, so its transaction is gone. A new producer takes over and
