@@ -56,11 +56,14 @@ class FakeUpdater:
 
 class FakeConsumer:
     def __init__(self, committed=None):
-        self.resumed, self.seeks = [], []
+        self.resumed, self.seeks, self.paused = [], [], []
         self._committed = committed or {}
 
     def resume(self, tps):
         self.resumed.extend((t.topic, t.partition) for t in tps)
+
+    def pause(self, tps):
+        self.paused.extend((t.topic, t.partition) for t in tps)
 
     def committed(self, tps, timeout=None):
         from confluent_kafka import TopicPartition as KTP
@@ -592,3 +595,84 @@ def test_the_cleaner_keeps_the_state_of_standby_tasks_however_old_their_director
     assert sd.task_dirs() == ["0_1"], "the standby's state stays; the task that is nowhere here goes"
     for t in tm.standbys.values():
         t.close_stores()
+
+
+# ---- exactly-once: commit_transaction failed, and the outcome is unknown ----
+
+class TxnProducer(FakeProducer):
+    """Transactional: flush delivers changelog records (offsets from 40) to the tracker; commit_transaction
+    'commits' (the coordinator wrote PrepareCommit) and then answers with a retriable error, every time."""
+
+    def __init__(self, tracker, fail_commit=True):
+        super().__init__()
+        self.tracker, self.fail_commit, self.queue, self.next_offset = tracker, fail_commit, [], 40
+
+    def produce(self, topic, value=None, key=None, partition=-1, **kw):
+        super().produce(topic, value, key, **kw)
+        self.queue.append((topic, partition, key, value))
+
+    def flush(self, timeout):
+        for topic, partition, key, value in self.queue:
+            self.tracker(None, FakeMsg(topic, max(partition, 0), self.next_offset, key, value))
+            self.next_offset += 1
+        self.queue = []
+        return 0
+
+    def begin_transaction(self):
+        pass
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout):
+        pass
+
+    def commit_transaction(self, timeout):
+        if self.fail_commit:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit not answered", retriable=True))
+
+    def init_transactions(self, timeout):
+        pass
+
+    def purge(self):
+        pass
+
+
+def test_an_unknown_commit_outcome_restores_the_tasks_instead_of_running_on(make_app, tmp_path, tms):
+    """commit_transaction failed three times, but the coordinator had written PrepareCommit: the new producer's
+    init_transactions completes the commit. The task must not run on from its store, which lacks the committed
+    write (a key's output would go 1, 1): it restores from the changelog and its input rewinds to the group's
+    committed offset, read after init_transactions (here: the commit went through, offset 11)."""
+    from hotstate.runtime.commit import DeliveryTracker, ExactlyOnceCommitter
+    consumer = FakeConsumer(committed={("words", 0): 11})
+    app = make_app(processing_guarantee="exactly_once_v2")
+    s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
+    s.group_by_key().count(StoreSpec("c", kind="memory")).to_stream().to("out", value_serde=serde.INT64)
+    tracker = DeliveryTracker({app.config.changelog_topic("c")})
+    made = []
+
+    def new_producer():
+        made.append(TxnProducer(tracker, fail_commit=False))
+        return made[-1]
+    member = SimpleNamespace(consumer_group_metadata=lambda: b"cgmd")
+    committer = ExactlyOnceCommitter(member, TxnProducer(tracker), tracker, Metrics(), 1.0,
+                                     producer_factory=new_producer)
+    tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), consumer,
+                     committer.producer, FakeUpdater(), Metrics(), committer)
+    tms.append(tm)
+    (t0,) = running(tm)
+    tm.process([FakeMsg("words", 0, 10, b"a", b"x")])
+    assert t0.stores["c"].view.get("a") == 1
+    tm.commit()
+    assert tm.producer is made[0]
+    assert t0.state is TaskState.RESTORING and tm._updater.added[-1] is t0  # handed to the state updater
+    assert t0.dirty_records() == 0 and t0.stores["c"].backend.get(b"a") is None
+    assert ("words", 0) in consumer.paused and consumer.seeks == [("words", 0, 11)]
+    assert (t0.committed_offset, t0.next_offset) == (11, 11)
+    assert not tm.all_running()
+    tm.process([FakeMsg("words", 0, 11, b"a", b"x")])  # nothing runs on the stale store meanwhile
+    assert tm.producer.sent == []
+    # The state updater replays the committed changelog record (a=1 at offset 40), then hands the task back.
+    t0.stores["c"].backend.write([(b"a", i64(1))], 41)
+    tm._updater.restored.append(t0)
+    tm.handle_restored()
+    assert t0.state is TaskState.RUNNING and consumer.resumed[-1] == ("words", 0)
+    tm.process([FakeMsg("words", 0, 11, b"a", b"x")])
+    assert tm.producer.sent[-1] == ("out", b"a", i64(2), 0)  # 1, 2: not 1, 1

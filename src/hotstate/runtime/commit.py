@@ -35,6 +35,11 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
 4. ``commit_transaction``: output, changelog records and input offsets become visible atomically.
    Crash: stores are behind their changelogs (the overlay was lost); restore replays exactly the
    committed tail after the stored offset. Nothing is lost or doubled, and nothing is wiped.
+   Failure (retried 3 times, or fatal): the outcome is unknown, since the coordinator may have written
+   PrepareCommit. A new producer's ``init_transactions`` settles it (completes or aborts), and
+   ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
+   inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
+   (or ``ProducerFenced``), the overlay is dropped and the inputs rewind.
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
@@ -105,6 +110,13 @@ class ProducerFenced(Exception):
 class TransactionAborted(Exception):
     """The open transaction was aborted (fenced zombie, lost partitions, or a retriable broker failure).
     The caller drops uncommitted state and rewinds the input to the last committed offsets."""
+
+
+class TransactionOutcomeUnknown(Exception):
+    """``commit_transaction`` failed: the coordinator may have written PrepareCommit (then the new producer's
+    ``init_transactions`` completes the commit) or not (it aborts). The producer was replaced, which settled it
+    either way. The caller must not go on from in-memory state: it restores the tasks from their changelogs
+    (``read_committed``) and rewinds their inputs to the group's committed offsets, read from now on."""
 
 
 class TaskMigrated(Exception):
@@ -293,6 +305,7 @@ class ExactlyOnceCommitter(Committer):
         if not self._in_transaction:
             return
         pending = self.pending(tasks)
+        committing = False
         try:
             self.send_changelogs(tasks, pending)  # 1
             self.flush()  # 2
@@ -300,9 +313,13 @@ class ExactlyOnceCommitter(Committer):
             if offsets:  # 3
                 self.producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
                                                            self._timeout_s)
+            committing = True
             self._commit_transaction()  # 4
         except KafkaException as exc:
             err = exc.args[0]
+            if committing:
+                self._outcome_unknown(err, is_fenced(exc))
+                raise TransactionOutcomeUnknown(str(err)) from exc
             if is_fenced(exc):
                 raise ProducerFenced(str(err)) from exc
             stale_member = err.code() in _STALE_MEMBER
@@ -321,6 +338,14 @@ class ExactlyOnceCommitter(Committer):
         self.mark_committed(tasks)
         self.write_stores(tasks, pending)  # 5
         self._metrics.commits_total += 1
+
+    def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
+        """Step 4 failed: the coordinator may have written PrepareCommit. A new producer's init_transactions
+        completes that commit, or aborts the transaction; either way it is settled when this returns."""
+        log.warning("committing the transaction failed (%s): it may have committed or not. A new producer "
+                    "settles it; the tasks restore their stores from the changelogs and rewind their inputs "
+                    "to the committed offsets", err)
+        self.recreate_producer(count=fatal)
 
     def _commit_transaction(self) -> None:
         for attempt in range(3):

@@ -24,7 +24,8 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
-from .commit import Committer, ProducerFenced, TaskMigrated, TransactionAborted, is_fenced
+from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
+                     is_fenced)
 from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -356,6 +357,9 @@ class TaskManager:
         except TransactionAborted:
             self._producer = self._committer.producer  # the committer replaced it (see commit.py)
             self.rewind(running)
+        except TransactionOutcomeUnknown:
+            self._producer = self._committer.producer  # replaced: the transaction is settled (see commit.py)
+            self.restore_from_changelogs(running)
         except ProducerFenced:
             self.recover_from_fencing()
         except TaskMigrated as exc:
@@ -379,14 +383,40 @@ class TaskManager:
         """After an aborted transaction: drop uncommitted store writes and seek each task's input back to its
         last committed offset, so the aborted work is done again (or by the new owner, if the partition is
         gone: the consumer then reports it lost and the task closes)."""
-        if not tasks:
-            return
         for task in tasks:
             task.drop_uncommitted()
             task.next_offset = task.committed_offset
-        tps = [KTopicPartition(t.input.topic, t.input.partition) for t in tasks]
-        committed = self._committed_offsets(tps)
+        self._seek_committed(tasks)
+
+    def restore_from_changelogs(self, tasks: list[Task]) -> None:
+        """After a transaction whose outcome is unknown (commit.TransactionOutcomeUnknown): a store may lack
+        writes that were committed, so no task runs on. Each goes RUNNING -> SUSPENDED -> RESTORING: the state
+        updater replays [stored offset, end) of its changelogs with read_committed, so the store equals the
+        committed changelog whatever the outcome. Its input is paused until then and rewound to the group's
+        committed offset, read now that the new producer's init_transactions has settled the transaction."""
+        if not tasks:
+            return
+        self._consumer.pause([KTopicPartition(t.input.topic, t.input.partition) for t in tasks])
+        for task in tasks:
+            task.drop_uncommitted()
+            task.transition(TaskState.SUSPENDED)
+            task.transition(TaskState.RESTORING)
+            self._updater.add(task)
+        log.warning("tasks %s: restoring their stores from the changelogs after a transaction whose outcome "
+                    "was unknown", sorted(t.id for t in tasks))
+        self._seek_committed(tasks, adopt=True)
+
+    def _seek_committed(self, tasks: list[Task], adopt: bool = False) -> None:
+        """Seeks each task's input to the group's committed offset; ``adopt``: the tasks take it as their
+        committed offset too (the in-memory one may predate a commit that went through)."""
+        if not tasks:
+            return
+        by_input = {(t.input.topic, t.input.partition): t for t in tasks}
+        committed = self._committed_offsets([KTopicPartition(*tp) for tp in by_input])
         for tp in committed:
+            if adopt:
+                task = by_input[(tp.topic, tp.partition)]
+                task.committed_offset = task.next_offset = tp.offset if tp.offset >= 0 else None
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self._consumer.seek(KTopicPartition(tp.topic, tp.partition, offset))
