@@ -8,9 +8,10 @@ At-least-once (``AtLeastOnceCommitter.commit``):
    the reprocessed record then counts on from the newer state, and the output skips a value.
 1. ``send_changelogs``: every store's uncommitted entries go to the producer, one record per key, to
    the store's changelog partition. Skipped, with every later step, when the member knows it has no
-   generation: its offsets would be refused, so it sends nothing and ends as a refused 3 does. Crash: some may reach the changelog; stores and input offsets are
-   unchanged. Restart restores those records too: the store then holds updates whose input is
-   processed again (duplicates, allowed under at-least-once).
+   generation: its offsets would be refused, so it sends nothing and ends as a refused 3 does. Crash:
+   some may reach the changelog; stores and input offsets are unchanged. Restart restores those records
+   too: the store then holds updates whose input is processed again (duplicates, allowed under
+   at-least-once).
 2. ``flush``: the producer delivers changelog and output records (idempotent, acks=all) and reports
    each changelog partition's last offset. Crash: as after 1, with every record in Kafka.
 3. ``commit_offsets``: input offsets committed synchronously by the group member, fenced by its
