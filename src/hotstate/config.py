@@ -71,7 +71,8 @@ class Config:
     # Exactly-once: after an aborted transaction, how long to keep asking for the committed offsets to redo
     # the work from (the group coordinator may be moving or loading, e.g. during a broker restart).
     rewind_timeout_ms: int = 120_000
-    # Exactly-once: how long the broker waits before aborting a transaction whose producer went silent.
+    # Exactly-once: how long the broker waits before aborting a transaction whose producer went silent; it
+    # must exceed commit_interval_ms (a transaction stays open for a commit interval).
     transaction_timeout_ms: int = 10_000
     # Serve metrics for Prometheus on this port (all interfaces) while the app runs; None: no endpoint.
     metrics_port: int | None = None
@@ -118,6 +119,12 @@ class Config:
                                                    or not _APP_ID.fullmatch(self.group_instance_id)):
             raise ConfigError(f"group_instance_id={self.group_instance_id!r} is invalid: use 1-200 letters, digits, "
                               "'.', '_' or '-', one value per instance that stays the same across its restarts")
+        if self.processing_guarantee == EXACTLY_ONCE_V2 and self.commit_interval_ms >= self.transaction_timeout_ms:
+            raise ConfigError(
+                f"commit_interval_ms={self.commit_interval_ms} is invalid under exactly_once_v2 with "
+                f"transaction_timeout_ms={self.transaction_timeout_ms}: a transaction stays open for a commit interval "
+                "and the broker aborts one older than transaction_timeout_ms; lower commit_interval_ms or raise "
+                "transaction_timeout_ms")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
 

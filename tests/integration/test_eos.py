@@ -79,7 +79,8 @@ def test_user_error_aborts_the_transaction_and_nothing_partial_is_visible(kafka,
             ctx.forward(record.key, n)
 
         app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
-                           processing_guarantee="exactly_once_v2", commit_interval_ms=60_000)
+                           processing_guarantee="exactly_once_v2", commit_interval_ms=60_000,
+                           transaction_timeout_ms=120_000)
         (app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
             .process(count, stores=[hotstate.StoreSpec("n", serde.STRING, serde.JSON)],
                      key_serde=serde.STRING, value_serde=serde.INT64)
@@ -114,3 +115,70 @@ def test_user_error_aborts_the_transaction_and_nothing_partial_is_visible(kafka,
         app.close()
     expected = dict(true_counts(good))
     assert kafka.read_table(sink, key=utf8, value=int64) == expected
+
+
+class _CommitsThenTimesOut:
+    """A transactional producer whose commit_transaction, once armed, really commits (the coordinator writes
+    PrepareCommit and completes it; with ``commits`` False it does not, and the next producer's
+    init_transactions aborts) and then reports a retriable timeout, for every retry of that transaction."""
+
+    armed = False
+    commits = True
+    fired = 0
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._failing = False
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def begin_transaction(self):
+        self._failing = False
+        return self._inner.begin_transaction()
+
+    def commit_transaction(self, *args):
+        cls = type(self)
+        if not self._failing and cls.armed:
+            cls.armed = False
+            cls.fired += 1
+            if cls.commits:
+                self._inner.commit_transaction(*args)
+            self._failing = True
+        if self._failing:
+            from confluent_kafka import KafkaError, KafkaException
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit answer lost (injected)", retriable=True))
+        return self._inner.commit_transaction(*args)
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "aborted"])
+def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka, tmp_state_dir, monkeypatch,
+                                                                           committed):
+    """commit_transaction failed with retriable errors (the transaction committed, or not): the task restores
+    its store from the changelog and rewinds to the committed offset, so a key's output is 1, 2, ... 30 (before
+    the fix, after a commit that went through: 1..20, then 11..20 again, and the store ended at 20)."""
+    from hotstate.kafka import clients
+    real = clients.producer
+    monkeypatch.setattr(clients, "producer", lambda *a, **kw: _CommitsThenTimesOut(real(*a, **kw)))
+    monkeypatch.setattr(_CommitsThenTimesOut, "armed", False)
+    monkeypatch.setattr(_CommitsThenTimesOut, "commits", committed)
+    monkeypatch.setattr(_CommitsThenTimesOut, "fired", 0)
+    source = kafka.create_topic(partitions=1, prefix="eos-unknown")
+    sink = kafka.create_topic(partitions=1, prefix="eos-unknown-out")
+    app_id = kafka.app_id("eos-unknown")
+    app = eos_word_count(kafka, app_id, tmp_state_dir, source, sink)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        for wave in range(3):
+            if wave == 1:
+                _CommitsThenTimesOut.armed = True  # the commit of the second wave fails after committing
+            kafka.produce(source, [("a", "x")] * 10)
+            wait_for(lambda: kafka.committed(app_id, source, 1) == {0: 10 * (wave + 1)},
+                     f"wave {wave} committed", 60, 0.2)
+        assert _CommitsThenTimesOut.fired == 1
+        wait_for(lambda: app.store("word-counts").get("a") == 30, "the store at 30", 60, 0.2)
+    finally:
+        assert app.close()
+    outputs = [int64(m.value()) for m in kafka.read_all(sink) if utf8(m.key()) == "a"]
+    assert outputs == list(range(1, 31)), outputs

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from hotstate import serde
 from hotstate.observe.metrics import Metrics
-from hotstate.runtime.commit import AtLeastOnceCommitter, DeliveryTracker
+from hotstate.runtime.commit import AtLeastOnceCommitter, DeliveryTracker, TaskMigrated
 from unit_support import FakeMsg, Harness
 
 CL = "unit-app-c-changelog"
@@ -52,14 +52,22 @@ class FakeProducer:
 
 
 class FakeConsumer:
-    def __init__(self, events, fail=False):
-        self.events, self.fail = events, fail
+    """The group member as the committer sees it. ``fail``: the commit raises (True: a transient error, or the
+    given error code); ``member``: whether it still knows a valid generation."""
+
+    def __init__(self, events, fail=False, member=True):
+        self.events, self.fail, self.member = events, fail, member
+
+    def has_generation(self):
+        return self.member
 
     def commit(self, offsets=None, asynchronous=True):
         assert asynchronous is False, "input offsets must be committed synchronously"
         self.events.append(("commit", [(o.topic, o.partition, o.offset) for o in offsets]))
-        if self.fail:
+        if self.fail is True:
             raise KafkaException(KafkaError(KafkaError._NO_OFFSET, "rebalanced"))
+        if self.fail:
+            raise KafkaException(KafkaError(self.fail, "refused"))
 
 
 def counting_app(make_app):
@@ -78,14 +86,15 @@ def record_backend_writes(h, events):
     store.backend.write = write
 
 
-def setup(make_app, next_offsets=None, remaining=0, error=None, consumer_fails=False):
+def setup(make_app, next_offsets=None, remaining=0, error=None, consumer_fails=False, member=True):
     events = []
     h = Harness(counting_app(make_app), "words")
     record_backend_writes(h, events)
     tracker = DeliveryTracker({CL})
     producer = FakeProducer(events, tracker, next_offsets, remaining, error)
     metrics = Metrics()
-    committer = AtLeastOnceCommitter(FakeConsumer(events, consumer_fails), producer, tracker, metrics, timeout_s=1)
+    committer = AtLeastOnceCommitter(FakeConsumer(events, consumer_fails, member), producer, tracker, metrics,
+                                     timeout_s=1)
     return h, events, committer, metrics
 
 
@@ -99,8 +108,8 @@ def test_commit_steps_in_order(make_app):
         ("produce", CL, 0, b"a", i64(2)),   # one changelog record per dirty key, latest value
         ("produce", CL, 0, b"b", i64(1)),
         ("flush",),
+        ("commit", [("words", 0, 3)]),  # fenced by the generation, before the store takes the new offset
         ("write", [(b"a", i64(2)), (b"b", i64(1))], 42),  # offset = last delivered changelog offset + 1
-        ("commit", [("words", 0, 3)]),
     ]
     store = h.task.stores["c"]
     assert len(store.overlay) == 0
@@ -165,6 +174,42 @@ def test_offset_commit_failure_is_logged_and_retried_next_time(make_app, caplog)
     assert h.task.stores["c"].backend.changelog_offset() == 1  # stores were written before
     assert h.task.committed_offset is None and h.task.needs_commit()
     assert "processed again" in caplog.text
+
+
+@pytest.mark.parametrize("code", [KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                                  KafkaError.REBALANCE_IN_PROGRESS, KafkaError.FENCED_INSTANCE_ID])
+def test_a_fenced_offset_commit_leaves_the_store_offset_unchanged_and_drops_the_writes(make_app, code):
+    """A zombie (frozen past its session, then resumed) must not record a stored offset that covers changelog
+    records it never applied (the new owner's): its uncommitted writes go, and its tasks must close as lost."""
+    h, events, committer, metrics = setup(make_app, next_offsets={(CL, 0): 40})
+    h.pipe("a", "")
+    committer.commit([h.task])  # committed state: a=1 at changelog offset 41, input offset 1
+    committer._consumer.fail = code
+    events.clear()
+    h.pipe("a", "")
+    with pytest.raises(TaskMigrated, match="closed as lost"):
+        committer.commit([h.task])
+    assert not any(e[0] == "write" for e in events)
+    store = h.task.stores["c"]
+    assert store.backend.changelog_offset() == 41 and store.backend.get(b"a") == i64(1)
+    assert len(store.overlay) == 0  # the writes are dropped: nothing may go on from them
+    assert h.task.committed_offset == 1 and metrics.commits_total == 1
+
+
+def test_a_member_without_a_generation_sends_no_changelog_records(make_app):
+    """It knows its offsets would be refused: nothing goes to the changelogs (step 1 is skipped)."""
+    h, events, committer, _ = setup(make_app, member=False)
+    h.pipe("a", "")
+    with pytest.raises(TaskMigrated):
+        committer.commit([h.task])
+    assert not any(e[0] in ("produce", "commit", "write") for e in events)
+    assert h.task.stores["c"].backend.changelog_offset() is None and len(h.task.stores["c"].overlay) == 0
+
+
+def test_a_member_without_a_generation_and_nothing_to_commit_does_nothing(make_app):
+    h, events, committer, _ = setup(make_app, member=False)
+    committer.commit([h.task])
+    assert not any(e[0] in ("produce", "commit", "write") for e in events)
 
 
 def test_delivery_tracker_keeps_max_offset_of_changelogs_only():

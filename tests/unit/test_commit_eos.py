@@ -6,16 +6,17 @@ from confluent_kafka import KafkaError, KafkaException
 
 from hotstate.observe.metrics import Metrics
 from hotstate.runtime.commit import (DeliveryTracker, ExactlyOnceCommitter, ProducerFenced, TransactionAborted,
-                                     is_fenced)
+                                     TransactionOutcomeUnknown, is_fenced)
 
 
 class FakeTxnProducer:
-    def __init__(self, log, fail_at=None, error=None):
-        self.log, self.fail_at, self.error = log, fail_at, error
+    def __init__(self, log, fail_at=None, error=None, failures=1_000):
+        self.log, self.fail_at, self.error, self.failures = log, fail_at, error, failures
 
     def _step(self, name):
         self.log.append(name)
-        if name == self.fail_at:
+        if name == self.fail_at and self.failures > 0:
+            self.failures -= 1
             raise KafkaException(self.error)
 
     def init_transactions(self, timeout):
@@ -95,7 +96,8 @@ def test_a_fatal_failure_asks_for_a_new_producer_within_a_budget():
     log = []
     now = [0.0]
     fatal = KafkaError(KafkaError.INVALID_TXN_STATE, "gone", fatal=True)
-    c, made = committer(log, clock=lambda: now[0], fail_at="commit", error=fatal)
+    # At flush: before commit_transaction (a fatal error there is an unknown outcome, see below).
+    c, made = committer(log, clock=lambda: now[0], fail_at="flush", error=fatal)
     assert is_fenced(KafkaException(fatal)) and not is_fenced(KafkaException(KafkaError(KafkaError._TIMED_OUT)))
     c.begin()
     with pytest.raises(ProducerFenced):
@@ -135,3 +137,45 @@ def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_
             c.commit([task])
     assert member.rejoins == ExactlyOnceCommitter.RECREATE_MAX + 3
     assert log.count("init") == ExactlyOnceCommitter.RECREATE_MAX + 3
+
+
+def _task():
+    from hotstate.records import TopicPartition
+    return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
+                          "committed_offset": 1, "needs_commit": lambda self: True})()
+
+
+@pytest.mark.parametrize("error", [KafkaError(KafkaError._TIMED_OUT, "no answer", retriable=True),
+                                   KafkaError(KafkaError.INVALID_TXN_STATE, "gone", fatal=True),
+                                   KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)])
+def test_a_failed_commit_transaction_is_an_unknown_outcome_settled_by_a_new_producer(error):
+    """After commit_transaction the coordinator may have written PrepareCommit: the outcome is unknown, whatever
+    the error. A new producer's init_transactions settles it; the caller must restore, not rewind."""
+    log = []
+    c, made = committer(log, fail_at="commit", error=error)
+    c.begin()
+    task = _task()
+    with pytest.raises(TransactionOutcomeUnknown):
+        c.commit([task])
+    assert log[-2:] == ["purge", "init"] and c.producer is made[0]  # init_transactions ran before the raise
+    assert task.committed_offset == 1  # not marked committed: the caller reads the group's offsets
+
+
+def test_a_retriable_commit_failure_is_retried_before_the_outcome_counts_as_unknown():
+    log = []
+    c, made = committer(log, fail_at="commit", error=KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True),
+                        failures=2)
+    c.begin()
+    task = _task()
+    c.commit([task])
+    assert log.count("commit") == 3 and made == [] and task.committed_offset == 5
+
+
+def test_failures_before_commit_transaction_are_known_aborts():
+    for step in ("flush", "send_offsets"):
+        log = []
+        c, _ = committer(log, fail_at=step, error=KafkaError(KafkaError._TIMED_OUT, "outage"))
+        c.begin()
+        with pytest.raises(TransactionAborted):
+            c.commit([_task()])
+        assert "commit" not in log

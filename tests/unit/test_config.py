@@ -223,3 +223,16 @@ def test_high_availability_defaults_are_kafka_streams_defaults():
     assert (c.num_standby_replicas, c.acceptable_recovery_lag, c.max_warmup_replicas,
             c.probing_rebalance_interval_ms) == (0, 10_000, 2, 600_000)
     assert make(num_standby_replicas=2, acceptable_recovery_lag=0).num_standby_replicas == 2
+
+
+def test_exactly_once_commit_interval_must_be_below_the_transaction_timeout():
+    """A transaction stays open for a commit interval; the broker aborts one older than transaction_timeout_ms,
+    so every commit of a longer interval would fail."""
+    for interval, timeout in ((10_000, 10_000), (60_000, 10_000), (5_000, 1_000)):
+        with pytest.raises(ConfigError, match="commit_interval_ms.*transaction_timeout_ms") as ei:
+            make(processing_guarantee="exactly_once_v2", commit_interval_ms=interval, transaction_timeout_ms=timeout)
+        assert "lower commit_interval_ms or raise transaction_timeout_ms" in str(ei.value)
+    assert make(processing_guarantee="exactly_once_v2", commit_interval_ms=9_999).commit_interval_ms == 9_999
+    assert make(processing_guarantee="exactly_once_v2", commit_interval_ms=60_000,
+                transaction_timeout_ms=120_000).transaction_timeout_ms == 120_000
+    assert make(commit_interval_ms=60_000).commit_interval_ms == 60_000  # at-least-once has no transactions

@@ -15,6 +15,7 @@ from hotstate import StoreSpec, TopicPartition, serde
 from hotstate.errors import DeserializationError, ProcessingError
 from hotstate.observe.metrics import Metrics
 from hotstate.dsl.topology import Topology
+from hotstate.runtime.commit import ProducerFenced
 from hotstate.runtime.membership import GroupMembership
 from hotstate.runtime.task import TaskState
 from hotstate.runtime.task_manager import TaskManager
@@ -55,11 +56,14 @@ class FakeUpdater:
 
 class FakeConsumer:
     def __init__(self, committed=None):
-        self.resumed, self.seeks = [], []
+        self.resumed, self.seeks, self.paused = [], [], []
         self._committed = committed or {}
 
     def resume(self, tps):
         self.resumed.extend((t.topic, t.partition) for t in tps)
+
+    def pause(self, tps):
+        self.paused.extend((t.topic, t.partition) for t in tps)
 
     def committed(self, tps, timeout=None):
         from confluent_kafka import TopicPartition as KTP
@@ -270,13 +274,30 @@ def test_records_of_unknown_or_restoring_tasks_are_skipped(make_app, tmp_path, t
     assert tm.tasks["0_0"].next_offset is None
 
 
-def test_partition_eof_is_ignored_other_errors_raise(make_app, tmp_path, tms):
+def test_partition_eof_is_ignored_and_only_fatal_error_events_raise(make_app, tmp_path, tms):
     tm, _ = build(make_app, tmp_path)
     tms.append(tm)
     running(tm)
     tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._PARTITION_EOF))])
-    with pytest.raises(KafkaException):
-        tm.process([FakeMsg("words", 0, 0, None, None, error=KafkaError(KafkaError._TRANSPORT))])
+    with pytest.raises(KafkaException) as ei:
+        tm.process([FakeMsg(None, -1, -1, None, None, error=KafkaError(KafkaError._FATAL, "fenced", fatal=True))])
+    assert ei.value.args[0].fatal()
+
+
+def test_transient_error_events_are_logged_rate_limited_and_processing_goes_on(make_app, tmp_path, tms, caplog):
+    """librdkafka retries by itself after _TRANSPORT / _ALL_BROKERS_DOWN: the app must not die of them."""
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    (t0,) = running(tm)
+    down = [FakeMsg(None, -1, -1, None, None, error=KafkaError(code, "brokers away"))
+            for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)]
+    with caplog.at_level(logging.WARNING):
+        tm.process([*down, FakeMsg("words", 0, 10, b"a", b"x")])
+        for _ in range(50):
+            tm.process(down)
+    assert t0.stores["c"].view.get("a") == 1 and t0.next_offset == 11
+    warnings = [r for r in caplog.records if "brokers away" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]  # once per error code, not 102 times
 
 
 @pytest.mark.parametrize("what, key, value", [("key", b"\xff\xfe", b"ok"), ("value", b"ok", b"\xff\xfe")])
@@ -382,6 +403,92 @@ def test_membership_assigns_paused_and_revokes_before_unassign(make_app):
     assert isinstance(listener.calls[0][1][0], TopicPartition)
 
 
+class FakeMember:
+    """kafka-python's consumer as GroupMembership uses it: group metadata, commit, the coordinator's reset."""
+
+    def __init__(self, commit_error=None):
+        self.generation, self.member_id, self.commit_error = 5, "m-1", commit_error
+        self.resets = []
+        self._coordinator = SimpleNamespace(reset_generation=self._reset)
+
+    def _reset(self, member_id=""):
+        self.resets.append(member_id)
+        self.generation, self.member_id = -1, member_id
+
+    def group_metadata(self):
+        return SimpleNamespace(group_id="unit-app", generation_id=self.generation, member_id=self.member_id,
+                               group_instance_id=None)
+
+    def commit(self, offsets):
+        if self.commit_error is not None:
+            raise self.commit_error
+
+
+def test_membership_commit_errors_keep_their_meaning(make_app):
+    """The committer tells a stale member (close the tasks as lost) from a transient failure by the code."""
+    from confluent_kafka import TopicPartition as KTP
+    from kafka import errors as Errors
+    cases = [(Errors.CommitFailedError(Errors.IllegalGenerationError()), KafkaError.ILLEGAL_GENERATION),
+             (Errors.CommitFailedError(Errors.UnknownMemberIdError()), KafkaError.UNKNOWN_MEMBER_ID),
+             (Errors.CommitFailedError(Errors.RebalanceInProgressError()), KafkaError.REBALANCE_IN_PROGRESS),
+             (Errors.CommitFailedError("not part of an active group"), KafkaError.ILLEGAL_GENERATION),
+             (Errors.RebalanceInProgressError(), KafkaError.REBALANCE_IN_PROGRESS),
+             (Errors.FencedInstanceIdError(), KafkaError.FENCED_INSTANCE_ID),
+             (Errors.KafkaTimeoutError(), KafkaError._FAIL)]
+    for error, code in cases:
+        fm = FakeMember(commit_error=error)
+        m = GroupMembership(make_app().config, Topology(), FakeGroupConsumer(), lambda tps: {},
+                            member_factory=lambda cfg, plugin: fm)
+        m._thread = __import__("threading").current_thread()
+        with pytest.raises(KafkaException) as ei:
+            m.commit([KTP("words", 0, 3)])
+        assert ei.value.args[0].code() == code, (error, ei.value.args[0])
+    assert m.has_generation()
+    fm.generation = -1
+    assert not m.has_generation()
+
+
+def test_a_member_that_drops_out_reports_everything_lost_once_and_rejoins_without_a_generation(make_app):
+    """After a refused commit: every task closes as lost now; kafka-python is made to see its generation as
+    lost, so it rejoins (same member id) and reports every partition it then gets as newly assigned."""
+    from kafka import TopicPartition as KpTP
+    c, fm = FakeGroupConsumer(), FakeMember()
+    m = GroupMembership(make_app().config, Topology(), c, lambda tps: {}, member_factory=lambda cfg, plugin: fm)
+    listener = RecordingMembershipListener(c)
+    m.listener = listener
+    m.on_assigned({KpTP("words", 0), KpTP("words", 1)})
+    m.drop_out()
+    assert fm.resets == ["m-1"] and not m.has_generation()
+    assert [(k, ps) for k, ps, _ in listener.calls[1:]] == [("lost", [TopicPartition("words", 0),
+                                                                      TopicPartition("words", 1)])]
+    assert c.calls[-1] == ("unassign", [("words", 0), ("words", 1)])
+    m.on_lost({KpTP("words", 0), KpTP("words", 1)})  # kafka-python's own report when it rejoins: nothing left
+    assert len(listener.calls) == 2
+    m.on_assigned({KpTP("words", 1)})
+    assert listener.calls[-1][:2] == ("assigned", [TopicPartition("words", 1)])
+
+
+def test_a_refused_commit_closes_every_task_as_lost(make_app, tmp_path, tms):
+    """At-least-once zombie: the committer raises TaskMigrated; no task may go on processing on a store that
+    lacks the changelog records just sent, and the group member drops out and rejoins."""
+    from hotstate.runtime.commit import TaskMigrated
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x")])
+    dropped = []
+    tm._membership = SimpleNamespace(drop_out=lambda: dropped.append(True))
+
+    def refused(tasks):
+        raise TaskMigrated("refused")
+    tm._committer.commit = refused
+    tm.commit()
+    assert dropped == [True]
+    assert t0.state is TaskState.CLOSED and t1.state is TaskState.CLOSED and tm.tasks == {}
+    tm.process([FakeMsg("words", 0, 6, b"a", b"x")])  # records still in flight are not processed
+    assert tm._metrics.records_processed_total == 1
+
+
 # ---- exactly-once: a zombie that lost partitions commits nothing for them ----
 
 def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(make_app, tmp_path, tms):
@@ -397,6 +504,25 @@ def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(mak
     assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0  # its share of the transaction is gone
     assert consumer.seeks == [("words", 1, 7)]  # and it starts again from its last commit
     assert t1.next_offset == t1.committed_offset
+
+
+def test_a_fenced_producer_found_while_aborting_for_lost_partitions_is_replaced(make_app, tmp_path, tms):
+    """partitions_lost runs inside the group member's callback: a fatal producer error from the abort must get a
+    new producer and a rewind, as anywhere else, not kill the app."""
+    consumer = FakeConsumer(committed={("words", 1): 7})
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2")
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    fresh = FakeProducer()
+
+    def abort():
+        raise ProducerFenced("fenced by a newer epoch")
+    tm._committer.abort = abort
+    tm._committer.recreate_producer = lambda: fresh
+    tm.partitions_lost([TopicPartition("words", 0)])
+    assert t0.state is TaskState.CLOSED and tm.producer is fresh
+    assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0 and consumer.seeks == [("words", 1, 7)]
 
 
 def test_lost_partitions_under_alos_keep_the_other_tasks_work(make_app, tmp_path, tms):
@@ -469,3 +595,84 @@ def test_the_cleaner_keeps_the_state_of_standby_tasks_however_old_their_director
     assert sd.task_dirs() == ["0_1"], "the standby's state stays; the task that is nowhere here goes"
     for t in tm.standbys.values():
         t.close_stores()
+
+
+# ---- exactly-once: commit_transaction failed, and the outcome is unknown ----
+
+class TxnProducer(FakeProducer):
+    """Transactional: flush delivers changelog records (offsets from 40) to the tracker; commit_transaction
+    'commits' (the coordinator wrote PrepareCommit) and then answers with a retriable error, every time."""
+
+    def __init__(self, tracker, fail_commit=True):
+        super().__init__()
+        self.tracker, self.fail_commit, self.queue, self.next_offset = tracker, fail_commit, [], 40
+
+    def produce(self, topic, value=None, key=None, partition=-1, **kw):
+        super().produce(topic, value, key, **kw)
+        self.queue.append((topic, partition, key, value))
+
+    def flush(self, timeout):
+        for topic, partition, key, value in self.queue:
+            self.tracker(None, FakeMsg(topic, max(partition, 0), self.next_offset, key, value))
+            self.next_offset += 1
+        self.queue = []
+        return 0
+
+    def begin_transaction(self):
+        pass
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout):
+        pass
+
+    def commit_transaction(self, timeout):
+        if self.fail_commit:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit not answered", retriable=True))
+
+    def init_transactions(self, timeout):
+        pass
+
+    def purge(self):
+        pass
+
+
+def test_an_unknown_commit_outcome_restores_the_tasks_instead_of_running_on(make_app, tmp_path, tms):
+    """commit_transaction failed three times, but the coordinator had written PrepareCommit: the new producer's
+    init_transactions completes the commit. The task must not run on from its store, which lacks the committed
+    write (a key's output would go 1, 1): it restores from the changelog and its input rewinds to the group's
+    committed offset, read after init_transactions (here: the commit went through, offset 11)."""
+    from hotstate.runtime.commit import DeliveryTracker, ExactlyOnceCommitter
+    consumer = FakeConsumer(committed={("words", 0): 11})
+    app = make_app(processing_guarantee="exactly_once_v2")
+    s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
+    s.group_by_key().count(StoreSpec("c", kind="memory")).to_stream().to("out", value_serde=serde.INT64)
+    tracker = DeliveryTracker({app.config.changelog_topic("c")})
+    made = []
+
+    def new_producer():
+        made.append(TxnProducer(tracker, fail_commit=False))
+        return made[-1]
+    member = SimpleNamespace(consumer_group_metadata=lambda: b"cgmd")
+    committer = ExactlyOnceCommitter(member, TxnProducer(tracker), tracker, Metrics(), 1.0,
+                                     producer_factory=new_producer)
+    tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), consumer,
+                     committer.producer, FakeUpdater(), Metrics(), committer)
+    tms.append(tm)
+    (t0,) = running(tm)
+    tm.process([FakeMsg("words", 0, 10, b"a", b"x")])
+    assert t0.stores["c"].view.get("a") == 1
+    tm.commit()
+    assert tm.producer is made[0]
+    assert t0.state is TaskState.RESTORING and tm._updater.added[-1] is t0  # handed to the state updater
+    assert t0.dirty_records() == 0 and t0.stores["c"].backend.get(b"a") is None
+    assert ("words", 0) in consumer.paused and consumer.seeks == [("words", 0, 11)]
+    assert (t0.committed_offset, t0.next_offset) == (11, 11)
+    assert not tm.all_running()
+    tm.process([FakeMsg("words", 0, 11, b"a", b"x")])  # nothing runs on the stale store meanwhile
+    assert tm.producer.sent == []
+    # The state updater replays the committed changelog record (a=1 at offset 40), then hands the task back.
+    t0.stores["c"].backend.write([(b"a", i64(1))], 41)
+    tm._updater.restored.append(t0)
+    tm.handle_restored()
+    assert t0.state is TaskState.RUNNING and consumer.resumed[-1] == ("words", 0)
+    tm.process([FakeMsg("words", 0, 11, b"a", b"x")])
+    assert tm.producer.sent[-1] == ("out", b"a", i64(2), 0)  # 1, 2: not 1, 1

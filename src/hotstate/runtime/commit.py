@@ -7,15 +7,23 @@ At-least-once (``AtLeastOnceCommitter.commit``):
    holds. Without it a kill could leave the changelog (hence a standby or a restore) ahead of the output:
    the reprocessed record then counts on from the newer state, and the output skips a value.
 1. ``send_changelogs``: every store's uncommitted entries go to the producer, one record per key, to
-   the store's changelog partition. Crash: some may reach the changelog; stores and input offsets are
-   unchanged. Restart restores those records too: the store then holds updates whose input is
-   processed again (duplicates, allowed under at-least-once).
+   the store's changelog partition. Skipped, with every later step, when the member knows it has no
+   generation: its offsets would be refused, so it sends nothing and ends as a refused 3 does. Crash:
+   some may reach the changelog; stores and input offsets are unchanged. Restart restores those records
+   too: the store then holds updates whose input is processed again (duplicates, allowed under
+   at-least-once).
 2. ``flush``: the producer delivers changelog and output records (idempotent, acks=all) and reports
    each changelog partition's last offset. Crash: as after 1, with every record in Kafka.
-3. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB write.
-   Crash: stores match their changelogs; input offsets are not committed, so the input since the last
-   commit is processed again (duplicates downstream and in the aggregates).
-4. ``commit_offsets``: input offsets committed synchronously. Crash: nothing lost, nothing repeated.
+3. ``commit_offsets``: input offsets committed synchronously by the group member, fenced by its
+   generation. Crash: the stores are behind their changelogs; restore replays the tail after the stored
+   offset, and nothing is lost or repeated. Refused because the member is stale (``_STALE_MEMBER``: a
+   zombie frozen past its session, or a rebalance it missed): the stores keep their offsets, the writes
+   are dropped and ``TaskMigrated`` tells the caller to close every task as lost (the changelog may now
+   hold records the store lacks, so no task may go on). A transient failure: logged, and step 4 runs (the
+   input since the last commit is processed again). Inside a rebalance callback the commit is deferred
+   (still a member) and step 4 runs.
+4. ``write_stores``: per store, the entries and the new changelog offset in one atomic RocksDB write.
+   Crash: nothing lost, nothing repeated.
 
 Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened by ``begin``:
 
@@ -28,10 +36,16 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
 4. ``commit_transaction``: output, changelog records and input offsets become visible atomically.
    Crash: stores are behind their changelogs (the overlay was lost); restore replays exactly the
    committed tail after the stored offset. Nothing is lost or doubled, and nothing is wiped.
+   Failure (retried 3 times, or fatal): the outcome is unknown, since the coordinator may have written
+   PrepareCommit. A new producer's ``init_transactions`` settles it (completes or aborts), and
+   ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
+   inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
+   (or ``ProducerFenced``), the overlay is dropped and the inputs rewind.
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
-(at-least-once) or committed (exactly-once). See docs/architecture.md.
+and the input offsets committed (at-least-once) or the transaction committed (exactly-once). See
+docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -97,6 +111,19 @@ class ProducerFenced(Exception):
 class TransactionAborted(Exception):
     """The open transaction was aborted (fenced zombie, lost partitions, or a retriable broker failure).
     The caller drops uncommitted state and rewinds the input to the last committed offsets."""
+
+
+class TransactionOutcomeUnknown(Exception):
+    """``commit_transaction`` failed: the coordinator may have written PrepareCommit (then the new producer's
+    ``init_transactions`` completes the commit) or not (it aborts). The producer was replaced, which settled it
+    either way. The caller must not go on from in-memory state: it restores the tasks from their changelogs
+    (``read_committed``) and rewinds their inputs to the group's committed offsets, read from now on."""
+
+
+class TaskMigrated(Exception):
+    """At-least-once: the offset commit was refused because this member is stale (the group moved on without
+    it), or it knows it has no generation. The uncommitted writes are dropped and the stores keep their offsets;
+    the caller closes every task as lost (its store may lack changelog records just sent) and rejoins."""
 
 
 class Committer:
@@ -165,12 +192,17 @@ class Committer:
 class AtLeastOnceCommitter(Committer):
     def commit(self, tasks: list[Task]) -> None:
         pending = self.pending(tasks)
-        if any(entries for stores in pending.values() for _, entries in stores):
+        dirty = any(entries for stores in pending.values() for _, entries in stores)
+        if not self._has_generation():  # its offsets would be refused: send nothing, not even step 1
+            if dirty or self.input_offsets(tasks):
+                self._migrated(tasks, "this instance has no generation in the group right now (it is rejoining)")
+            return
+        if dirty:
             self.flush()  # 0
         self.send_changelogs(tasks, pending)  # 1
         self.flush()  # 2
-        self.write_stores(tasks, pending)  # 3
-        self.commit_offsets(tasks)  # 4
+        self.commit_offsets(tasks)  # 3
+        self.write_stores(tasks, pending)  # 4
         self._metrics.commits_total += 1
 
     def commit_offsets(self, tasks: list[Task]) -> None:
@@ -180,11 +212,26 @@ class AtLeastOnceCommitter(Committer):
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # e.g. a rebalance took the partitions away: the new owner reprocesses from the last commit.
+            err = exc.args[0]
+            if err.code() in _STALE_MEMBER:
+                self._migrated(tasks, f"the group refused this member's offset commit ({err})")
+            # A transient failure (e.g. the coordinator moved): the stores take the writes, and the records
+            # since the last commit are processed again (by the new owner, if the partitions move meanwhile).
             log.warning("committing input offsets failed (%s); the records since the last commit will be "
-                        "processed again", exc.args[0])
+                        "processed again", err)
             return
         self.mark_committed(tasks)
+
+    def _has_generation(self) -> bool:
+        check = getattr(self._consumer, "has_generation", None)  # the group member; a bare consumer has none
+        return check is None or bool(check())
+
+    @staticmethod
+    def _migrated(tasks: list[Task], why: str) -> None:
+        for task in tasks:
+            task.drop_uncommitted()
+        raise TaskMigrated(f"{why}: its tasks are closed as lost, their uncommitted writes dropped, and they start "
+                           "again from their committed state once the member has rejoined")
 
 
 class ExactlyOnceCommitter(Committer):
@@ -259,6 +306,7 @@ class ExactlyOnceCommitter(Committer):
         if not self._in_transaction:
             return
         pending = self.pending(tasks)
+        committing = False
         try:
             self.send_changelogs(tasks, pending)  # 1
             self.flush()  # 2
@@ -266,9 +314,13 @@ class ExactlyOnceCommitter(Committer):
             if offsets:  # 3
                 self.producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
                                                            self._timeout_s)
+            committing = True
             self._commit_transaction()  # 4
         except KafkaException as exc:
             err = exc.args[0]
+            if committing:
+                self._outcome_unknown(err, is_fenced(exc))
+                raise TransactionOutcomeUnknown(str(err)) from exc
             if is_fenced(exc):
                 raise ProducerFenced(str(err)) from exc
             stale_member = err.code() in _STALE_MEMBER
@@ -287,6 +339,14 @@ class ExactlyOnceCommitter(Committer):
         self.mark_committed(tasks)
         self.write_stores(tasks, pending)  # 5
         self._metrics.commits_total += 1
+
+    def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
+        """Step 4 failed: the coordinator may have written PrepareCommit. A new producer's init_transactions
+        completes that commit, or aborts the transaction; either way it is settled when this returns."""
+        log.warning("committing the transaction failed (%s): it may have committed or not. A new producer "
+                    "settles it; the tasks restore their stores from the changelogs and rewind their inputs "
+                    "to the committed offsets", err)
+        self.recreate_producer(count=fatal)
 
     def _commit_transaction(self) -> None:
         for attempt in range(3):

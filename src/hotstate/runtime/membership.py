@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
+from kafka import errors as kafka_errors
 from kafka import TopicPartition as KpTopicPartition
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
@@ -84,6 +85,24 @@ class MembershipListener(Protocol):
 
 def _tp(topic: str, partition: int) -> TopicPartition:
     return TopicPartition(topic, partition)
+
+
+_KP_STALE = ((kafka_errors.IllegalGenerationError, KafkaError.ILLEGAL_GENERATION),
+             (kafka_errors.UnknownMemberIdError, KafkaError.UNKNOWN_MEMBER_ID),
+             (kafka_errors.RebalanceInProgressError, KafkaError.REBALANCE_IN_PROGRESS),
+             (kafka_errors.FencedInstanceIdError, KafkaError.FENCED_INSTANCE_ID))
+
+
+def _commit_error_code(exc: BaseException) -> int:
+    """kafka-python's commit error as librdkafka's code: a refusal of a stale member keeps its meaning (the
+    committer then closes the tasks as lost, commit.py); anything else is _FAIL (transient)."""
+    failed = isinstance(exc, kafka_errors.CommitFailedError)
+    for e in (exc, *(exc.args[:1] if failed else ())):
+        for cls, code in _KP_STALE:
+            if isinstance(e, cls):
+                return code
+    # A CommitFailedError without a known cause: kafka-python knows it is not part of an active group.
+    return KafkaError.ILLEGAL_GENERATION if failed else KafkaError._FAIL
 
 
 class TaskAssignor(AbstractPartitionAssignor):
@@ -333,7 +352,19 @@ class GroupMembership:
         try:
             self._member.commit({KpTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
         except Exception as exc:  # kafka-python's errors, e.g. CommitFailedError after a rebalance
-            raise KafkaException(KafkaError(KafkaError._FAIL, f"offset commit failed: {exc!r}")) from exc
+            raise KafkaException(KafkaError(_commit_error_code(exc), f"offset commit failed: {exc!r}")) from exc
+
+    def has_generation(self) -> bool:
+        """False when this member knows its offsets would be refused (it is out of the group or rejoining)."""
+        gm = self._member.group_metadata()
+        return gm.generation_id >= 0 and bool(gm.member_id)
+
+    def drop_out(self) -> None:
+        """The group refused this member's offsets as stale (at-least-once): every task closes now as lost, and
+        kafka-python is made to see its generation as lost (member id kept), so it rejoins and reports each
+        partition it then gets as newly assigned (a task that comes back starts from its committed state)."""
+        self._coordinator.reset_generation(member_id=self._member.group_metadata().member_id)
+        self.on_lost(list(self._assigned))
 
     def consumer_group_metadata(self) -> bytes:
         gm = self._require_generation()
@@ -409,6 +440,8 @@ class GroupMembership:
         parts = sorted(_tp(tp.topic, tp.partition) for tp in lost if (tp.topic, tp.partition) in self._assigned)
         self._assignor.owned = []
         self._deferred_commits.clear()
+        if lost and not parts:
+            return  # closed as lost already (drop_out): kafka-python reports them as it rejoins
         self.listener.partitions_lost(parts)
         self._unassign(parts)
 

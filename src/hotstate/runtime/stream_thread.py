@@ -85,7 +85,8 @@ class StreamThread(threading.Thread):
                                              producer_factory=new_producer)
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
-        tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer)
+        tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer,
+                         membership)
         self.task_manager = tm
         clean = True
         try:

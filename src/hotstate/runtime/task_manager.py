@@ -25,7 +25,8 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
-from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
+from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
+                     is_fenced)
 from .state_updater import StateUpdater, store_reset
 from ..observe.listener import SuspendReason
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -34,8 +35,12 @@ log = logging.getLogger(__name__)
 
 
 class TaskManager:
+    ERROR_LOG_EVERY_S = 10.0
+
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
-                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer):
+                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
+                 membership: Any = None):
+        """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -44,6 +49,7 @@ class TaskManager:
         self._updater = updater
         self._metrics = metrics
         self._committer = committer
+        self._membership = membership
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
@@ -53,6 +59,7 @@ class TaskManager:
         self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
         # Ids of tasks whose store a read on another thread (an interactive query) found damaged.
         self._corruption_reports: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -157,7 +164,11 @@ class TaskManager:
         log.warning("partitions lost (this instance was out of the group): %s", [str(p) for p in partitions])
         self._close_tasks(partitions, clean=False)
         if self._config.exactly_once:
-            self._committer.abort()
+            try:
+                self._committer.abort()
+            except ProducerFenced:  # its transaction is gone with it: a new producer, and the rest rewinds
+                self.recover_from_fencing()
+                return
             self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool) -> None:
@@ -265,9 +276,11 @@ class TaskManager:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._error_event(err)
+                continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             task = by_input.get((topic, partition))
             if task is None or task.state is not TaskState.RUNNING:
@@ -302,6 +315,18 @@ class TaskManager:
                 raise ProcessingError(topic, partition, offset, exc) from exc
             task.next_offset = offset + 1
             metrics.records_processed_total += 1
+
+    def _error_event(self, err: KafkaError) -> None:
+        """A non-fatal error event of the main consumer (brokers down, a connection lost, ...): librdkafka
+        retries by itself, so it is logged, at most once per ``ERROR_LOG_EVERY_S`` per error code."""
+        now = time.monotonic()
+        last, suppressed = self._error_log.get(err.code(), (float("-inf"), 0))
+        if now - last < self.ERROR_LOG_EVERY_S:
+            self._error_log[err.code()] = (last, suppressed + 1)
+            return
+        self._error_log[err.code()] = (now, 0)
+        log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
+                    f"; {suppressed} more since the last report" if suppressed else "")
 
     def _bad_record(self, task: Task, topic: str, partition: int, offset: int, what: str, exc: Exception) -> None:
         error = DeserializationError(topic, partition, offset, what, exc)
@@ -347,16 +372,12 @@ class TaskManager:
                 self._producer = self._committer.recreate_producer()
             self.rewind(others)
         task.drop_uncommitted()
-        task.transition(TaskState.SUSPENDED)
         for store in task.stores.values():
             if store.backend.corrupted:
                 log.warning("task %s: wiping store %s; it restores in full from %s", task.id, store.spec.name,
                             store.changelog)
                 store_reset(store)
-        self._consumer.pause([KTopicPartition(task.input.topic, task.input.partition)])
-        self.rewind([task])
-        task.transition(TaskState.RESTORING)
-        self._updater.add(task)
+        self.restore_from_changelogs([task], "a store was damaged")
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
         """The group's committed offsets, retried while the coordinator moves or loads (a broker restart),
@@ -388,8 +409,21 @@ class TaskManager:
         except TransactionAborted:
             self._producer = self._committer.producer  # the committer replaced it (see commit.py)
             self.rewind(running)
+        except TransactionOutcomeUnknown:
+            self._producer = self._committer.producer  # replaced: the transaction is settled (see commit.py)
+            self.restore_from_changelogs(running)
         except ProducerFenced:
             self.recover_from_fencing()
+        except TaskMigrated as exc:
+            self._lose_all(exc)
+
+    def _lose_all(self, exc: TaskMigrated) -> None:
+        """At-least-once: the group refused this member's offsets. Its stores may lack changelog records it just
+        sent, so no task goes on: all close as lost (the member reports them lost, then rejoins)."""
+        log.warning("%s", exc)
+        if self._membership is not None:
+            self._membership.drop_out()  # calls partitions_lost with every partition it owns
+        self._close_tasks([t.input for t in list(self._by_input.values())], clean=False)  # any left: no member
 
     def recover_from_fencing(self) -> None:
         """Exactly-once: the producer was fenced, so its transaction is gone. A new producer takes over and
@@ -401,14 +435,39 @@ class TaskManager:
         """After an aborted transaction: drop uncommitted store writes and seek each task's input back to its
         last committed offset, so the aborted work is done again (or by the new owner, if the partition is
         gone: the consumer then reports it lost and the task closes)."""
-        if not tasks:
-            return
         for task in tasks:
             task.drop_uncommitted()
             task.next_offset = task.committed_offset
-        tps = [KTopicPartition(t.input.topic, t.input.partition) for t in tasks]
-        committed = self._committed_offsets(tps)
+        self._seek_committed(tasks)
+
+    def restore_from_changelogs(self, tasks: list[Task], why: str = "a transaction's outcome was unknown") -> None:
+        """After a transaction whose outcome is unknown (commit.TransactionOutcomeUnknown): a store may lack
+        writes that were committed, so no task runs on. Each goes RUNNING -> SUSPENDED -> RESTORING: the state
+        updater replays [stored offset, end) of its changelogs with read_committed, so the store equals the
+        committed changelog whatever the outcome. Its input is paused until then and rewound to the group's
+        committed offset, read now that the new producer's init_transactions has settled the transaction."""
+        if not tasks:
+            return
+        self._consumer.pause([KTopicPartition(t.input.topic, t.input.partition) for t in tasks])
+        for task in tasks:
+            task.drop_uncommitted()
+            task.transition(TaskState.SUSPENDED)
+            task.transition(TaskState.RESTORING)
+            self._updater.add(task)
+        log.warning("tasks %s: restoring their stores from the changelogs (%s)", sorted(t.id for t in tasks), why)
+        self._seek_committed(tasks, adopt=True)
+
+    def _seek_committed(self, tasks: list[Task], adopt: bool = False) -> None:
+        """Seeks each task's input to the group's committed offset; ``adopt``: the tasks take it as their
+        committed offset too (the in-memory one may predate a commit that went through)."""
+        if not tasks:
+            return
+        by_input = {(t.input.topic, t.input.partition): t for t in tasks}
+        committed = self._committed_offsets([KTopicPartition(*tp) for tp in by_input])
         for tp in committed:
+            if adopt:
+                task = by_input[(tp.topic, tp.partition)]
+                task.committed_offset = task.next_offset = tp.offset if tp.offset >= 0 else None
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self._consumer.seek(KTopicPartition(tp.topic, tp.partition, offset))
@@ -423,9 +482,9 @@ class TaskManager:
             self.commit()
         try:
             self._committer.abort()
-        except KafkaException as exc:
+        except (KafkaException, ProducerFenced) as exc:
             log.warning("aborting the open transaction failed (%s); the broker aborts it after "
-                        "transaction_timeout_ms", exc.args[0])
+                        "transaction_timeout_ms", exc)
         error: BaseException | None = None
         for task in list(self.tasks.values()):
             try:
