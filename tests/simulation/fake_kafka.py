@@ -256,6 +256,8 @@ class FakeProducer:
     def send_offsets_to_transaction(self, offsets: list[KTopicPartition], metadata: Any, timeout: float = 0) -> None:
         self._sim.step("send_offsets")
         self._check_epoch()
+        if self._sim.fault("zombie"):
+            self._b.generation += 1  # the group moved on without this member (a pause past its session)
         if metadata != self._b.generation:
             raise _error(KafkaError.ILLEGAL_GENERATION, "stale generation", abortable=True)
         if self._sim.fault("send_offsets"):
@@ -356,14 +358,27 @@ class FakeConsumer:
 
 
 class FakeMember:
-    """The group member as the committers see it: offset commits and group metadata of its generation."""
+    """The group member as the committers and the task manager see it: offset commits and group metadata of
+    its generation; a member whose offsets were refused drops out and rejoins (the driver then assigns its
+    partitions again: ``rejoin_pending``)."""
 
     def __init__(self, broker: Broker, sim: Sim):
         self._b, self._sim = broker, sim
         self.generation = broker.generation
+        self.rejoin_pending = False
+        self.on_drop_out: Callable[[], None] = lambda: None
+
+    def has_generation(self) -> bool:
+        return not self.rejoin_pending
+
+    def drop_out(self) -> None:
+        self.rejoin_pending = True
+        self.on_drop_out()
 
     def commit(self, offsets: list[KTopicPartition], asynchronous: bool = False) -> None:
         self._sim.step("commit_offsets")
+        if self._sim.fault("zombie"):
+            self._b.generation += 1  # the group moved on without this member (a pause past its session)
         if self.generation != self._b.generation:
             raise _error(KafkaError.ILLEGAL_GENERATION, "stale generation")
         if self._sim.fault("commit_offsets"):
@@ -374,7 +389,7 @@ class FakeMember:
         return self.generation
 
     def request_rejoin(self) -> None:
-        pass
+        self.generation = self._b.generation  # rejoined with the same assignment
 
 
 class SimDisk:

@@ -121,17 +121,30 @@ def _run_process(sim: Sim, rng: random.Random, broker: Broker, disk: SimDisk, ap
     else:
         committer = AtLeastOnceCommitter(member, producer, tracker, metrics, 1.0)
     tm = SimTaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, producer, updater, metrics,
-                        committer, disk=disk, sim=sim)
+                        committer, member, disk=disk, sim=sim)
     if eos:
         committer.init()
     updater.start()
     parts = [TopicPartition(INPUT, p) for p in range(broker.partitions(INPUT))]
     ktps = [KTopicPartition(INPUT, p) for p in range(broker.partitions(INPUT))]
-    consumer.incremental_assign(ktps)  # what GroupMembership.on_assigned does
-    consumer.pause(ktps)
-    tm.partitions_assigned(parts)
+
+    def assign() -> None:  # what GroupMembership.on_assigned does
+        consumer.incremental_assign(ktps)
+        consumer.pause(ktps)
+        tm.partitions_assigned(parts)
+
+    def lose() -> None:  # what GroupMembership.drop_out does: every partition lost
+        tm.partitions_lost(parts)
+        consumer.incremental_unassign(ktps)
+
+    member.on_drop_out = lose
+    assign()
     ends = {p: broker.end(INPUT, p) for p in range(broker.partitions(INPUT))}
     for _ in range(STEPS_MAX):
+        if member.rejoin_pending:  # the next rebalance gives the member its partitions back
+            member.rejoin_pending = False
+            member.generation = broker.generation
+            assign()
         updater.run_once(wait=False)
         tm.handle_restored()
         msgs = consumer.consume(rng.randint(1, 30), 0)
@@ -231,7 +244,7 @@ def check(broker: Broker, disk: SimDisk, truth: Counter, sc: Scenario) -> list[s
     return problems
 
 
-FAULTS = ("flush", "send_offsets", "commit_unknown", "commit_offsets")
+FAULTS = ("flush", "send_offsets", "commit_unknown", "commit_offsets", "zombie")
 
 if __name__ == "__main__":
     seed = int(sys.argv[1])
