@@ -3,7 +3,7 @@ from . import serde
 from .app import App, AppState, StoreInfo, TaskInfo
 from .config import Config
 from .errors import (BrokerUnavailableError, ConfigError, DeserializationError, HotstateError, ProcessingError,
-                     StateDirError, StoreCorruptedError, TopologyError)
+                     RecordTooLargeError, StateDirError, StoreCorruptedError, TopologyError)
 from .observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason
 from .records import Record, TopicPartition
 from .runtime.task import TaskState
@@ -11,7 +11,7 @@ from .state.store import StoreSpec
 
 __all__ = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
+    "ProcessingError", "Record", "RecordTooLargeError", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
     "StandbyUpdateListener", "StoreSpec", "SuspendReason", "TaskInfo", "TaskState", "TopicPartition",
     "TopologyError", "serde",
 ]

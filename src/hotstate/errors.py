@@ -9,6 +9,8 @@
 - ``StoreCorruptedError``: the local store cannot be used; hotstate wipes it and restores from the changelog.
 - ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
   record is processed again after a restart).
+- ``RecordTooLargeError``: a store value or an output record is larger than its topic (or the producer)
+  allows; raise the limit or make the value smaller. The app stops.
 """
 from __future__ import annotations
 
@@ -60,6 +62,18 @@ class ProcessingError(HotstateError):
     def __init__(self, topic: str, partition: int, offset: int, cause: BaseException):
         self.topic, self.partition, self.offset = topic, partition, offset
         super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}")
+
+
+class RecordTooLargeError(HotstateError):
+    """A record hotstate produces (a store's changelog record, an output or a dead-letter record) is larger
+    than the topic's ``max.message.bytes`` or the producer's ``message.max.bytes``. Carries ``topic``,
+    ``partition``, ``key`` (bytes), ``size`` (bytes), ``limit`` (bytes, None if unknown) and ``store`` (the
+    store whose changelog it is, or None)."""
+
+    def __init__(self, message: str, topic: str, partition: int, key: bytes | None, size: int,
+                 limit: int | None, store: str | None = None):
+        self.topic, self.partition, self.key, self.size, self.limit, self.store = topic, partition, key, size, limit, store
+        super().__init__(message)
 
 
 class IllegalStateTransition(HotstateError):

@@ -5,7 +5,7 @@ import hotstate
 
 EXPECTED = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreCorruptedError",
+    "ProcessingError", "Record", "RecordTooLargeError", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreCorruptedError",
     "StoreInfo", "SuspendReason",
     "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
 ]
@@ -29,7 +29,7 @@ def test_star_import_gives_exactly_all():
 
 def test_errors_share_a_base_and_say_what_to_do():
     for name in ("BrokerUnavailableError", "ConfigError", "DeserializationError", "ProcessingError",
-                 "StateDirError", "StoreCorruptedError", "TopologyError"):
+                 "RecordTooLargeError", "StateDirError", "StoreCorruptedError", "TopologyError"):
         assert issubclass(getattr(hotstate, name), hotstate.HotstateError), name
 
 

@@ -16,7 +16,8 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from ..config import LOG_AND_CONTINUE, Config
 from ..dsl.topology import Topology
 from ..kafka.clients import produce
-from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
+from ..kafka.record_size import RecordSizeLimits, is_too_large
+from ..errors import DeserializationError, ProcessingError, RecordTooLargeError, StoreCorruptedError
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.memory_store import MemoryBackend
@@ -50,6 +51,7 @@ class TaskManager:
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
         self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
+        self._sizes = RecordSizeLimits.from_config(config, topology.store_specs())
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -279,7 +281,7 @@ class TaskManager:
             ctx.headers = msg.headers()
             try:
                 source.process(key, value, ctx)
-            except ProducerFenced:
+            except (ProducerFenced, RecordTooLargeError):
                 raise
             except Exception as exc:
                 raise ProcessingError(topic, partition, offset, exc) from exc
@@ -300,6 +302,8 @@ class TaskManager:
         except KafkaException as exc:
             if is_fenced(exc):
                 raise ProducerFenced(str(exc.args[0])) from exc
+            if is_too_large(exc):  # larger than the producer's message.max.bytes
+                raise self._sizes.producer_error(topic, -1, key, value) from exc
             raise
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
