@@ -4,14 +4,16 @@ from .app import App, AppState, StoreInfo, TaskInfo
 from .config import Config
 from .errors import (BrokerUnavailableError, ConfigError, DeserializationError, HotstateError, ProcessingError,
                      RecordTooLargeError, StateDirError, StoreCorruptedError, TopologyError)
+from .handlers import ErrorHandlerContext, ProcessingHandlerResponse
 from .observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason
 from .records import Record, TopicPartition
 from .runtime.task import TaskState
 from .state.store import StoreSpec
 
 __all__ = [
-    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RecordTooLargeError", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
+    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError",
+    "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Record",
+    "RecordTooLargeError", "RestoreListener", "StateDirError", "StoreCorruptedError", "StoreInfo",
     "StandbyUpdateListener", "StoreSpec", "SuspendReason", "TaskInfo", "TaskState", "TopicPartition",
     "TopologyError", "serde",
 ]

@@ -8,7 +8,7 @@
 - ``StateDirError``: fix the permissions or the path of ``state_dir``.
 - ``StoreCorruptedError``: the local store cannot be used; hotstate wipes it and restores from the changelog.
 - ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
-  record is processed again after a restart).
+  record is processed again after a restart), unless ``processing_exception_handler`` says to continue.
 - ``RecordTooLargeError``: a store value or an output record is larger than its topic (or the producer)
   allows; raise the limit or make the value smaller. The app stops.
 """
@@ -57,11 +57,20 @@ class DeserializationError(HotstateError):
 
 
 class ProcessingError(HotstateError):
-    """User code raised while processing a record. Carries the topic, partition and offset."""
+    """User code raised while processing a record. Carries the topic, partition and offset; ``__cause__`` is
+    what user code raised, ``handler_error`` what a ``processing_exception_handler`` callable raised (if it did)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException):
+    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException,
+                 handler_error: BaseException | None = None):
         self.topic, self.partition, self.offset = topic, partition, offset
-        super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}")
+        self.handler_error = handler_error
+        if handler_error is not None:
+            hint = (f"; the processing_exception_handler then failed too ({handler_error!r}), which counts as "
+                    "'fail'")
+        else:
+            hint = ("; fix the code or the input, or set processing_exception_handler='log_and_continue' "
+                    "(or a callable) to skip such records")
+        super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}{hint}")
 
 
 class RecordTooLargeError(HotstateError):

@@ -161,20 +161,22 @@ def tm_with(make_app, producer, **cfg):
                        FakeConsumer(), producer, FakeUpdater(), Metrics(), FakeCommitter())
 
 
-def test_an_output_over_the_producer_limit_stops_the_app(make_app):
+@pytest.mark.parametrize("handler", ["log_and_fail", "log_and_continue"])
+def test_an_output_over_the_producer_limit_stops_the_app_whatever_the_processing_handler(make_app, handler):
     class Refusing(FakeProducer):
         def produce(self, topic, value=None, key=None, timestamp=0, **kw):
             if len(value or b"") > 400:
                 raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
             super().produce(topic, value, key, timestamp, **kw)
 
-    tm = tm_with(make_app, Refusing(), producer_config={"message.max.bytes": 400})
+    tm = tm_with(make_app, Refusing(), processing_exception_handler=handler,
+                 producer_config={"message.max.bytes": 400})
     (task,) = running(tm)
     try:
         tm.process([FakeMsg("words", 0, 0, b"a", b"x")])  # 300 bytes: fine
         with pytest.raises(hotstate.RecordTooLargeError) as ei:
             tm.process([FakeMsg("words", 0, 1, b"b", b"xy")])  # 600 bytes
         assert (ei.value.topic, ei.value.key, ei.value.size, ei.value.limit) == ("out", b"b", 601, 400)
-        assert task.next_offset == 1  # not skipped
+        assert task.next_offset == 1 and tm._metrics.dropped_records_total == 0  # not skipped
     finally:
         task.close_stores()
