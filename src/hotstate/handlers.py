@@ -11,7 +11,7 @@ aggregator, a serde of a sink or a store) raised while processing one input reco
 record (its offset counts as processed, ``dropped_records_total`` counts it); ``FAIL`` stops the app with a
 ``ProcessingError``. A handler that raises, or returns anything else, counts as ``FAIL``.
 
-Writes the record made before the exception are not rolled back (as in Kafka Streams): store updates stay in
+What the record wrote before the exception is not rolled back (as in Kafka Streams): store updates stay in
 the task's uncommitted state and are committed with it, and records already forwarded to a sink are sent.
 """
 from __future__ import annotations
