@@ -177,6 +177,19 @@ def test_a_producer_failure_is_never_skipped(make_tm):
     assert task.next_offset is None and tm._producer.to(DLQ) == []
 
 
+def test_a_store_failure_is_never_skipped(make_tm):
+    tm, task = make_tm(processing_exception_handler="log_and_continue", dead_letter_topic=DLQ)
+
+    def corrupted(key):
+        raise hotstate.StoreCorruptedError("checksum mismatch")
+
+    task.stores["n"].backend.get = corrupted
+    with pytest.raises(hotstate.ProcessingError) as ei:
+        tm.process(msgs("a"))
+    assert isinstance(ei.value.__cause__, hotstate.StoreCorruptedError)
+    assert task.next_offset is None and tm._producer.to(DLQ) == [] and tm._metrics.dropped_records_total == 0
+
+
 # ---- dead_letter_topic ----
 
 def check_dead_letter(rec, key, value, exc_name, message, offset, headers_before=()):

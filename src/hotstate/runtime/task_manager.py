@@ -310,8 +310,8 @@ class TaskManager:
         topic, if one is set (Kafka Streams does the same for its log-and-fail handlers). Store writes and
         outputs the record made before the exception are kept, as in Kafka Streams."""
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if isinstance(exc, KafkaException):  # the producer failed, not the record: never skipped
-            raise ProcessingError(topic, partition, offset, exc) from exc
+        if isinstance(exc, (KafkaException, StoreCorruptedError)):  # the producer or a store failed, not the
+            raise ProcessingError(topic, partition, offset, exc) from exc  # record: never skipped
         handler = self._config.processing_exception_handler
         handler_error = None
         if handler == LOG_AND_CONTINUE:
