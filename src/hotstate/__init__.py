@@ -3,16 +3,19 @@ from . import serde
 from .app import App, AppState, StoreInfo, TaskInfo
 from .config import Config
 from .errors import (BrokerUnavailableError, ConfigError, DeserializationError, HotstateError, ProcessingError,
-                     StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError, TopologyError)
+                     RecordTooLargeError, StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError,
+                     TopologyError)
+from .handlers import ErrorHandlerContext, ProcessingHandlerResponse
 from .observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason
 from .records import Record, TopicPartition
 from .runtime.task import TaskState
 from .state.store import StoreSpec
 
 __all__ = [
-    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StateDirError", "StoreClosedError", "StoreCorruptedError", "StoreInfo",
-    "StoreIOError",
+    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError",
+    "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Record",
+    "RecordTooLargeError", "RestoreListener", "StateDirError", "StoreClosedError", "StoreCorruptedError",
+    "StoreInfo", "StoreIOError",
     "StandbyUpdateListener", "StoreSpec", "SuspendReason", "TaskInfo", "TaskState", "TopicPartition",
     "TopologyError", "serde",
 ]

@@ -140,12 +140,18 @@ class App:
     def _prepare_topics(self) -> None:
         admin = Admin(self.config)
         sources = admin.require_topics(self._topology.source_topics, "source")
+        dlq = self.config.dead_letter_topic
+        if dlq is not None and dlq in sources:
+            raise TopologyError(f"dead_letter_topic={dlq!r} is a source topic of this app: its dead-letter "
+                                "records would be processed again; give another topic")
         sinks = sorted({t for sub in self._topology.subtopologies for t in sub.sink_topics})
         if sinks:
             admin.require_topics(sinks, "sink")
         specs = [ChangelogSpec(self.config.changelog_topic(name), sources[sub.source.topic])
                  for sub in self._topology.subtopologies for name in sub.stores]
         admin.ensure_changelogs(specs)
+        if dlq is not None:
+            admin.ensure_dead_letter_topic(dlq, max(sources.values()))
 
     def wait_until_running(self, timeout_s: float = 60) -> None:
         """Blocks until every assigned active task is RUNNING. Raises the app's error if it failed, and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ LOG_AND_FAIL = "log_and_fail"
 LOG_AND_CONTINUE = "log_and_continue"
 
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def default_state_dir() -> str:
@@ -34,6 +36,14 @@ class Config:
     # Kafka Streams' defaults: 30000 under at_least_once, 100 under exactly_once_v2 (from_kwargs picks).
     commit_interval_ms: int = 30_000
     deserialization_exception_handler: str = LOG_AND_FAIL
+    # User code raised while processing a record (Kafka Streams' processing.exception.handler, KIP-1033):
+    # "log_and_fail", "log_and_continue", or a callable (context, record, exception) ->
+    # hotstate.ProcessingHandlerResponse.CONTINUE / FAIL (see hotstate/handlers.py).
+    processing_exception_handler: Any = LOG_AND_FAIL
+    # Kafka Streams' errors.dead.letter.queue.topic.name (KIP-1034): records a handler gives up on (fail or
+    # continue) are produced here with their original key, value and headers plus __streams.errors.* headers.
+    # Created at start() if missing. None: no dead-letter records.
+    dead_letter_topic: str | None = None
     # Internal topics (changelogs): -1 takes the broker's default.replication.factor.
     replication_factor: int = -1
     # How long start-up waits for the broker (metadata, topic checks) before it gives up with a clear error.
@@ -99,6 +109,12 @@ class Config:
                 f"deserialization_exception_handler={self.deserialization_exception_handler!r} is invalid: "
                 "use 'log_and_fail' or 'log_and_continue'"
             )
+        self._check_processing_handler()
+        if self.dead_letter_topic is not None and (
+                not isinstance(self.dead_letter_topic, str) or not _TOPIC.fullmatch(self.dead_letter_topic)
+                or self.dead_letter_topic in (".", "..")):
+            raise ConfigError(f"dead_letter_topic={self.dead_letter_topic!r} is invalid: give a topic name (1-249 "
+                              "letters, digits, '.', '_' or '-') or None for no dead-letter records")
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                      "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
                      "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms",
@@ -127,6 +143,25 @@ class Config:
                 "transaction_timeout_ms")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
+
+    def _check_processing_handler(self) -> None:
+        handler = self.processing_exception_handler
+        if isinstance(handler, str) and handler in (LOG_AND_FAIL, LOG_AND_CONTINUE):
+            return
+        if isinstance(handler, str) or not callable(handler):
+            raise ConfigError(
+                f"processing_exception_handler={handler!r} is invalid: use 'log_and_fail', 'log_and_continue' or "
+                "a callable (context, record, exception) returning hotstate.ProcessingHandlerResponse.CONTINUE or FAIL")
+        try:
+            signature = inspect.signature(handler)
+        except (TypeError, ValueError):
+            return  # no signature to check (some builtins)
+        try:
+            signature.bind(None, None, None)
+        except TypeError:
+            raise ConfigError(
+                f"processing_exception_handler={handler!r} is invalid: it is called with three arguments "
+                f"(context, record, exception) but its signature is {signature}") from None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "Config":

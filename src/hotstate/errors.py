@@ -10,7 +10,9 @@
 - ``StoreIOError``: the disk failed a store operation (full, too many open files, EIO); the store is kept:
   fix the disk or the limit and start again.
 - ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
-  record is processed again after a restart).
+  record is processed again after a restart), unless ``processing_exception_handler`` says to continue.
+- ``RecordTooLargeError``: a store value or an output record is larger than its topic (or the producer)
+  allows; raise the limit or make the value smaller. The app stops.
 """
 from __future__ import annotations
 
@@ -62,11 +64,32 @@ class DeserializationError(HotstateError):
 
 
 class ProcessingError(HotstateError):
-    """User code raised while processing a record. Carries the topic, partition and offset."""
+    """User code raised while processing a record. Carries the topic, partition and offset; ``__cause__`` is
+    what user code raised, ``handler_error`` what a ``processing_exception_handler`` callable raised (if it did)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException):
+    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException,
+                 handler_error: BaseException | None = None):
         self.topic, self.partition, self.offset = topic, partition, offset
-        super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}")
+        self.handler_error = handler_error
+        if handler_error is not None:
+            hint = (f"; the processing_exception_handler then failed too ({handler_error!r}), which counts as "
+                    "'fail'")
+        else:
+            hint = ("; fix the code or the input, or set processing_exception_handler='log_and_continue' "
+                    "(or a callable) to skip such records")
+        super().__init__(f"processing the record at {topic}[{partition}]@{offset} failed: {cause!r}{hint}")
+
+
+class RecordTooLargeError(HotstateError):
+    """A record hotstate produces (a store's changelog record, an output or a dead-letter record) is larger
+    than the topic's ``max.message.bytes`` or the producer's ``message.max.bytes``. Carries ``topic``,
+    ``partition``, ``key`` (bytes), ``size`` (bytes), ``limit`` (bytes, None if unknown) and ``store`` (the
+    store whose changelog it is, or None)."""
+
+    def __init__(self, message: str, topic: str, partition: int, key: bytes | None, size: int,
+                 limit: int | None, store: str | None = None):
+        self.topic, self.partition, self.key, self.size, self.limit, self.store = topic, partition, key, size, limit, store
+        super().__init__(message)
 
 
 class IllegalStateTransition(HotstateError):

@@ -220,6 +220,8 @@ INVALID_CONFIGS = {
     "bool-as-int": ({"poll_records_max": True}, "poll_records_max"),
     "str-as-int": ({"commit_interval_ms": "100"}, "commit_interval_ms"),
     "bad-handler": ({"deserialization_exception_handler": "ignore"}, "deserialization_exception_handler"),
+    "bad-processing-handler": ({"processing_exception_handler": "skip"}, "processing_exception_handler"),
+    "bad-dead-letter-topic": ({"dead_letter_topic": "no spaces"}, "dead_letter_topic"),
     "bad-replication": ({"replication_factor": 0}, "replication_factor"),
     "empty-state-dir": ({"state_dir": ""}, "state_dir"),
 }

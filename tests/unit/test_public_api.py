@@ -4,8 +4,9 @@ from __future__ import annotations
 import hotstate
 
 EXPECTED = [
-    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError", "HotstateError",
-    "ProcessingError", "Record", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreClosedError",
+    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError",
+    "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Record",
+    "RecordTooLargeError", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreClosedError",
     "StoreCorruptedError", "StoreInfo", "StoreIOError", "SuspendReason",
     "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
 ]
@@ -29,7 +30,7 @@ def test_star_import_gives_exactly_all():
 
 def test_errors_share_a_base_and_say_what_to_do():
     for name in ("BrokerUnavailableError", "ConfigError", "DeserializationError", "ProcessingError",
-                 "StateDirError", "StoreCorruptedError", "TopologyError"):
+                 "RecordTooLargeError", "StateDirError", "StoreCorruptedError", "TopologyError"):
         assert issubclass(getattr(hotstate, name), hotstate.HotstateError), name
 
 
@@ -47,3 +48,11 @@ def test_issue_api_shapes():
     tp = hotstate.TopicPartition("t", 1)
     assert (tp.topic, tp.partition) == ("t", 1) and tuple(tp) == ("t", 1)
     assert hotstate.TaskInfo("0_1", [tp], hotstate.TaskState.RUNNING).changelog_offsets == {}
+
+
+def test_processing_handler_api_shapes():
+    # what a processing_exception_handler callable receives and returns (issue 10)
+    assert {r.name for r in hotstate.ProcessingHandlerResponse} == {"CONTINUE", "FAIL"}
+    ctx = hotstate.ErrorHandlerContext("t", 1, 5, 1000, [("h", b"v")], "0_1", b"k", b"v")
+    assert (ctx.topic, ctx.partition, ctx.offset, ctx.timestamp, ctx.task_id) == ("t", 1, 5, 1000, "0_1")
+    assert (ctx.headers, ctx.source_raw_key, ctx.source_raw_value) == ([("h", b"v")], b"k", b"v")

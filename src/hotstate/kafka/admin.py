@@ -76,6 +76,22 @@ class Admin:
                 )
         self._check_policies(specs)
 
+    def ensure_dead_letter_topic(self, topic: str, partitions: int) -> None:
+        """Creates ``dead_letter_topic`` if it is missing (``partitions`` partitions, the changelogs' replication
+        factor, the broker's default cleanup policy); an existing one is used as it is."""
+        if topic in self.partition_counts():
+            return
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=self._config.replication_factor)
+        fut = self._admin.create_topics([new], request_timeout=self._timeout_s)[topic]
+        try:
+            fut.result(timeout=self._timeout_s)
+            log.info("created dead-letter topic %s with %d partitions", topic, partitions)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
+                raise TopologyError(f"cannot create dead_letter_topic {topic!r}: {exc.args[0]}; create it "
+                                    "yourself or fix the broker's permissions") from exc
+        self._wait_for_metadata({topic})
+
     def _wait_for_metadata(self, topics: set[str]) -> dict[str, int]:
         """Topics just created can be missing from metadata (or lack leaders) for a moment: wait, bounded."""
         deadline = time.monotonic() + self._timeout_s
@@ -89,7 +105,7 @@ class Admin:
                 return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(
-                    f"changelog topics {sorted(topics - ready)} were created but have no leaders after "
+                    f"topics {sorted(topics - ready)} were created but have no leaders after "
                     f"{self._timeout_s:g}s; check the broker's health and retry")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -81,6 +81,10 @@ class StoreRestoreMetrics:
 class Metrics:
     records_processed_total: int = 0
     skipped_records_total: int = 0  # undecodable records dropped by log_and_continue
+    # Kafka Streams' dropped-records-total: every record an exception handler skipped (undecodable records
+    # under deserialization_exception_handler, failed ones under processing_exception_handler).
+    dropped_records_total: int = 0
+    dead_letter_records_total: int = 0  # records produced to dead_letter_topic
     dropped_null_key: int = 0
     commits_total: int = 0
     store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
@@ -102,6 +106,8 @@ class Metrics:
         return {
             "records_processed_total": self.records_processed_total,
             "skipped_records_total": self.skipped_records_total,
+            "dropped_records_total": self.dropped_records_total,
+            "dead_letter_records_total": self.dead_letter_records_total,
             "dropped_records_null_key_total": self.dropped_null_key,
             "commit_total": self.commits_total,
             "rebalances_total": self.rebalances_total,

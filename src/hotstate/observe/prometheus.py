@@ -19,6 +19,8 @@ _INSTANCE = [
     # (snapshot key, kind, help)
     ("records_processed_total", "counter", "Input records processed"),
     ("skipped_records_total", "counter", "Undecodable records skipped by log_and_continue"),
+    ("dropped_records_total", "counter", "Records an exception handler skipped (undecodable or failed in user code)"),
+    ("dead_letter_records_total", "counter", "Records produced to dead_letter_topic"),
     ("commit_total", "counter", "Commits"),
     ("restore_records_total", "counter", "Changelog records restored into local stores"),
     ("active_restoring_tasks", "gauge", "Active tasks restoring their stores"),

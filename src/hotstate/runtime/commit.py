@@ -57,6 +57,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..kafka.clients import produce
+from ..kafka.record_size import RecordSizeLimits, Rejected, is_too_large, record_size
 from ..observe.metrics import Metrics
 from .task import Task, TaskStore
 
@@ -71,16 +72,22 @@ _STALE_MEMBER = frozenset({KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENE
 
 
 class DeliveryTracker:
-    """The producer's delivery callback: remembers the last offset per changelog partition and errors."""
+    """The producer's delivery callback: remembers the last offset per changelog partition and errors
+    (records refused as too large, with their topic, key and size: ``kafka/record_size.py``)."""
 
-    def __init__(self, changelog_topics: set[str]):
+    def __init__(self, changelog_topics: set[str], limits: RecordSizeLimits | None = None):
         self._changelogs = changelog_topics
+        self.limits = limits or RecordSizeLimits({})
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.errors: list[KafkaError] = []
+        self.too_large: list[Rejected] = []
 
     def __call__(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self.errors.append(err)
+            if is_too_large(err):
+                self.too_large.append(Rejected(msg.topic(), msg.partition(), msg.key(),
+                                               record_size(msg.key(), msg.value(), msg.headers())))
             return
         topic = msg.topic()
         if topic in self._changelogs:
@@ -90,8 +97,17 @@ class DeliveryTracker:
                 self.last_offsets[key] = offset
 
     def take_errors(self) -> list[KafkaError]:
-        errors, self.errors = self.errors, []
+        errors, self.errors, self.too_large = self.errors, [], []
         return errors
+
+    def raise_errors(self) -> None:
+        """Raises the first delivery error; records refused as too large become a RecordTooLargeError."""
+        too_large = self.too_large
+        errors = self.take_errors()
+        if too_large:
+            raise self.limits.broker_error(too_large)
+        if errors:
+            raise KafkaException(errors[0])
 
 
 def is_fenced(exc: BaseException) -> bool:
@@ -146,16 +162,19 @@ class Committer:
             for store, entries in pending[task.id]:
                 topic, partition = store.changelog
                 for key, value in entries:
-                    produce(producer, topic, value, key, partition=partition)
+                    try:
+                        produce(producer, topic, value, key, partition=partition)
+                    except KafkaException as exc:
+                        if is_too_large(exc):
+                            raise self._tracker.limits.producer_error(topic, partition, key, value) from exc
+                        raise
 
     def flush(self) -> None:
         remaining = self.producer.flush(self._timeout_s)
         if remaining:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
                                             f"{remaining} records not delivered within {self._timeout_s}s"))
-        errors = self._tracker.take_errors()
-        if errors:
-            raise KafkaException(errors[0])
+        self._tracker.raise_errors()
 
     def write_stores(self, tasks: list[Task], pending: Pending) -> None:
         last = self._tracker.last_offsets

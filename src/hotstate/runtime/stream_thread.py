@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..config import Config
 from ..dsl.topology import Topology
 from ..kafka import clients
+from ..kafka.record_size import RecordSizeLimits
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 
@@ -62,7 +63,7 @@ class StreamThread(threading.Thread):
     def _run(self) -> None:
         cfg = self._config
         changelogs = {cfg.changelog_topic(name) for name in self._topology.store_specs()}
-        tracker = DeliveryTracker(changelogs)
+        tracker = DeliveryTracker(changelogs, RecordSizeLimits.from_config(cfg, self._topology.store_specs()))
         txn_id = f"{cfg.app_id}-{self._state_dir.process_id()}-0" if cfg.exactly_once else None
         def new_producer() -> Any:
             return clients.producer(cfg, transactional_id=txn_id, on_delivery=tracker)

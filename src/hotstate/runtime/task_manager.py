@@ -14,10 +14,13 @@ from typing import Any, Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
-from ..config import LOG_AND_CONTINUE, Config
+from ..config import LOG_AND_CONTINUE, LOG_AND_FAIL, Config
 from ..dsl.topology import Topology
+from ..handlers import ProcessingHandlerResponse
 from ..kafka.clients import produce
-from ..errors import DeserializationError, ProcessingError, StateDirError, StoreCorruptedError, StoreIOError
+from ..kafka.record_size import RecordSizeLimits, is_too_large
+from ..errors import (DeserializationError, ProcessingError, RecordTooLargeError, StateDirError, StoreCorruptedError,
+                      StoreIOError)
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.memory_store import MemoryBackend
@@ -29,7 +32,9 @@ from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted
                      is_fenced)
 from .state_updater import StateUpdater, store_reset
 from ..observe.listener import SuspendReason
+from .bad_records import ask_handler, dead_letter_headers, error_context
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
+from ..records import Record
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class TaskManager:
         # Ids of tasks whose store a read on another thread (an interactive query) found damaged.
         self._corruption_reports: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
+        self._sizes = RecordSizeLimits.from_config(config, topology.store_specs())
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
@@ -290,13 +296,13 @@ class TaskManager:
             try:
                 key = None if raw is None else source.key_serde.deserialize(raw)
             except Exception as exc:
-                self._bad_record(task, topic, partition, offset, "key", exc)
+                self._bad_record(task, msg, "key", exc)
                 continue
             raw = msg.value()
             try:
                 value = None if raw is None else source.value_serde.deserialize(raw)
             except Exception as exc:
-                self._bad_record(task, topic, partition, offset, "value", exc)
+                self._bad_record(task, msg, "value", exc)
                 continue
             ctx.bind(task)
             ctx.topic, ctx.partition, ctx.offset = topic, partition, offset
@@ -304,7 +310,7 @@ class TaskManager:
             ctx.headers = msg.headers()
             try:
                 source.process(key, value, ctx)
-            except ProducerFenced:
+            except (ProducerFenced, RecordTooLargeError):
                 raise
             except StoreCorruptedError as exc:
                 self._revive_corrupted(task, exc)
@@ -312,7 +318,8 @@ class TaskManager:
                     return  # every task was rewound: the rest of this batch is read again
                 continue
             except Exception as exc:
-                raise ProcessingError(topic, partition, offset, exc) from exc
+                self._processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
+                continue
             task.next_offset = offset + 1
             metrics.records_processed_total += 1
 
@@ -328,20 +335,68 @@ class TaskManager:
         log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
                     f"; {suppressed} more since the last report" if suppressed else "")
 
-    def _bad_record(self, task: Task, topic: str, partition: int, offset: int, what: str, exc: Exception) -> None:
+    def _bad_record(self, task: Task, msg: Any, what: str, exc: Exception) -> None:
+        """A record the source serdes cannot decode: deserialization_exception_handler decides."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         error = DeserializationError(topic, partition, offset, what, exc)
+        self._dead_letter(msg, exc)
         if not self._skip_bad_records:
             raise error from exc
         log.warning("skipping record: %s", error)
         self._metrics.skipped_records_total += 1
+        self._metrics.dropped_records_total += 1
         task.next_offset = offset + 1
 
+    def _processing_failed(self, task: Task, msg: Any, key: Any, value: Any, exc: Exception) -> None:
+        """User code raised on this record: processing_exception_handler decides. FAIL raises ProcessingError;
+        CONTINUE skips the record (its offset counts as processed). Either way the record goes to the dead-letter
+        topic, if one is set (Kafka Streams does the same for its log-and-fail handlers). Store writes and
+        outputs the record made before the exception are kept, as in Kafka Streams."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if isinstance(exc, (KafkaException, StoreCorruptedError)):  # the producer or a store failed, not the
+            raise ProcessingError(topic, partition, offset, exc) from exc  # record: never skipped
+        handler = self._config.processing_exception_handler
+        handler_error = None
+        if handler == LOG_AND_CONTINUE:
+            response = ProcessingHandlerResponse.CONTINUE
+        elif handler == LOG_AND_FAIL:
+            response = ProcessingHandlerResponse.FAIL
+        else:
+            record = Record(key, value, msg.timestamp()[1], msg.headers(), topic, partition, offset)
+            response, handler_error = ask_handler(handler, error_context(msg, task.id), record, exc)
+        self._dead_letter(msg, exc)
+        if response is not ProcessingHandlerResponse.CONTINUE:
+            raise ProcessingError(topic, partition, offset, exc, handler_error) from exc
+        log.warning("skipping record at %s[%d]@%d: processing it raised %r (processing_exception_handler says "
+                    "continue)", topic, partition, offset, exc, exc_info=exc)
+        self._metrics.dropped_records_total += 1
+        task.next_offset = offset + 1
+
+    def _dead_letter(self, msg: Any, exc: BaseException) -> None:
+        """The record as consumed (key, value, headers, timestamp) plus the __streams.errors.* headers, to
+        dead_letter_topic; under exactly-once inside the open transaction, with the skip."""
+        topic = self._config.dead_letter_topic
+        if topic is None:
+            return
+        headers = dead_letter_headers(msg.headers(), exc, msg.topic(), msg.partition(), msg.offset())
+        self._produce(topic, msg.key(), msg.value(), max(msg.timestamp()[1], 0), headers=headers)
+        self._metrics.dead_letter_records_total += 1
+
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        self._produce(topic, key, value, timestamp)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
+                 headers: list | None = None) -> None:
+        kwargs: dict[str, Any] = {"timestamp": timestamp}
+        if headers is not None:
+            kwargs["headers"] = headers
         try:
-            produce(self._producer, topic, value, key, timestamp=timestamp)
+            produce(self._producer, topic, value, key, **kwargs)
         except KafkaException as exc:
             if is_fenced(exc):
                 raise ProducerFenced(str(exc.args[0])) from exc
+            if is_too_large(exc):  # larger than the producer's message.max.bytes
+                raise self._sizes.producer_error(topic, -1, key, value, headers) from exc
             raise
 
     def handle_corrupted(self) -> None:
