@@ -90,11 +90,20 @@ class Task:
     def needs_commit(self) -> bool:
         return self.next_offset is not None and self.next_offset != self.committed_offset
 
-    def close_stores(self) -> None:
-        """Drop uncommitted writes and close the backends (committed state stays on disk)."""
-        for s in self.stores.values():
+    def close_stores(self, keep_memory: bool = False) -> dict[str, StoreBackend]:
+        """Drop uncommitted writes and close the backends (committed state stays on disk).
+
+        ``keep_memory``: the in-memory backends are not closed but returned (name -> backend), with their
+        committed data and changelog offset, for the same task's next incarnation on this instance (a
+        standby promoted to active, an active task recycled into a standby)."""
+        kept: dict[str, StoreBackend] = {}
+        for name, s in self.stores.items():
             s.overlay.clear()
-            s.backend.close()
+            if keep_memory and not s.backend.persistent:
+                kept[name] = s.backend
+            else:
+                s.backend.close()
+        return kept
 
 
 class ProcessorContext:
