@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from hotstate import StoreSpec, TopicPartition, serde
-from hotstate.errors import DeserializationError, ProcessingError
+from hotstate.errors import DeserializationError, ProcessingError, StoreClosedError
 from hotstate.observe.metrics import Metrics
 from hotstate.dsl.topology import Topology
 from hotstate.runtime.membership import GroupMembership
@@ -497,6 +497,8 @@ def test_a_promoted_in_memory_standby_hands_its_state_to_the_active_task(make_ap
     assert active.stores["c"].backend.changelog_offset() == 40, "the restore must start at the standby's offset"
     assert active.stores["c"].view.get("a") == 3
     assert tm.task_offsets() == {"0_0": 40}
+    with pytest.raises(StoreClosedError):
+        standby.stores["c"].view.get("a")  # the standby's own view is closed; its data lives on in the active
 
 
 def test_an_in_memory_active_task_revoked_into_a_standby_here_keeps_its_state(make_app, tmp_path, tms):

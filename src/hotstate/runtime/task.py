@@ -91,13 +91,15 @@ class Task:
         return self.next_offset is not None and self.next_offset != self.committed_offset
 
     def close_stores(self, keep_memory: bool = False) -> dict[str, StoreBackend]:
-        """Drop uncommitted writes and close the backends (committed state stays on disk).
+        """Drop uncommitted writes and close the backends (committed state stays on disk). The stores' views
+        (which interactive queries hold) raise StoreClosedError from now on.
 
         ``keep_memory``: the in-memory backends are not closed but returned (name -> backend), with their
         committed data and changelog offset, for the same task's next incarnation on this instance (a
         standby promoted to active, an active task recycled into a standby)."""
         kept: dict[str, StoreBackend] = {}
         for name, s in self.stores.items():
+            s.view.mark_closed()  # first: a query failing in the backend from now on reports StoreClosedError
             s.overlay.clear()
             if keep_memory and not s.backend.persistent:
                 kept[name] = s.backend
