@@ -462,6 +462,22 @@ def test_task_offsets_report_state_on_disk_open_tasks_and_tasks_that_left(make_a
     assert tm.task_offsets() == {"0_0": 7}, "cleaned-up state no longer counts"
 
 
+def test_task_offsets_read_state_on_disk_without_taking_its_lock(make_app, tmp_path, tms):
+    """The disk scan behind task_offsets opens stores read-only: a store someone else has open (the hotstate
+    CLI, a backup tool) is still reported, and the scan never holds a lock this instance's next open of the
+    store would trip over."""
+    tm, sd = build(make_app, tmp_path)
+    tms.append(tm)
+    held = RocksDBBackend("c", sd.store_path("0_2", "c"))
+    try:
+        held.write([(b"k", b"v")], 42)
+        assert tm.task_offsets() == {"0_2": 42}
+    finally:
+        held.close()
+    tm.partitions_assigned([TopicPartition("words", 2)])
+    assert tm.tasks["0_2"].stores["c"].backend.changelog_offset() == 42
+
+
 def test_the_cleaner_keeps_the_state_of_standby_tasks_however_old_their_directory(make_app, tmp_path, tms):
     """A standby lives on for hours: its task directory's time is when it was created, not when it was last
     written. state_cleanup_delay_ms applies to tasks that are neither active nor standby here."""

@@ -22,7 +22,7 @@ from ..records import TopicPartition
 from ..state.backend import StoreBackend
 from ..state.memory_store import MemoryBackend
 from ..state.overlay import Overlay
-from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
+from ..state.rocksdb_store import RocksDBBackend, read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
 from .commit import Committer, ProducerFenced, TransactionAborted, is_fenced
@@ -134,6 +134,11 @@ class TaskManager:
         return self._updater.standby_lags()
 
     def _scan_disk_offsets(self) -> dict[str, int]:
+        """The offsets of the closed stores on disk, read read-only: no RocksDB lock is taken, so a store
+        another process has open (the hotstate CLI, a backup tool) is still read, and this instance's next
+        open of a store never trips over the scan. (Nothing of this instance opens these stores meanwhile:
+        the scan runs inside the membership's callbacks, while the processing thread waits, and skips every
+        store the task manager has open.)"""
         out = {}
         open_ids = set(self.tasks) | set(self.standbys)
         for tid in self._state_dir.task_dirs():
@@ -142,9 +147,9 @@ class TaskManager:
             total = 0
             for store in self._state_dir.store_names(tid):
                 try:
-                    total += stored_offset(store, self._state_dir.store_path(tid, store)) or 0
-                except StoreCorruptedError:
-                    continue
+                    total += read_stored_offset(store, self._state_dir.store_path(tid, store)) or 0
+                except Exception as exc:  # corrupted or unreadable: no state counted (opening it will wipe it)
+                    log.debug("task %s store %s: stored offset not readable (%s); counted as 0", tid, store, exc)
             out[tid] = total
         return out
 
