@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from hotstate.cli import main
 from hotstate.state.rocksdb_store import RocksDBBackend
@@ -75,3 +77,19 @@ def test_a_store_the_cli_cannot_read_gets_a_note_and_the_others_still_print(tmp_
     rows = _rows(capsys.readouterr().out)
     assert rows[("0_0", "counts")][2] == "-" and "corrupted" in " ".join(rows[("0_0", "counts")])
     assert rows[("0_1", "counts")][2] == "9"
+
+
+def test_state_in_another_process_beside_the_app_that_holds_the_store(tmp_path):
+    """As an operator runs it: its own process, while the app's process has the store open (RocksDB's lock
+    is a file lock across processes)."""
+    held = RocksDBBackend("counts", str(tmp_path / "app" / "0_0" / "counts"))
+    try:
+        held.write([(b"k", b"v")], 42)
+        done = subprocess.run([sys.executable, "-m", "hotstate.cli", "state", "--app-id", "app",
+                               "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert _rows(done.stdout)[("0_0", "counts")][2] == "42"
+        held.write([(b"k2", b"v2")], 43)
+        assert held.changelog_offset() == 43
+    finally:
+        held.close()
