@@ -118,24 +118,46 @@ class App:
 
     # ---- lifecycle ----
     def start(self) -> None:
-        """Checks the broker, topics and state dir (raising a clear error at once), then starts processing
-        in the background. Non-blocking."""
+        """Checks the broker, topics and state dir and binds ``metrics_port`` (raising a clear error at once),
+        then starts processing in the background. Non-blocking. When one of these fails, nothing was started: no
+        thread runs, the state dir is unlocked, the app is still CREATED (fix the cause and start() again)."""
         self._require(AppState.CREATED, "start()")
         if not self._topology.subtopologies:
             raise TopologyError("the app has no source: call app.stream(topic) before start()")
         self._state_dir.lock()
         try:
             self._prepare_topics()
+            if self.config.metrics_port is not None:
+                self._metrics_server = self._serve_metrics(self.config.metrics_port)
         except BaseException:
             self._state_dir.unlock()
             raise
         self._transition(AppState.REBALANCING)
-        self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
-                                    self._on_tasks_running, self._on_error, self._standby_listener)
-        self._thread.start()
-        if self.config.metrics_port is not None:
-            from .observe.prometheus import MetricsServer
-            self._metrics_server = MetricsServer(self.config.app_id, self._metrics.snapshot, self.config.metrics_port)
+        try:
+            self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
+                                        self._on_tasks_running, self._on_error, self._standby_listener)
+            self._thread.start()
+        except BaseException as exc:  # no thread runs (e.g. the interpreter cannot start one)
+            self._thread = None
+            self._stop_metrics_server()
+            self._state_dir.unlock()
+            self._on_error(exc)
+            raise
+
+    def _serve_metrics(self, port: int) -> Any:
+        from .errors import ConfigError
+        from .observe.prometheus import MetricsServer
+        try:
+            return MetricsServer(self.config.app_id, self._metrics.snapshot, port)
+        except OSError as exc:
+            raise ConfigError(f"metrics_port {port} cannot be bound ({exc.strerror or exc}): another process, or "
+                              "another app in this one, serves on it; choose a free port or leave metrics_port "
+                              "unset") from exc
+
+    def _stop_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
 
     def _prepare_topics(self) -> None:
         admin = Admin(self.config)
@@ -173,7 +195,11 @@ class App:
 
     def close(self, timeout_s: float = 30) -> bool:
         """Graceful: commits, flushes the producer, persists store offsets, leaves the group.
-        Returns False if the threads did not finish within ``timeout_s``."""
+
+        Returns False if the threads did not finish within ``timeout_s``. They then still hold stores open, so
+        the app keeps its state dir locked (and its metrics endpoint) and stays PENDING_SHUTDOWN (or ERROR):
+        call close() again to wait longer (it finishes the job once they have ended), or let the process
+        exit, which ends the threads and releases the lock."""
         with self._state_lock:
             if self._state is AppState.NOT_RUNNING:
                 return True
@@ -183,20 +209,20 @@ class App:
                 return True
         if self._state is not AppState.PENDING_SHUTDOWN:
             self._transition(AppState.PENDING_SHUTDOWN)
-        done = True
         if self._thread is not None:
             self._thread.stop()
             self._thread.join(timeout_s)
-            done = not self._thread.is_alive()
+            if self._thread.is_alive():
+                log.warning("app %s: the stream thread did not end within %ss; the state dir stays locked until "
+                            "it does (close() again, or exit the process)", self.config.app_id, timeout_s)
+                return False
         self._state_dir.unlock()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-            self._metrics_server = None
+        self._stop_metrics_server()
         with self._state_lock:
             # A failure during shutdown moved the app to ERROR; it stays there (error() tells what happened).
-            if done and self._state is AppState.PENDING_SHUTDOWN:
+            if self._state is AppState.PENDING_SHUTDOWN:
                 self._transition(AppState.NOT_RUNNING)
-        return done
+        return True
 
     def run(self) -> None:
         """Starts and blocks until closed; SIGTERM / SIGINT close gracefully. Raises if the app failed."""

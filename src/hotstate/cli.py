@@ -3,7 +3,8 @@
     hotstate state --app-id A [--state-dir D] [--bootstrap B]
 
 lists every task and store on disk with the changelog offset it holds and, with ``--bootstrap``, the
-changelog's end and the lag: what a restore of that store would replay right now.
+changelog's end and the lag: what a restore of that store would replay right now. Safe beside a running
+app: stores are opened read-only, without RocksDB's lock (a store the app writes shows its durable offset).
 """
 from __future__ import annotations
 
@@ -13,19 +14,23 @@ import sys
 
 from .config import default_state_dir
 from .errors import HotstateError, StoreCorruptedError
-from .state.rocksdb_store import stored_offset
+from .state.rocksdb_store import read_stored_offset
 from .state.state_dir import StateDirectory
 
 
 def _stored_offsets(root: str) -> list[tuple[str, str, int | None, str]]:
+    """Stores are opened read-only (no RocksDB lock), so this works beside a running app and never blocks
+    it; a store that cannot be read gets a note and the others are still listed."""
     rows = []
     state_dir = StateDirectory(os.path.dirname(root), os.path.basename(root))
     for task in state_dir.task_dirs():
         for store in state_dir.store_names(task):
             try:
-                rows.append((task, store, stored_offset(store, state_dir.store_path(task, store)), ""))
+                rows.append((task, store, read_stored_offset(store, state_dir.store_path(task, store)), ""))
             except StoreCorruptedError as exc:
                 rows.append((task, store, None, f"corrupted: {exc}"))
+            except Exception as exc:  # e.g. a permission error: say so, go on with the other stores
+                rows.append((task, store, None, f"unreadable: {exc!r}"))
     return rows
 
 

@@ -3,6 +3,8 @@ invalid configs and changelogs of the wrong shape each give a clear error within
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 
 import pytest
@@ -204,6 +206,29 @@ def test_second_instance_on_a_locked_state_dir_is_a_state_dir_error(kafka, tmp_s
             second.start()
     finally:
         assert first.close()
+
+
+def test_a_taken_metrics_port_fails_start_leaving_nothing_running(kafka, tmp_state_dir):
+    """start() binds metrics_port before it starts the stream thread: a taken port is a ConfigError naming it,
+    no hotstate thread runs afterwards, and the state dir is free for the next start."""
+    topic = kafka.create_topic(partitions=1, prefix="it-src")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = counting_app(kafka, tmp_state_dir, topic, broker_timeout_ms=5000, metrics_port=port)
+        before = set(threading.enumerate())
+        with pytest.raises(hotstate.ConfigError, match=f"metrics_port {port}"):
+            app.start()
+        assert app.state is hotstate.AppState.CREATED
+        assert [t.name for t in threading.enumerate() if t not in before] == [], "start() failed: nothing may run"
+        other = hotstate.App(app_id=app.config.app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir))
+        other.stream(topic, key_serde=serde.STRING).group_by_key().count(store=STORE)
+        other.start()  # the state dir is not locked
+        try:
+            other.wait_until_running(60)
+        finally:
+            assert other.close()
 
 
 # ---- config -------------------------------------------------------------------------------------------------

@@ -48,26 +48,37 @@ def produce_round(kafka, source: str, tag: str, n: int = 400) -> None:
         kafka.produce_to(source, p, [(f"{tag}-{p}-{i % 50}".encode(), b"x") for i in range(n)])
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
-def test_a_standby_follows_the_changelog_and_takes_over_replaying_only_its_lag(kafka, tmp_path, guarantee):
+@pytest.mark.parametrize("guarantee, kind", [("at_least_once", "rocksdb"), ("exactly_once_v2", "rocksdb"),
+                                             ("at_least_once", "memory"), ("exactly_once_v2", "memory")])
+def test_a_standby_follows_the_changelog_and_takes_over_replaying_only_its_lag(kafka, tmp_path, guarantee, kind):
+    """Also with in-memory stores: the promoted standby hands its in-memory state to the active task."""
     source = kafka.create_topic(partitions=2, prefix="standby-words")
     app_id = kafka.app_id("standby")
     changelog = kafka.changelog(app_id, "word-counts")
     produce_round(kafka, source, "r1")
-    common = dict(num_standby_replicas=1, session_timeout_ms=6000, processing_guarantee=guarantee)
+    common = dict(num_standby_replicas=1, session_timeout_ms=6000, processing_guarantee=guarantee,
+                  store=hotstate.StoreSpec("word-counts", kind=kind))
+    standby_a = StandbyEvents()
     a = build_word_count(kafka.bootstrap, app_id, tmp_path / "a", source, None, **common)
+    a.set_standby_listener(standby_a)
     restore_b, standby_b = RecordingListener(), StandbyEvents()
     b = build_word_count(kafka.bootstrap, app_id, tmp_path / "b", source, None, listener=restore_b, **common)
     b.set_standby_listener(standby_b)
     a.start()
     try:
         wait_for(lambda: actives(a) == {"0_0", "0_1"}, "a to run both tasks", 60)
+        wait_for(lambda: all(a.store("word-counts").get(f"r1-{p}-49") == 8 for p in (0, 1))
+                 and all(t.stores["word-counts"].changelog_offset for t in a.tasks()), "a to commit round 1", 60)
         b.start()
         wait_for(lambda: len(actives(a)) == 1 and len(actives(b)) == 1, "one task to move to b", 90)
         a_task, b_task = next(iter(actives(a))), next(iter(actives(b)))
         wait_for(lambda: set(standbys(b)) == {a_task} and set(standbys(a)) == {b_task},
                  "each instance to keep a standby of the other's task", 60)
         p = int(a_task.split("_")[1])
+        # a ran b's task before it moved: its standby of that task starts from the state a had (an in-memory
+        # store is recycled from the revoked active task, a RocksDB store reopens from disk), not from 0.
+        starts_a = [e for e in standby_a.of("start") if e[1] == int(b_task.split("_")[1])]
+        assert starts_a and starts_a[0][2] > 0, standby_a.events
 
         produce_round(kafka, source, "r2")
         wait_for(lambda: a.store("word-counts").get(f"r2-{p}-49") == 8, "a to process round 2", 60)

@@ -25,11 +25,9 @@ from hotstate.observe.metrics import Metrics
 from hotstate.records import TopicPartition
 from hotstate.runtime.commit import AtLeastOnceCommitter, DeliveryTracker, ExactlyOnceCommitter
 from hotstate.runtime.state_updater import StateUpdater
-from hotstate.runtime.task import TaskState, TaskStore
+from hotstate.runtime.task import TaskState
 from hotstate.runtime.task_manager import TaskManager
-from hotstate.state.overlay import Overlay
 from hotstate.state.state_dir import StateDirectory
-from hotstate.state.store import KeyValueStore, StoreSpec
 
 from fake_kafka import (Broker, Crash, FakeConsumer, FakeMember, FakeProducer, Rec, Sim, SimBackend, SimDisk,
                         partition_for)
@@ -50,23 +48,6 @@ class SyncUpdater(StateUpdater):
         self._commands.put(cmd)
         self._handle_commands(0)
         return True
-
-
-class SimTaskManager(TaskManager):
-    def __init__(self, *args: Any, disk: SimDisk, sim: Sim, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._disk, self._sim = disk, sim
-
-    def _open_store(self, tid: str, partition: int, spec: StoreSpec) -> TaskStore:
-        changelog = TopicPartition(self._config.changelog_topic(spec.name), partition)
-        path = f"{tid}/{spec.name}"
-
-        def reopen() -> SimBackend:
-            return SimBackend(spec.name, path, self._disk, self._sim)
-
-        backend = reopen()
-        overlay = Overlay(backend)
-        return TaskStore(spec, changelog, backend, overlay, KeyValueStore(spec, overlay), reopen)
 
 
 @dataclass
@@ -120,8 +101,8 @@ def _run_process(sim: Sim, rng: random.Random, broker: Broker, disk: SimDisk, ap
         committer = ExactlyOnceCommitter(member, producer, tracker, metrics, 1.0, producer_factory=new_producer)
     else:
         committer = AtLeastOnceCommitter(member, producer, tracker, metrics, 1.0)
-    tm = SimTaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, producer, updater, metrics,
-                        committer, member, disk=disk, sim=sim)
+    tm = TaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, producer, updater, metrics,
+                     committer, member, open_backend=lambda name, path: SimBackend(name, path, disk, sim))
     if eos:
         committer.init()
     updater.start()
@@ -212,7 +193,8 @@ def check(broker: Broker, disk: SimDisk, truth: Counter, sc: Scenario) -> list[s
     changelog = f"{APP_ID}-{STORE}-changelog"
     counts: Counter = Counter()
     for p in range(sc.partitions):
-        data, offset = disk.durable.get(f"0_{p}/{STORE}", ({}, None))
+        paths = [k for k in disk.durable if k.endswith(f"/0_{p}/{STORE}")]
+        data, offset = disk.durable[paths[0]] if paths else ({}, None)
         replay: dict = {}
         for _, rec in broker.committed_records(changelog, p, offset):
             if rec.value is None:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 
 import hotstate
 from hotstate import AppState, serde
-from hotstate.errors import HotstateError, IllegalStateTransition, TopologyError
+from hotstate.errors import ConfigError, HotstateError, IllegalStateTransition, StateDirError, TopologyError
+from hotstate.state.state_dir import StateDirectory
 
 A = AppState
 ALLOWED = {
@@ -127,3 +129,117 @@ def test_close_when_shutdown_fails_does_not_raise(make_app):
     app._thread = _ThreadFailingOnStop(app)
     app.close(timeout_s=1)
     assert app.state in (A.NOT_RUNNING, A.ERROR)
+
+
+# ---- start() and close() leave nothing behind (issue #10, defect 9) ----
+
+class _FakeStreamThread:
+    """Stands in for StreamThread (the broker is not needed): alive from start() until stop() (or, when
+    ``stuck``, until ``finish()``)."""
+
+    made: list = []
+    stuck = False
+
+    def __init__(self, *args, **kwargs):
+        self.task_manager = None
+        self.alive = False
+        self.stopping = False
+        _FakeStreamThread.made.append(self)
+
+    def start(self):
+        self.alive = True
+
+    def stop(self):
+        self.stopping = True
+        if not self.stuck:
+            self.alive = False
+
+    def finish(self):
+        self.alive = False
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return self.alive
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch):
+    """start() without a broker: no topic checks, a fake stream thread."""
+    _FakeStreamThread.made = []
+    _FakeStreamThread.stuck = False
+    monkeypatch.setattr("hotstate.app.StreamThread", _FakeStreamThread)
+    monkeypatch.setattr(hotstate.App, "_prepare_topics", lambda self: None)
+    return _FakeStreamThread
+
+
+def _lockable(app) -> bool:
+    other = StateDirectory(app.config.state_dir, app.config.app_id)
+    try:
+        other.lock()
+    except StateDirError:
+        return False
+    other.unlock()
+    return True
+
+
+def test_a_taken_metrics_port_fails_start_with_nothing_running_and_the_state_dir_unlocked(make_app, fake_runtime):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = make_app(metrics_port=port)
+        app.stream("words")
+        with pytest.raises(ConfigError, match=f"metrics_port {port}"):
+            app.start()
+        assert not any(t.alive for t in fake_runtime.made), "no stream thread may run after a failed start()"
+        assert app.state is A.CREATED
+        assert _lockable(app), "a failed start() must release the state dir"
+    app.start()  # the port is free now: the same app starts
+    try:
+        assert app.state is A.REBALANCING and fake_runtime.made[-1].alive
+        assert app._metrics_server is not None and app._metrics_server.port == port
+    finally:
+        assert app.close() is True
+    assert _lockable(app)
+
+
+def test_close_keeps_the_state_dir_locked_while_the_stream_thread_is_alive(make_app, fake_runtime):
+    fake_runtime.stuck = True
+    app = make_app()
+    app.stream("words")
+    app.start()
+    thread = fake_runtime.made[-1]
+    assert app.close(timeout_s=0.01) is False
+    assert thread.stopping and thread.alive
+    assert not _lockable(app), "the threads still use the stores: the state dir stays locked"
+    assert app.state is A.PENDING_SHUTDOWN
+    thread.finish()
+    assert app.close(timeout_s=0.01) is True, "closing again once the threads ended finishes the job"
+    assert app.state is A.NOT_RUNNING
+    assert _lockable(app)
+
+
+def test_the_stream_thread_ends_only_after_the_state_updater(make_app):
+    """App.close watches the stream thread; a state updater that outlived its shutdown timeout may still hold
+    stores open, so the stream thread waits for it before ending (and the state dir stays locked meanwhile)."""
+    from types import SimpleNamespace
+
+    from hotstate.runtime.stream_thread import StreamThread
+
+    class UpdaterPastItsTimeout:
+        alive = True
+
+        def shutdown(self, timeout_s):
+            if timeout_s is None:  # waits until the thread ended; with a timeout, it elapses first here
+                self.alive = False
+
+    app = make_app()
+    thread = StreamThread(app.config, app._topology, app._state_dir, None, app._metrics, lambda ok: None,
+                          lambda exc: None)
+    updater = UpdaterPastItsTimeout()
+    closed = SimpleNamespace(close=lambda: None)
+    tm = SimpleNamespace(shutdown=lambda clean: None, producer=SimpleNamespace(flush=lambda t: 0))
+    thread._shutdown(closed, tm, updater, closed, True)
+    assert not updater.alive, "the stream thread ended while the state updater still ran"

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from hotstate import StoreSpec, TopicPartition, serde
-from hotstate.errors import DeserializationError, ProcessingError
+from hotstate.errors import DeserializationError, ProcessingError, StoreClosedError
 from hotstate.observe.metrics import Metrics
 from hotstate.dsl.topology import Topology
 from hotstate.runtime.commit import ProducerFenced
@@ -35,9 +35,18 @@ class FakeUpdater:
     def __init__(self):
         self.added, self.removed = [], []
         self.restored, self.failed = [], []
+        self.standbys = {}
 
     def add(self, task):
         self.added.append(task)
+
+    def add_standby(self, task):
+        self.standbys[task.id] = task
+
+    def remove_standby(self, task_id, reason):
+        f = Future()
+        f.set_result(self.standbys.pop(task_id, None))
+        return f
 
     def remove(self, task_id):
         self.removed.append(task_id)
@@ -579,6 +588,22 @@ def test_task_offsets_report_state_on_disk_open_tasks_and_tasks_that_left(make_a
     assert tm.task_offsets() == {"0_0": 7}, "cleaned-up state no longer counts"
 
 
+def test_task_offsets_read_state_on_disk_without_taking_its_lock(make_app, tmp_path, tms):
+    """The disk scan behind task_offsets opens stores read-only: a store someone else has open (the hotstate
+    CLI, a backup tool) is still reported, and the scan never holds a lock this instance's next open of the
+    store would trip over."""
+    tm, sd = build(make_app, tmp_path)
+    tms.append(tm)
+    held = RocksDBBackend("c", sd.store_path("0_2", "c"))
+    try:
+        held.write([(b"k", b"v")], 42)
+        assert tm.task_offsets() == {"0_2": 42}
+    finally:
+        held.close()
+    tm.partitions_assigned([TopicPartition("words", 2)])
+    assert tm.tasks["0_2"].stores["c"].backend.changelog_offset() == 42
+
+
 def test_the_cleaner_keeps_the_state_of_standby_tasks_however_old_their_directory(make_app, tmp_path, tms):
     """A standby lives on for hours: its task directory's time is when it was created, not when it was last
     written. state_cleanup_delay_ms applies to tasks that are neither active nor standby here."""
@@ -676,3 +701,65 @@ def test_an_unknown_commit_outcome_restores_the_tasks_instead_of_running_on(make
     assert t0.state is TaskState.RUNNING and consumer.resumed[-1] == ("words", 0)
     tm.process([FakeMsg("words", 0, 11, b"a", b"x")])
     assert tm.producer.sent[-1] == ("out", b"a", i64(2), 0)  # 1, 2: not 1, 1
+
+
+# ---- in-memory stores across standby <-> active on this instance ----
+
+def test_a_promoted_in_memory_standby_hands_its_state_to_the_active_task(make_app, tmp_path, tms):
+    """The standby's offset was reported to the assignor as held; promotion must keep that state, so the
+    active task replays only the standby's lag (the restore starts at the store's changelog offset)."""
+    tm, _ = build(make_app, tmp_path, kind="memory")
+    tms.append(tm)
+    tm.standbys_assigned({"0_0"}, set())
+    standby = tm.standbys["0_0"]
+    standby.stores["c"].backend.restore([(b"a", i64(3))], 40)  # what the state updater tailed
+    assert tm.task_offsets() == {"0_0": 40}
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    assert tm.standbys == {} and "0_0" not in tm._updater.standbys
+    active = tm.tasks["0_0"]
+    assert active.stores["c"].backend.changelog_offset() == 40, "the restore must start at the standby's offset"
+    assert active.stores["c"].view.get("a") == 3
+    assert tm.task_offsets() == {"0_0": 40}
+    with pytest.raises(StoreClosedError):
+        standby.stores["c"].view.get("a")  # the standby's own view is closed; its data lives on in the active
+
+
+def test_an_in_memory_active_task_revoked_into_a_standby_here_keeps_its_state(make_app, tmp_path, tms):
+    """Kafka Streams recycles an active task that becomes a standby on the same instance: an in-memory store
+    keeps its data and offset instead of tailing its changelog from the start again."""
+    tm, _ = build(make_app, tmp_path, kind="memory")
+    tms.append(tm)
+    (t0,) = running(tm)
+    t0.stores["c"].backend.write([(b"a", i64(3))], 40)
+    tm.partitions_revoked([TopicPartition("words", 0)])
+    assert t0.state is TaskState.CLOSED
+    assert tm.task_offsets() == {"0_0": 40}, "held until this rebalance's standby assignment"
+    tm.standbys_assigned({"0_0"}, set())
+    store = tm.standbys["0_0"].stores["c"]
+    assert store.backend.changelog_offset() == 40 and store.backend.get(b"a") == i64(3)
+    assert tm.task_offsets() == {"0_0": 40}
+
+
+def test_in_memory_state_of_a_revoked_task_that_is_not_a_standby_here_is_dropped_and_not_reported(
+        make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path, kind="memory")
+    tms.append(tm)
+    (t0,) = running(tm)
+    t0.stores["c"].backend.write([(b"a", i64(3))], 40)
+    tm.partitions_revoked([TopicPartition("words", 0)])
+    tm.standbys_assigned({"0_1"}, set())
+    assert tm.task_offsets() == {"0_1": 0}, "in-memory state that is not kept is not reported as held"
+    assert tm.standbys["0_1"].stores["c"].backend.changelog_offset() is None
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    assert tm.tasks["0_0"].stores["c"].backend.changelog_offset() is None
+
+
+def test_in_memory_state_of_a_lost_task_is_not_kept(make_app, tmp_path, tms):
+    tm, _ = build(make_app, tmp_path, kind="memory")
+    tms.append(tm)
+    (t0,) = running(tm)
+    t0.stores["c"].backend.write([(b"a", i64(3))], 40)
+    tm.partitions_lost([TopicPartition("words", 0)])
+    assert tm.task_offsets() == {}
+    tm.standbys_assigned({"0_0"}, set())
+    assert tm.standbys["0_0"].stores["c"].backend.changelog_offset() is None

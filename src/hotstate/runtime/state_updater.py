@@ -145,7 +145,8 @@ class StateUpdater(StandbyUpdates):
             self._commands.put(cmd)
             return True
 
-    def shutdown(self, timeout_s: float) -> None:
+    def shutdown(self, timeout_s: float | None) -> None:
+        """Stops the thread and waits for it at most ``timeout_s`` (None: until it has ended)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)

@@ -143,6 +143,9 @@ class StreamThread(threading.Thread):
             except Exception:
                 log.exception("closing the consumer failed")
             tm.producer.flush(10)
+            # This thread ends last: while it is alive the app keeps its state dir locked (App.close), and a
+            # state updater that did not stop within its timeout above may still hold stores open.
+            updater.shutdown(timeout_s=None)
 
 
 def _end_offset(consumer: Any, tp: Any, timeout_s: float) -> int:

@@ -90,18 +90,29 @@ class Task:
     def needs_commit(self) -> bool:
         return self.next_offset is not None and self.next_offset != self.committed_offset
 
-    def close_stores(self) -> None:
-        """Drop uncommitted writes and close the backends (committed state stays on disk). Every store is
-        closed even if one fails; the first failure is raised after."""
+    def close_stores(self, keep_memory: bool = False) -> dict[str, StoreBackend]:
+        """Drop uncommitted writes and close the backends (committed state stays on disk). The stores' views
+        (which interactive queries hold) raise StoreClosedError from now on. Every store is closed even if one
+        fails; the first failure is raised after.
+
+        ``keep_memory``: the in-memory backends are not closed but returned (name -> backend), with their
+        committed data and changelog offset, for the same task's next incarnation on this instance (a
+        standby promoted to active, an active task recycled into a standby)."""
+        kept: dict[str, StoreBackend] = {}
         error: BaseException | None = None
-        for s in self.stores.values():
+        for name, s in self.stores.items():
+            s.view.mark_closed()  # first: a query failing in the backend from now on reports StoreClosedError
             s.overlay.clear()
+            if keep_memory and not s.backend.persistent:
+                kept[name] = s.backend
+                continue
             try:
                 s.backend.close()
             except Exception as exc:
                 error = error or exc
         if error is not None:
             raise error
+        return kept
 
 
 class ProcessorContext:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
@@ -23,9 +23,10 @@ from ..errors import (DeserializationError, ProcessingError, RecordTooLargeError
                       StoreIOError)
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
+from ..state.backend import StoreBackend
 from ..state.memory_store import MemoryBackend
 from ..state.overlay import Overlay
-from ..state.rocksdb_store import RocksDBBackend, stored_offset, wipe_path
+from ..state.rocksdb_store import RocksDBBackend, read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import MEMORY, KeyValueStore, StoreSpec
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
@@ -44,8 +45,10 @@ class TaskManager:
 
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
                  producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
-                 membership: Any = None):
-        """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused."""
+                 membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None):
+        """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
+        ``open_backend(store_name, path)``: opens a persistent store (default RocksDB; the seeded simulation
+        passes a store on its simulated disk)."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -55,9 +58,13 @@ class TaskManager:
         self._metrics = metrics
         self._committer = committer
         self._membership = membership
+        self._open_backend = open_backend
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
+        # In-memory stores of tasks revoked here (store name -> backend, committed data and offset), kept until
+        # this rebalance's standby assignment in case the task becomes a standby here (see partitions_revoked).
+        self._kept_memory: dict[str, dict[str, StoreBackend]] = {}
         self._by_input: dict[tuple[str, int], Task] = {}
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
@@ -72,8 +79,11 @@ class TaskManager:
         self._metrics.rebalances_total += 1
         for tp in partitions:
             sub = self._topology.subtopology_of(tp.topic)
-            self._drop_standby(task_id(sub.id, tp.partition), SuspendReason.PROMOTED)
-            task = self._create_task(tp.topic, tp.partition)
+            tid = task_id(sub.id, tp.partition)
+            # A standby promoted here hands its in-memory stores over (RocksDB stores reopen from disk): the
+            # restore then replays only what the standby had not applied, the lag its offsets promised.
+            memory = self._drop_standby(tid, SuspendReason.PROMOTED, keep_memory=True) or self._kept_memory.pop(tid, {})
+            task = self._create_task(tp.topic, tp.partition, memory)
             task.transition(TaskState.RESTORING)
             self.tasks[task.id] = task
             self._by_input[(tp.topic, tp.partition)] = task
@@ -83,8 +93,11 @@ class TaskManager:
             log.info("assigned tasks %s", sorted(self._by_input[tuple(tp)].id for tp in partitions))
 
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Commit, then close the tasks. Their in-memory stores are kept (and reported by ``task_offsets``)
+        until this rebalance's ``standbys_assigned``: a task that becomes a standby here reuses them, as Kafka
+        Streams recycles an active task into a standby, instead of tailing its changelog from the start."""
         self.commit()
-        self._close_tasks(partitions, clean=True)
+        self._close_tasks(partitions, clean=True, keep_memory=True)
 
     def before_rejoin(self) -> None:
         self.commit()
@@ -99,27 +112,35 @@ class TaskManager:
             sub = self._topology.subtopologies[sub_id]
             if not sub.stores:
                 continue  # a stateless task has nothing to keep warm
-            task = self._create_task(sub.source.topic, partition)
+            task = self._create_task(sub.source.topic, partition, self._kept_memory.pop(tid, {}))
             self.standbys[tid] = task
             self._updater.add_standby(task)
+        if self._kept_memory:
+            log.info("dropping the in-memory stores of revoked tasks %s: not standbys here", sorted(self._kept_memory))
+            self._kept_memory.clear()
         if standby or warmup:
             log.info("standby tasks %s, warm-up tasks %s", sorted(standby), sorted(warmup))
 
-    def _drop_standby(self, tid: str, reason: SuspendReason) -> None:
+    def _drop_standby(self, tid: str, reason: SuspendReason, keep_memory: bool = False) -> dict[str, StoreBackend]:
+        """Stops and closes the standby; with ``keep_memory`` returns its in-memory backends, not closed."""
         task = self.standbys.pop(tid, None)
         if task is None:
-            return
+            return {}
         self._updater.remove_standby(tid, reason).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
         self._remember_disk_offsets(task)
-        task.close_stores()
+        kept = task.close_stores(keep_memory=keep_memory)
         self._state_dir.mark_closed(tid)
+        return kept
 
     def task_offsets(self) -> dict[str, int]:
         """Per task, the changelog offset the local state holds (summed over its stores): active tasks,
-        standbys, and state left on disk by tasks that moved away. The group leader's assignor reads it."""
+        standbys, state left on disk by tasks that moved away, and the in-memory stores of revoked tasks while
+        they are kept (in-memory state that is dropped is never reported). The group leader's assignor reads it."""
         if self._disk_offsets is None:
             self._disk_offsets = self._scan_disk_offsets()
         out = dict(self._disk_offsets)
+        for tid, kept in self._kept_memory.items():  # added to the RocksDB stores' offsets of the same task
+            out[tid] = out.get(tid, 0) + sum(b.changelog_offset() or 0 for b in kept.values())
         for task in [*self.tasks.values(), *self.standbys.values()]:
             try:
                 out[task.id] = sum(s.backend.changelog_offset() or 0 for s in task.stores.values())
@@ -132,9 +153,12 @@ class TaskManager:
         return self._updater.standby_lags()
 
     def _scan_disk_offsets(self) -> dict[str, int]:
-        """The offsets of state left on disk by tasks not open here. A damaged leftover store is wiped (its
-        task is not assigned here: nothing restores it now; if it comes back it restores in full); one that
-        cannot be read for another reason counts as 0 and is kept."""
+        """The offsets of the closed stores on disk, read read-only: no RocksDB lock is taken, so a store
+        another process has open (the hotstate CLI, a backup tool) is still read, and this instance's next
+        open of a store never trips over the scan. (Nothing of this instance opens these stores meanwhile:
+        the scan skips every store the task manager has open.) A damaged leftover store is wiped (its task is
+        not assigned here: nothing restores it now; if it comes back it restores in full); one that cannot
+        be read for another reason counts as 0 and is kept."""
         out = {}
         open_ids = set(self.tasks) | set(self.standbys)
         for tid in self._state_dir.task_dirs():
@@ -144,11 +168,11 @@ class TaskManager:
             for store in self._state_dir.store_names(tid):
                 path = self._state_dir.store_path(tid, store)
                 try:
-                    total += stored_offset(store, path) or 0
+                    total += read_stored_offset(store, path) or 0
                 except StoreCorruptedError as exc:
                     log.warning("task %s (not assigned here): %s; wiping it", tid, exc)
                     wipe_path(path)
-                except (StateDirError, StoreIOError) as exc:
+                except Exception as exc:  # unreadable for another reason: kept, counted as 0
                     log.warning("task %s (not assigned here): cannot read the offset of its store %s (%s); "
                                 "reporting it as 0", tid, store, exc)
             out[tid] = total
@@ -177,15 +201,15 @@ class TaskManager:
                 return
             self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
-    def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool) -> None:
+    def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool, keep_memory: bool = False) -> None:
         for tp in partitions:
             task = self._by_input.pop((tp.topic, tp.partition), None)
             if task is None:
                 continue
             self.tasks.pop(task.id, None)
-            self._close_task(task, clean)
+            self._close_task(task, clean, keep_memory)
 
-    def _close_task(self, task: Task, clean: bool) -> None:
+    def _close_task(self, task: Task, clean: bool, keep_memory: bool = False) -> None:
         if task.state is TaskState.RESTORING:
             self._updater.remove(task.id).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
         self._remember_disk_offsets(task)
@@ -194,7 +218,9 @@ class TaskManager:
         if not clean and task.dirty_records():
             log.warning("task %s: dropping %d uncommitted store writes; they will be reprocessed",
                         task.id, task.dirty_records())
-        task.close_stores()
+        kept = task.close_stores(keep_memory=keep_memory)
+        if kept:
+            self._kept_memory[task.id] = kept
         self._state_dir.mark_closed(task.id)
         task.transition(TaskState.CLOSED)
 
@@ -210,23 +236,33 @@ class TaskManager:
                      removed, self._config.state_cleanup_delay_ms)
 
     # ---- task creation ----
-    def _create_task(self, topic: str, partition: int) -> Task:
+    def _create_task(self, topic: str, partition: int, memory: dict[str, StoreBackend] | None = None) -> Task:
+        """``memory``: in-memory backends this task's previous incarnation here kept (see ``close_stores``)."""
         sub = self._topology.subtopology_of(topic)
         tid = task_id(sub.id, partition)
         self._forget_disk_offsets(tid)
-        stores = {name: self._open_store(tid, partition, spec) for name, spec in sub.stores.items()}
+        memory = memory or {}
+        stores = {name: self._open_store(tid, partition, spec, memory.get(name)) for name, spec in sub.stores.items()}
         return Task(sub, partition, stores)
 
-    def _open_store(self, tid: str, partition: int, spec: StoreSpec) -> TaskStore:
+    def _open_store(self, tid: str, partition: int, spec: StoreSpec, kept: StoreBackend | None = None) -> TaskStore:
         changelog = TopicPartition(self._config.changelog_topic(spec.name), partition)
         if spec.kind == MEMORY:
             def reopen() -> Any:
                 return MemoryBackend(spec.name)
+            if kept is not None:
+                log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
+                         kept.changelog_offset())
+                overlay = Overlay(kept)
+                return TaskStore(spec, changelog, kept, overlay, KeyValueStore(spec, overlay), reopen)
         else:
             path = self._state_dir.store_path(tid, spec.name)
             report = self._corruption_reports.put
+            open_backend = self._open_backend
 
             def reopen() -> Any:
+                if open_backend is not None:
+                    return open_backend(spec.name, path)
                 return RocksDBBackend(spec.name, path, on_corruption=lambda msg: report(tid))
         try:
             backend = reopen()
@@ -551,6 +587,7 @@ class TaskManager:
         self._by_input.clear()
         for tid in list(self.standbys):
             self._drop_standby(tid, SuspendReason.MIGRATED)
+        self._kept_memory.clear()
         if error is not None:
             raise error
 

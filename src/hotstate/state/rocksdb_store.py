@@ -15,10 +15,11 @@ import logging
 import os
 import shutil
 import threading
+import time
 import weakref
 from typing import Callable, Iterable, Iterator
 
-from rocksdict import DbClosedError, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, DbClosedError, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import HotstateError, StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError
 from .backend import OFFSET, Entry, check_offset_forward
@@ -356,15 +357,49 @@ def _flushed(cf: Rdict) -> bool:
     return not prop("rocksdb.num-immutable-mem-table") and not prop("rocksdb.num-running-flushes")
 
 
-def stored_offset(name: str, path: str) -> int | None:
-    """The changelog offset a closed store on disk holds (opens and closes it); StoreCorruptedError if it
-    cannot be opened."""
-    backend = RocksDBBackend(name, path)
-    try:
-        return backend.changelog_offset()
-    finally:
-        backend.close()
-
-
 def wipe_path(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def read_stored_offset(name: str, path: str, attempts: int = 3) -> int | None:
+    """The changelog offset the store at ``path`` holds, read without taking RocksDB's lock: the database is
+    opened read-only, which works while the app (in this process or another) has it open, and never stands
+    in the way of the app opening it. Nothing of RocksDB's is written (rocksdict rewrites its own
+    ``rocksdict-config.json``, with the same content). It sees what is durable: data and offset written
+    with the WAL, not the memtable of a live writer's restore or standby writes (they skip the WAL until
+    flushed), so it may be behind such a writer by a few seconds of progress.
+
+    None when the directory holds no database or no offset. StoreCorruptedError when it cannot be read in
+    ``attempts`` tries (a live writer's compaction may delete a file while the open reads it: tried again);
+    StoreIOError / StateDirError for what is not damage (see ``classify``)."""
+    if not os.path.exists(os.path.join(path, "CURRENT")):
+        return None
+    last: Exception | None = None
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.05 * attempt)
+        db = meta = None
+        try:
+            db = Rdict(path, Options(raw_mode=True), column_families={META_CF: Options(raw_mode=True)},
+                       access_type=AccessType.read_only())
+            meta = db.get_column_family(META_CF)
+            fmt, raw = meta.get(_FORMAT_KEY), meta.get(_OFFSET_KEY)
+            break
+        except Exception as exc:  # rocksdict raises plain Exception for corruption, missing files, ...
+            if f"column family not found: {META_CF}" in str(exc).lower():
+                return None  # a database that never held hotstate's offset
+            last = exc
+        finally:
+            if meta is not None:
+                meta.close()
+            if db is not None:
+                db.close()
+    else:
+        raise classify(last, name, path, "it cannot be read") from last
+    if fmt not in (None, _FORMAT):
+        raise StoreCorruptedError(f"store {name} at {path} has unknown format {fmt!r}")
+    if raw is None:
+        return None
+    if len(raw) != OFFSET.size:
+        raise StoreCorruptedError(f"store {name} at {path} has a malformed changelog offset {raw!r}")
+    return OFFSET.unpack(raw)[0]

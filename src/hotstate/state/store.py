@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .. import serde as _serde
+from ..errors import StoreClosedError
 from ..serde import Serde
 from .overlay import Overlay
 
@@ -38,7 +39,12 @@ class StoreSpec:
 
 
 class KeyValueStore:
-    """A task's store as its processors see it: get / put / delete / range, read-your-writes."""
+    """A task's store as its processors see it: get / put / delete / range, read-your-writes.
+
+    Interactive queries read through the same object. Once its task closes the store (``mark_closed``, before
+    the backend closes), every read raises StoreClosedError, including a read already inside the backend when
+    the close came (the backend's own error, such as rocksdict's DbClosedError, is not passed on) and an
+    iteration under way."""
 
     def __init__(self, spec: StoreSpec, overlay: Overlay):
         self.spec = spec
@@ -46,9 +52,27 @@ class KeyValueStore:
         self._overlay = overlay
         self._ks = spec.key_serde
         self._vs = spec.value_serde
+        self._closed = False
+
+    def mark_closed(self) -> None:
+        """The task is closing this store: reads raise StoreClosedError from now on. Called before the backend
+        closes, so a read that fails in the backend meanwhile is seen to be one on a closed store."""
+        self._closed = True
+
+    def _closed_error(self) -> StoreClosedError:
+        return StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
+                                "query again after the rebalance")
 
     def get(self, key: Any) -> Any:
-        raw = self._overlay.get(self._ks.serialize(key))
+        raw_key = self._ks.serialize(key)
+        if self._closed:
+            raise self._closed_error()
+        try:
+            raw = self._overlay.get(raw_key)
+        except Exception as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise
         return None if raw is None else self._vs.deserialize(raw)
 
     def put(self, key: Any, value: Any) -> None:
@@ -61,18 +85,42 @@ class KeyValueStore:
         """Entries with from_key <= key <= to_key in the order of their serialized bytes."""
         lo = None if from_key is None else self._ks.serialize(from_key)
         hi = None if to_key is None else self._ks.serialize(to_key)
-        for k, v in self._overlay.range(lo, hi):
-            yield self._ks.deserialize(k), self._vs.deserialize(v)
+        if self._closed:
+            raise self._closed_error()
+        try:
+            for k, v in self._overlay.range(lo, hi):
+                if self._closed:  # a RocksDB iterator keeps a closed database alive and would go on
+                    raise self._closed_error()
+                yield self._ks.deserialize(k), self._vs.deserialize(v)
+        except StoreClosedError:
+            raise
+        except Exception as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise
 
     def all(self) -> Iterator[tuple[Any, Any]]:
         return self.range()
+
+    def approximate_num_entries(self) -> int:
+        """The backend's estimate of its committed entries; StoreClosedError once the store is closed."""
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return self._overlay.backend.approximate_num_entries()
+        except Exception as exc:
+            if self._closed:
+                raise self._closed_error() from exc
+            raise
 
 
 class ReadOnlyStore:
     """An interactive-query view of one store over all the instance's active tasks.
 
     Reads see committed state plus the writes of the current commit interval. No guarantee of a
-    consistent snapshot across keys; a key held by no local task reads as None."""
+    consistent snapshot across keys; a key held by no local task reads as None. Once one of the tasks it
+    covers closes (moved away by a rebalance, the app closing), every read raises StoreClosedError (Kafka
+    Streams: InvalidStateStoreException): ask ``App.store`` again once the app is RUNNING."""
 
     def __init__(self, name: str, stores: list[KeyValueStore]):
         self.name = name
@@ -90,4 +138,4 @@ class ReadOnlyStore:
             yield from store.all()
 
     def approximate_num_entries(self) -> int:
-        return sum(s._overlay.backend.approximate_num_entries() for s in self._stores)
+        return sum(s.approximate_num_entries() for s in self._stores)
