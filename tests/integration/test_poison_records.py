@@ -196,7 +196,8 @@ def test_eos_dead_letter_records_are_in_the_transaction(kafka, tmp_state_dir):
         app.start()
         return app
 
-    app = start(fail_on_second, commit_interval_ms=60_000)  # one transaction holds both poison records
+    app = start(fail_on_second, commit_interval_ms=60_000,  # one transaction holds both poison records
+                transaction_timeout_ms=120_000)
     try:
         wait_for(lambda: app.state is hotstate.AppState.ERROR, "the app to fail on the second poison record", 60)
         assert app.error().offset == 3 and app.metrics()["dead_letter_records_total"] == 2

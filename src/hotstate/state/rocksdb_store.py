@@ -395,7 +395,7 @@ def read_stored_offset(name: str, path: str, attempts: int = 3) -> int | None:
             if db is not None:
                 db.close()
     else:
-        raise classify(last, name, path, "it cannot be read") from last
+        raise classify(last, name, path, "it cannot be opened (read-only)") from last
     if fmt not in (None, _FORMAT):
         raise StoreCorruptedError(f"store {name} at {path} has unknown format {fmt!r}")
     if raw is None:
