@@ -73,9 +73,18 @@ class BrokerCtl:
         return subprocess.Popen([str(KAFKA_SCRIPT), "restart"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=self.env)
 
-    def kafka(self, bootstrap: str) -> Kafka:
+    def kafka(self, bootstrap: str) -> "FaultKafka":
         # Produce calls wait out an outage: a broker restart or a node's fencing takes ~10 s.
-        return Kafka(bootstrap, AdminClient({"bootstrap.servers": bootstrap}), timeout_s=60)
+        return FaultKafka(bootstrap, AdminClient({"bootstrap.servers": bootstrap}), timeout_s=60)
+
+
+class FaultKafka(Kafka):
+    def close_producer(self) -> None:
+        """Drops the test's producer: left alive it would retry the reset broker for as long as the
+        process lives."""
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
 
 
 def create_topic(kafka: Kafka, prefix: str, partitions: int = PARTITIONS, config: dict | None = None,

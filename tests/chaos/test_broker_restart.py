@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from broker_faults import BrokerCtl, Feeder, Processing, Restoring, Standby, WipeWatch, report, wait_recovered
+from broker_faults import (BrokerCtl, Feeder, Processing, Restoring, Standby, WipeWatch, log, report,
+                           wait_recovered)
 from kafka_helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
@@ -57,11 +58,13 @@ def test_broker_restart_during_processing_restore_and_standby_update(broker, tmp
                 if "stopped" in line:
                     break
             assert proc.poll() is None or proc.returncode == 0, proc.stderr.read()
+            log.warning("the broker stopped")
             restore_state = restoring.under_way()
             restoring.listener.release()
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"scripts/kafka restart failed: {out}\n{err}"
             t_back = time.monotonic()
+            log.warning("the broker is back (scripts/kafka restart returned)")
             for d in deployments:
                 d.mark_fault()
 
@@ -89,3 +92,4 @@ def test_broker_restart_during_processing_restore_and_standby_update(broker, tmp
             restoring.listener.release()
             for d in deployments:
                 d.close()
+            kafka.close_producer()

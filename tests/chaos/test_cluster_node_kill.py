@@ -65,6 +65,7 @@ def test_changelogs_get_the_clusters_replication_factor(cluster, tmp_path):
         assert entries["cleanup.policy"].value == "compact"
     finally:
         d.close()
+        kafka.close_producer()
 
 
 def test_node_killed_during_processing_and_restore_exactly_once(cluster, tmp_path):
@@ -131,5 +132,6 @@ def test_node_killed_during_processing_and_restore_exactly_once(cluster, tmp_pat
             restoring.listener.release()
             for d in deployments:
                 d.close()
+            kafka.close_producer()
             if killed is not None:
                 ctl.run("start-node", str(killed))  # a no-op when it runs
