@@ -241,5 +241,5 @@ def test_the_stream_thread_ends_only_after_the_state_updater(make_app):
     updater = UpdaterPastItsTimeout()
     closed = SimpleNamespace(close=lambda: None)
     tm = SimpleNamespace(shutdown=lambda clean: None, producer=SimpleNamespace(flush=lambda t: 0))
-    thread._shutdown(closed, tm, updater, closed, True)
+    thread._shutdown([closed], tm, updater, closed, True)
     assert not updater.alive, "the stream thread ended while the state updater still ran"

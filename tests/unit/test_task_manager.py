@@ -401,6 +401,9 @@ def test_membership_assigns_paused_and_revokes_before_unassign(make_app):
     m.on_revoked({KpTP("words", 1)})
     m.on_lost({KpTP("words", 2)})
     m.on_revoked({KpTP("words", 2)})  # no longer assigned: nothing to revoke or unassign twice
+    # The callbacks run on kafka-python's event loop, which also sends the heartbeats: they only record.
+    assert listener.calls == [] and c.calls == []
+    m._apply_events()  # what poll does on the processing thread once the member's poll returned
     assert listener.calls[0] == ("assigned", [TopicPartition("words", 1), TopicPartition("words", 2)],
                                  [("assign", [("words", 1), ("words", 2)]), ("pause", [("words", 1), ("words", 2)])])
     # revoke: the listener runs while the partition is still assigned (it commits), then unassign
@@ -463,6 +466,7 @@ def test_a_member_that_drops_out_reports_everything_lost_once_and_rejoins_withou
     from kafka import TopicPartition as KpTP
     c, fm = FakeGroupConsumer(), FakeMember()
     m = GroupMembership(make_app().config, Topology(), c, lambda tps: {}, member_factory=lambda cfg, plugin: fm)
+    m._thread = __import__("threading").current_thread()  # drop_out runs on the processing thread: at once
     listener = RecordingMembershipListener(c)
     m.listener = listener
     m.on_assigned({KpTP("words", 0), KpTP("words", 1)})
@@ -559,9 +563,11 @@ def test_a_member_that_rejoined_under_a_new_member_id_loses_what_it_owned_even_i
     m.check_membership([], first)
     m.on_assigned(set(first))
     m.check_membership(first, first)  # same member, same generation's partitions: nothing happens
+    m._apply_events()  # the callbacks only record; the member's poll then does the work
     assert [k for k, *_ in listener.calls] == ["assigned"]
     ids[0] = "m-2"  # evicted, rejoined as a new member, and given partition 1 again
     m.check_membership(first, [KpTP("words", 1)])
+    m._apply_events()
     assert [(k, ps) for k, ps, _ in listener.calls[1:]] == [
         ("lost", [TopicPartition("words", 0), TopicPartition("words", 1)]),
         ("assigned", [TopicPartition("words", 1)])]

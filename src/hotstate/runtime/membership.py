@@ -14,14 +14,17 @@ stores; active, standby, or state left on disk). Assignment user data (leader ->
 ``{"v": 1, "standby": [...], "warmup": [...], "probe": bool}``. Active tasks travel as the member's
 assigned partitions.
 
-Threads: kafka-python runs the group protocol on its own IO thread, and calls the assignor and the
-rebalance listener there, but only while the processing thread waits inside ``GroupMembership.poll``.
-So the ``MembershipListener`` calls never run beside the processing loop. They must not call blocking
-kafka-python APIs (kafka-python forbids it on its IO thread): a commit asked for inside a callback is
-sent by ``poll`` right after, before this member rejoins, so before the partitions' next owner starts.
+Threads: kafka-python runs the group protocol on its own IO thread (an event loop that also sends the
+heartbeats), and calls the assignor and the rebalance listener there, while the processing thread waits
+inside ``GroupMembership.poll``. Anything slow there stops the heartbeats, and past session_timeout_ms the
+member is evicted mid-rebalance: so the rebalance callbacks only record which partitions were assigned,
+revoked or lost, and ``poll`` calls the ``MembershipListener`` on the processing thread right after the
+member's poll returns, before this member joins again (so a revoked task is committed and closed before
+its next owner starts). The leader's assignor reads every changelog's end offset in one batched request.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -54,7 +57,7 @@ _WARMUP_CHECK_EVERY_S = 1.0
 
 
 class MembershipListener(Protocol):
-    """Called inside ``GroupMembership.poll`` (see the module docstring for the threads)."""
+    """Called by ``GroupMembership.poll`` on the processing thread (see the module docstring for the threads)."""
 
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None: ...
 
@@ -262,6 +265,7 @@ class GroupMembership:
         self._assigned: set[TopicPartition] = set()  # what the main consumer is assigned
         self._member_id: str | None = None  # of the last assignment
         self._thread: threading.Thread | None = None
+        self._events: collections.deque[tuple[str, list[TopicPartition]]] = collections.deque()  # see on_assigned
         self.callback_error: BaseException | None = None  # raised by a rebalance callback (see _RebalanceListener)
         self._member = (member_factory or _kafka_member)(config, self._assignor)
         self._coordinator = self._member._coordinator
@@ -276,7 +280,8 @@ class GroupMembership:
         return bool(self._coordinator.need_rejoin())
 
     def poll(self, stopping: Callable[[], bool] = lambda: False) -> None:
-        """Drives the group protocol; rebalance callbacks run inside. Blocks while a rebalance is under way:
+        """Drives the group protocol; what the rebalance callbacks recorded is done here, after the member's
+        poll returns (see ``on_assigned``). Blocks while a rebalance is under way:
         once a join is in flight it is waited for back to back, because kafka-python drops (and sends
         again) a join that completes while nobody waits for it, which restarts the rebalance."""
         now = time.monotonic()
@@ -298,8 +303,9 @@ class GroupMembership:
                 if error is not None:
                     raise error from None
                 raise
-            # Commits asked for inside the callbacks go out before this member joins again (a cooperative
-            # revocation is followed by a second join at once).
+            # The callbacks' work, and commits asked for inside them, are done before this member joins again
+            # (a cooperative revocation is followed by a second join at once).
+            self._apply_events()
             self._flush_deferred_commits()
             joining = self._joining()
             if not joining or stopping():
@@ -423,23 +429,53 @@ class GroupMembership:
         self._probe_requested = False
         self._probe_at = time.monotonic() + self.config.probing_rebalance_interval_ms / 1000 if probe else float("inf")
 
+    # ---- the rebalance callbacks (kafka-python's event loop, which also sends the heartbeats) ----
+    # They only record what changed: the work (opening stores, committing, closing tasks) can take longer than
+    # session_timeout_ms, and done here it would stop the heartbeats and get this member evicted
+    # mid-rebalance. ``poll`` does it on the processing thread right after the member's poll returns, so
+    # before this member joins again (a revoked task is committed before its next owner can start).
     def on_assigned(self, assigned: Any) -> None:
-        parts = sorted(_tp(tp.topic, tp.partition) for tp in assigned if (tp.topic, tp.partition) not in self._assigned)
+        self._record("assigned", assigned)
+
+    def on_revoked(self, revoked: Any) -> None:
+        self._record("revoked", revoked)
+
+    def on_lost(self, lost: Any) -> None:
+        self._assignor.owned = []
+        self._deferred_commits.clear()
+        self._record("lost", lost)
+
+    def _record(self, kind: str, tps: Any) -> None:
+        self._events.append((kind, sorted(_tp(tp.topic, tp.partition) for tp in tps)))
+        if threading.current_thread() is self._thread:
+            self._apply_events()  # called by the processing thread itself (drop_out)
+
+    # ---- processing thread: the work of the callbacks ----
+    def _apply_events(self) -> None:
+        while self._events:
+            kind, parts = self._events.popleft()
+            if kind == "assigned":
+                self._apply_assigned(parts)
+            elif kind == "revoked":
+                self._apply_revoked(parts)
+            else:
+                self._apply_lost(parts)
+
+    def _apply_assigned(self, assigned: list[TopicPartition]) -> None:
+        parts = [tp for tp in assigned if tp not in self._assigned]
         self._assigned.update(parts)
         self._consumer.incremental_assign([KTopicPartition(t, p) for t, p in parts])
         if parts:
             self._consumer.pause([KTopicPartition(t, p) for t, p in parts])
         self.listener.partitions_assigned(parts)
 
-    def on_revoked(self, revoked: Any) -> None:
-        parts = sorted(_tp(tp.topic, tp.partition) for tp in revoked if (tp.topic, tp.partition) in self._assigned)
+    def _apply_revoked(self, revoked: list[TopicPartition]) -> None:
+        parts = [tp for tp in revoked if tp in self._assigned]
         self.listener.partitions_revoked(parts)
         self._unassign(parts)
 
-    def on_lost(self, lost: Any) -> None:
-        parts = sorted(_tp(tp.topic, tp.partition) for tp in lost if (tp.topic, tp.partition) in self._assigned)
-        self._assignor.owned = []
-        self._deferred_commits.clear()
+    def _apply_lost(self, lost: list[TopicPartition]) -> None:
+        parts = [tp for tp in lost if tp in self._assigned]
         if lost and not parts:
             return  # closed as lost already (drop_out): kafka-python reports them as it rejoins
         self.listener.partitions_lost(parts)

@@ -71,9 +71,12 @@ class StreamThread(threading.Thread):
         producer = new_producer()
         consumer = clients.main_consumer(cfg)
         timeout_s = cfg.broker_timeout_ms / 1000
+        ends_consumer = clients.end_offsets_consumer(cfg)
+        # The leader asks inside the group protocol, where heartbeats wait: bounded well below the session.
+        ends_timeout_s = min(timeout_s, cfg.session_timeout_ms / 3000)
 
         def end_offsets(tps: list) -> dict:
-            return {tp: _end_offset(consumer, tp, timeout_s) for tp in tps}
+            return _end_offsets(ends_consumer, tps, ends_timeout_s)
 
         membership = GroupMembership(cfg, self._topology, consumer, end_offsets)
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics,
@@ -101,7 +104,7 @@ class StreamThread(threading.Thread):
             log.exception("stream thread failed")
             self._on_error(exc)
         finally:
-            self._shutdown(consumer, tm, updater, membership, clean)
+            self._shutdown([consumer, ends_consumer], tm, updater, membership, clean)
 
     def _loop(self, consumer, tm: TaskManager, membership: GroupMembership) -> None:
         cfg = self._config
@@ -128,7 +131,7 @@ class StreamThread(threading.Thread):
                 next_cleanup = now + cleanup_every_s
             self._on_state(tm.all_running())
 
-    def _shutdown(self, consumer, tm: TaskManager, updater: StateUpdater, membership: GroupMembership,
+    def _shutdown(self, consumers: list, tm: TaskManager, updater: StateUpdater, membership: GroupMembership,
                   clean: bool) -> None:
         try:
             tm.shutdown(clean)
@@ -138,26 +141,41 @@ class StreamThread(threading.Thread):
         finally:
             updater.shutdown(timeout_s=30)
             membership.close()  # leaves the group (unless static): the tasks move at once
-            try:
-                consumer.close()
-            except Exception:
-                log.exception("closing the consumer failed")
+            for consumer in consumers:
+                try:
+                    consumer.close()
+                except Exception:
+                    log.exception("closing a consumer failed")
             tm.producer.flush(10)
             # This thread ends last: while it is alive the app keeps its state dir locked (App.close), and a
             # state updater that did not stop within its timeout above may still hold stores open.
             updater.shutdown(timeout_s=None)
 
 
-def _end_offset(consumer: Any, tp: Any, timeout_s: float) -> int:
-    """A changelog's end offset for the group leader's assignor, retried over transient broker errors (a
-    just-created topic has no leader for a moment). Unknown after ``timeout_s``: 0, which makes every member
-    count as caught up on it, so the task is placed by stickiness and balance alone."""
+def _end_offsets(consumer: Any, tps: list, timeout_s: float) -> dict:
+    """The changelogs' end offsets (high watermarks: a read_uncommitted consumer) for the group leader's
+    assignor, in one batched request, retried over transient errors (a just-created topic has no leader for
+    a moment) for at most ``timeout_s``. Unknown then: 0, which makes every member count as caught up on it,
+    so the task is placed by stickiness and balance alone."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    ends: dict = {}
+    pending = list(tps)
+    error: Any = None
+    while pending:
         try:
-            return consumer.get_watermark_offsets(KTopicPartition(*tp), timeout=timeout_s, cached=False)[1]
+            for ktp in consumer.offsets_for_times([KTopicPartition(t, p, -1) for t, p in pending],  # -1: latest
+                                                  timeout=max(0.1, deadline - time.monotonic())):
+                if ktp.error is None and ktp.offset >= 0:
+                    ends[(ktp.topic, ktp.partition)] = ktp.offset
+                else:
+                    error = ktp.error
         except KafkaException as exc:
-            if time.monotonic() >= deadline:
-                log.warning("end offset of %s[%d] unknown (%s); the assignor treats it as 0", tp[0], tp[1], exc.args[0])
-                return 0
+            error = exc.args[0]
+        pending = [tp for tp in pending if (tp[0], tp[1]) not in ends]
+        if pending and time.monotonic() + 0.1 >= deadline:
+            log.warning("end offsets of %d changelog partitions unknown (%s); the assignor treats them as 0",
+                        len(pending), error)
+            break
+        if pending:
             time.sleep(0.1)
+    return {tp: ends.get((tp[0], tp[1]), 0) for tp in tps}

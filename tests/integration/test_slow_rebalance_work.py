@@ -1,0 +1,55 @@
+"""Slow work during a rebalance must not cost the group membership (issue #10, defect 8). Opening a task's
+stores, committing and closing revoked tasks can take long (a big RocksDB open, an exactly-once commit, a
+flush); kafka-python runs the rebalance callbacks on the event loop that also sends the heartbeats, so work
+done inside them for longer than session_timeout_ms got the member evicted mid-rebalance. The callbacks now
+only record what changed; the stream thread does the work between the member's polls."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+import hotstate
+from hotstate.runtime import task_manager
+from hotstate.state.rocksdb_store import RocksDBBackend
+from kafka_helpers import build_word_count, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+SESSION_MS = 6000
+
+
+class SlowToOpen(RocksDBBackend):
+    """A store whose open takes longer than the session timeout (a large RocksDB after a crash, a slow disk)."""
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(SESSION_MS / 1000 * 1.5)
+        super().__init__(*args, **kwargs)
+
+
+def running_ids(app: hotstate.App) -> set[str]:
+    return {t.id for t in app.tasks() if not t.standby and t.state is hotstate.TaskState.RUNNING}
+
+
+def test_a_store_open_longer_than_the_session_timeout_keeps_the_member_in_the_group(kafka, tmp_path, monkeypatch,
+                                                                                 caplog):
+    caplog.set_level(logging.WARNING)
+    source = kafka.create_topic(partitions=2, prefix="slow-open-words")
+    app_id = kafka.app_id("slow-open")
+    for p in range(2):
+        kafka.produce_to(source, p, [(f"w{p}-{i % 20}".encode(), b"x") for i in range(200)])
+    monkeypatch.setattr(task_manager, "RocksDBBackend", SlowToOpen)
+    app = build_word_count(kafka.bootstrap, app_id, tmp_path / "a", source, None, session_timeout_ms=SESSION_MS)
+    app.start()
+    try:
+        wait_for(lambda: running_ids(app) == {"0_0", "0_1"}, "both tasks to run", 90,
+                 detail=lambda: [(t.id, t.state.value) for t in app.tasks()])
+        wait_for(lambda: app.store("word-counts").get("w1-19") == 10, "the records to be counted", 30)
+        time.sleep(SESSION_MS / 1000)  # an eviction would show as a rebalance or lost partitions by now
+        assert app.state is hotstate.AppState.RUNNING, app.error()
+        assert app.metrics()["rebalances_total"] == 1, "the member was evicted and joined again"
+        lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+        assert not lost, lost
+    finally:
+        assert app.close()
