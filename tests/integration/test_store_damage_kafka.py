@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import time
 
 import pytest
 
@@ -60,7 +61,10 @@ def test_sst_damage_seen_at_open_wipes_and_restores_that_store_alone(kafka, tmp_
     damage_sst(str(tmp_state_dir / wc.app_id / "0_0" / STORE), how)
     marks = wc.marks()
 
+    began = time.monotonic()
     _, listener, _, restored = wc.run(produce_while_running=300)
+    print(f"fault summary: SST damage ({how}) seen at open: restored {restored['0_0'][STORE]} records, run with "
+          f"the check of every count took {time.monotonic() - began:.1f} s")
     check_listener_agrees(listener, marks, expect_start={0: marks[0][0]})  # 0_0 alone, in full
     assert restored["0_0"] == {STORE: marks[0][1] - marks[0][0]}
     why = warnings(caplog, "is damaged")
@@ -87,7 +91,10 @@ def test_a_damaged_data_block_met_while_processing_restores_the_task_and_process
         assert app.metrics()["store_corruptions_total"] == 0
         wc.produce(500)  # task 0_0's first record reads the damaged block
         wait_for(lambda: app.metrics()["store_corruptions_total"] >= 1, "processing to meet the damage", 60)
+        met = time.monotonic()
         wait_for(lambda: counts_exact(app, wc), "exact counts after the task restored", 90)
+        print(f"fault summary: damaged data block met while processing, {guarantee}: exact counts "
+              f"{time.monotonic() - met:.1f} s after the damage was met")
         assert app.state in (hotstate.AppState.RUNNING, hotstate.AppState.REBALANCING), app.error()
         full = [e for e in listener.of("start", 0) if e.a == marks[0][0]]
         assert full, f"task 0_0 did not restore its changelog in full: {listener.events}"
@@ -113,8 +120,11 @@ def test_a_damaged_data_block_met_by_a_query_restores_the_task(kafka, tmp_state_
         app.wait_until_running(timeout_s=60)
         with pytest.raises(hotstate.StoreCorruptedError):
             list(app.store(STORE).all())  # the query meets the damage; the app must not fail for it
+        met = time.monotonic()
         wait_for(lambda: app.metrics()["store_corruptions_total"] == 1, "the task to be revived", 30)
         wait_for(lambda: counts_exact(app, wc), "exact counts after the task restored", 90)
+        print(f"fault summary: damaged data block met by a query: exact counts "
+              f"{time.monotonic() - met:.1f} s after the query met the damage")
         assert dict(app.store(STORE).all()) == dict(wc.expected)
     finally:
         assert app.close()

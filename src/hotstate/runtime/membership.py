@@ -41,7 +41,7 @@ from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, Consume
 
 from ..config import Config
 from ..dsl.topology import Topology
-from ..kafka import group_metadata
+from ..kafka import clients, group_metadata
 from ..records import TopicPartition
 from . import assignor
 from .task import task_id
@@ -235,6 +235,8 @@ def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
         heartbeat_interval_ms=max(100, min(1000, config.session_timeout_ms // 3)),
         max_poll_interval_ms=config.max_poll_interval_ms,
         request_timeout_ms=max(config.session_timeout_ms + 5000, 30000),
+        # kafka-python's default (30 s) left the member reconnecting to a restarted broker for up to ~12 s.
+        reconnect_backoff_max_ms=clients.RECONNECT_BACKOFF_MAX_MS,
     )
 
 
