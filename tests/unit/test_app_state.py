@@ -243,3 +243,35 @@ def test_the_stream_thread_ends_only_after_the_state_updater(make_app):
     tm = SimpleNamespace(shutdown=lambda clean: None, producer=SimpleNamespace(flush=lambda t: 0))
     thread._shutdown([closed], tm, updater, closed, True)
     assert not updater.alive, "the stream thread ended while the state updater still ran"
+
+
+def test_a_group_member_that_fails_to_start_leaves_no_consumer_open(make_app, monkeypatch):
+    """Issue #10, suspected and confirmed: the librdkafka consumers created before the group member leaked
+    when the member failed to start."""
+    from types import SimpleNamespace
+
+    from hotstate.runtime import stream_thread
+
+    made = []
+
+    def fake_consumer(cfg):
+        c = SimpleNamespace(closed=False)
+        c.close = lambda: setattr(c, "closed", True)
+        made.append(c)
+        return c
+
+    def failing_member(*a, **kw):
+        raise RuntimeError("no broker answered the group member")
+
+    monkeypatch.setattr(stream_thread.clients, "main_consumer", fake_consumer)
+    monkeypatch.setattr(stream_thread.clients, "end_offsets_consumer", fake_consumer)
+    monkeypatch.setattr(stream_thread.clients, "producer", lambda *a, **kw: SimpleNamespace(flush=lambda t: 0))
+    monkeypatch.setattr(stream_thread, "GroupMembership", failing_member)
+    errors = []
+    app = make_app()
+    app.stream("words")
+    thread = stream_thread.StreamThread(app.config, app._topology, app._state_dir, None, app._metrics,
+                                        lambda ok: None, errors.append)
+    thread.run()
+    assert [str(e) for e in errors] == ["no broker answered the group member"]
+    assert len(made) == 2 and all(c.closed for c in made)

@@ -78,7 +78,12 @@ class StreamThread(threading.Thread):
         def end_offsets(tps: list) -> dict:
             return _end_offsets(ends_consumer, tps, ends_timeout_s)
 
-        membership = GroupMembership(cfg, self._topology, consumer, end_offsets)
+        try:
+            membership = GroupMembership(cfg, self._topology, consumer, end_offsets)
+        except BaseException:  # the member could not start: the librdkafka consumers must not leak
+            for c in (consumer, ends_consumer):
+                c.close()
+            raise
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics,
                                standby_listener=self._standby_listener,
                                ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg))
