@@ -127,3 +127,37 @@ def test_a_member_takes_standbys_warmups_and_the_probe_flag_from_its_assignment(
     plugin.on_assignment(ConsumerProtocolAssignment.decode(assignment.encode()), 5)
     assert received == [({"0_1"}, {"0_4"}, True, True)]
     assert sorted(tp.partition for tp in plugin.owned) == [0, 2]
+
+
+def test_a_warmup_the_leader_does_not_move_is_not_probed_for_every_second(make_app):
+    """Issue #10, suspected and confirmed: the member judges its warm-up caught up by its cached high
+    watermark, the leader by fresh end offsets. When they disagree the leader keeps the warm-up, and the
+    member asked for a rebalance again at its next check (every second): a rebalance a second. Probes for the
+    same warm-ups now back off (doubling from PROBE_BACKOFF_MIN_S up to probing_rebalance_interval_ms)."""
+    from hotstate.dsl.topology import Topology
+    from hotstate.runtime import membership as mod
+
+    rejoins = []
+    coordinator = SimpleNamespace(request_rejoin=lambda: rejoins.append(1))
+    fake = SimpleNamespace(_coordinator=coordinator)
+    app = make_app()
+    m = mod.GroupMembership(app.config, Topology(), None, lambda tps: {}, member_factory=lambda cfg, plugin: fake)
+    m.listener = SimpleNamespace(standby_lags=lambda: {"0_1": 10})  # caught up, as the member sees it
+    m.assignment_received(set(), {"0_1"}, probe=True)
+    times = []
+    for step in range(120):  # two minutes of checks, one a second; the leader never moves the task
+        now = 1000.0 + step
+        before = len(rejoins)
+        m._maybe_probe(now)
+        if len(rejoins) > before:
+            times.append(now - 1000.0)
+            m.assignment_received(set(), {"0_1"}, probe=True)  # the leader kept the warm-up
+    assert times[0] == 0.0, "a caught-up warm-up is probed for at once"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) <= 6, f"probed {len(times)} times in two minutes: {times}"
+    assert gaps == sorted(gaps) and gaps[0] >= mod.PROBE_BACKOFF_MIN_S, gaps
+    m.assignment_received(set(), {"0_2"}, probe=True)  # a new warm-up set: probed for at once again
+    before = len(rejoins)
+    m.listener = SimpleNamespace(standby_lags=lambda: {"0_2": 10})
+    m._maybe_probe(1200.0)
+    assert len(rejoins) == before + 1

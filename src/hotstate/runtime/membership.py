@@ -54,6 +54,10 @@ if logging.getLogger("kafka").level == logging.NOTSET:
 _JOIN_WAIT_MS = 500  # one wait inside a join; the loop re-waits until joined or stopped
 _POLL_EVERY_S = 0.05  # the group member's poll when no rebalance is pending (heartbeats run on their own)
 _WARMUP_CHECK_EVERY_S = 1.0
+# After a probe for a set of warm-ups the leader did not move (it judges by fresh end offsets, the member by
+# its cached high watermark: they can disagree), the next probe for the same set waits this long, doubling up
+# to probing_rebalance_interval_ms (without it: a rebalance a second while they disagree).
+PROBE_BACKOFF_MIN_S = 10.0
 
 
 class MembershipListener(Protocol):
@@ -261,6 +265,8 @@ class GroupMembership:
         self._probe = False
         self._probe_at = float("inf")
         self._probe_requested = False
+        self._probe_not_before = 0.0  # see PROBE_BACKOFF_MIN_S
+        self._probe_backoff_s = PROBE_BACKOFF_MIN_S
         self._next_poll = 0.0
         self._next_warmup_check = 0.0
         self._deferred_commits: dict[tuple[str, int], int] = {}
@@ -322,7 +328,7 @@ class GroupMembership:
     def _maybe_probe(self, now: float) -> None:
         """Warm-ups exist: ask for a rebalance once they caught up (or after probing_rebalance_interval_ms),
         so the leader can hand their tasks over."""
-        if self._probe_requested:
+        if self._probe_requested or now < self._probe_not_before:
             return
         lags = self.listener.standby_lags()
         caught_up = [t for t in self.warmup if t in lags and lags[t] <= self.config.acceptable_recovery_lag]
@@ -330,6 +336,8 @@ class GroupMembership:
             log.info("probing rebalance: warm-ups %s caught up (lags %s)", sorted(caught_up),
                      {t: lags.get(t) for t in sorted(self.warmup)})
             self._probe_requested = True
+            self._probe_not_before = now + self._probe_backoff_s
+            self._probe_backoff_s = min(self._probe_backoff_s * 2, self.config.probing_rebalance_interval_ms / 1000)
             self.request_rejoin()
 
     def request_rejoin(self) -> None:
@@ -426,6 +434,8 @@ class GroupMembership:
     def assignment_received(self, standby: set[str], warmup: set[str], probe: bool, rejoin: bool = False) -> None:
         if rejoin:  # the leader withheld tasks until their owners revoke them: the follow-up round starts now
             self._coordinator.request_rejoin()
+        if warmup != self.warmup:  # a new set of warm-ups (a probe moved a task): probe for it at once
+            self._probe_not_before, self._probe_backoff_s = 0.0, PROBE_BACKOFF_MIN_S
         self.standby, self.warmup = standby, warmup
         self._new_assignment = True
         self._probe_requested = False
