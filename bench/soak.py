@@ -645,7 +645,7 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
 
     base = soak.soak_start or soak.t0
     colors = {LONGLIVED: "tab:blue", KILLED: "tab:red", BOUNCED: "tab:green"}
-    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True,
+    fig, axes = plt.subplots(4, 1, figsize=(13, 10), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.5, 1.5, 1.3]})
     panels = [("rss_mb", "RSS (MiB)"), ("threads", "threads"), ("fds", "open fds")]
     for ax, (field, label) in zip(axes, panels):
@@ -708,8 +708,10 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
     handles, labels = axes[0].get_legend_handles_labels()
     handles += [Line2D([], [], color="tab:red", ls="--", lw=0.9), Line2D([], [], color="tab:green", ls=":", lw=1.1)]
     labels += ["SIGKILL of killed (restarted at once)", "SIGTERM of bounced (restarted at once)"]
-    axes[0].legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
-    axes[2].legend(loc="lower right", fontsize=8)
+    axes[0].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
+    h2 = [h for h, lab in zip(*axes[2].get_legend_handles_labels()) if "judged" in lab]
+    axes[2].legend(h2, ["longlived outside the state dir (judged)"], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                   fontsize=8, borderaxespad=0)
     axes[0].set_ylim(bottom=0)
     axes[1].set_ylim(bottom=0)
     axes[2].set_ylim(bottom=0)
