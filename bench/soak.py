@@ -64,6 +64,8 @@ import time
 import uuid
 from array import array
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -589,13 +591,20 @@ def stalls(inc: Incarnation, start: float, end: float) -> tuple[float, float]:
     return round(longest, 1), round(total, 1)
 
 
-def write_csvs(soak: Soak, samples_path: str, events_path: str, summary_path: str | None) -> None:
-    base = soak.soak_start or soak.t0
+def write_csvs(soak: Soak, samples_path: str, events_path: str, summary_path: str | None, raw: bool = True) -> None:
+    base = soak.t0 if soak.soak_start is None else soak.soak_start
 
     def rel(t: float) -> tuple[float, int]:
         x = t - base
-        return round(x, 1), int(x // 60) if x >= 0 else -int(-x // 60) - 1
+        return round(x, 1), int(x // 60)
 
+    if raw:
+        write_raw_csvs(soak, samples_path, events_path, rel)
+    if summary_path:
+        write_summary_csv(soak, summary_path, rel)
+
+
+def write_raw_csvs(soak: Soak, samples_path: str, events_path: str, rel: Callable) -> None:
     with open(samples_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SAMPLE_FIELDS)
         w.writeheader()
@@ -608,17 +617,23 @@ def write_csvs(soak: Soak, samples_path: str, events_path: str, summary_path: st
         for e in soak.events:
             t_s, minute = rel(e["t"])
             w.writerow({**{k: v for k, v in e.items() if k != "t"}, "t_s": t_s, "minute": minute})
-    if not summary_path:
-        return
+
+
+def write_summary_csv(soak: Soak, summary_path: str, rel: Callable) -> None:
     # per minute (from the soak's start; warm-up minutes are negative) and instance: the maxima, and what happened
     rows: dict[tuple[int, str], dict] = {}
     for r in soak.samples:
         _, minute = rel(r["t"])
         row = rows.setdefault((minute, r["instance"]), {
-            "minute": minute, "instance": r["instance"], "samples": 0, "rss_mb_max": 0.0, "threads_max": 0,
-            "fds_max": 0, "processed_last": None, "lag_max": 0, "events": ""})
+            "minute": minute, "instance": r["instance"], "samples": 0, "rss_mb_max": 0.0, "rocksdb_mb_max": 0.0,
+            "other_mb_max": 0.0, "stores_max": 0, "threads_max": 0, "fds_max": 0, "fds_other_max": 0,
+            "processed_last": None, "lag_max": 0, "events": ""})
         row["samples"] += 1
         row["rss_mb_max"] = max(row["rss_mb_max"], r["rss_mb"])
+        row["rocksdb_mb_max"] = max(row["rocksdb_mb_max"], r["rocksdb_mb"] or 0.0)
+        row["other_mb_max"] = max(row["other_mb_max"], r["other_mb"])
+        row["stores_max"] = max(row["stores_max"], r["stores"] or 0)
+        row["fds_other_max"] = max(row["fds_other_max"], r["fds_other"])
         row["threads_max"] = max(row["threads_max"], r["threads"])
         row["fds_max"] = max(row["fds_max"], r["fds"])
         row["processed_last"] = r["processed"]
@@ -631,7 +646,8 @@ def write_csvs(soak: Soak, samples_path: str, events_path: str, summary_path: st
     order = {n: i for i, n in enumerate(NAMES)}
     os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
     with open(summary_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["minute", "instance", "samples", "rss_mb_max", "threads_max", "fds_max",
+        w = csv.DictWriter(f, fieldnames=["minute", "instance", "samples", "rss_mb_max", "rocksdb_mb_max",
+                                          "other_mb_max", "stores_max", "threads_max", "fds_max", "fds_other_max",
                                           "processed_last", "lag_max", "events"])
         w.writeheader()
         for key in sorted(rows, key=lambda k: (k[0], order.get(k[1], 9))):
@@ -643,7 +659,7 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base = soak.soak_start or soak.t0
+    base = soak.t0 if soak.soak_start is None else soak.soak_start
     colors = {LONGLIVED: "tab:blue", KILLED: "tab:red", BOUNCED: "tab:green"}
     fig, axes = plt.subplots(4, 1, figsize=(13, 10), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.5, 1.5, 1.3]})
@@ -662,7 +678,9 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
         part = {"rss_mb": ("other_mb", "longlived outside RocksDB (judged)"),
                 "fds": ("fds_other", "longlived outside the state dir (judged)")}.get(field)
         if part:
-            pts = [((r["t"] - base) / 60, r[part[0]]) for r in soak.samples if r["instance"] == LONGLIVED]
+            # not while closing: its stores are closed then, so all of RSS would count as outside RocksDB
+            pts = [((r["t"] - base) / 60, r[part[0]]) for r in soak.samples
+                   if r["instance"] == LONGLIVED and r["phase"] != "close"]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, color="navy", ls="--", lw=1.1, label=part[1])
@@ -673,6 +691,7 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
     if lag_pts:
         xs, ys = zip(*lag_pts)
         axes[3].plot(xs, ys, color="black", lw=1)
+    axes[3].set_yscale("symlog", linthresh=1000)  # the preload's million and the few hundred between events
     axes[3].set_ylabel("input lag\n(records)")
     axes[3].grid(alpha=0.3)
     axes[3].set_xlabel("minutes since the soak started (negative: the preload being processed)")
@@ -689,7 +708,7 @@ def plot(soak: Soak, s: Settings, png: str, title_extra: str, judged: dict) -> N
             continue
         for ax in axes:
             ax.axvline(x, **kw)
-    if soak.soak_start and soak.soak_end:
+    if soak.soak_start is not None and soak.soak_end is not None:
         m = (soak.soak_end - soak.soak_start) / 60
         for ax in axes:
             ax.axvline(0, color="gray", lw=0.8)
@@ -745,8 +764,60 @@ def count_rebalances(soak: Soak) -> int | None:
     return n
 
 
+def title_of(f: dict) -> str:
+    """The plot's second title line, from the summary's fields."""
+    return (f"{f['minutes']:g} min, {f['records']:,} records, {f['kills']} kills, {f['restarts']} graceful restarts, "
+            f"lost={f['lost']}, bounded={f['bounded']}; longlived RSS {f['rss_start_mb']} -> {f['rss_end_mb']} MiB, "
+            f"of which outside RocksDB max {f['other_q2_max_mb']} (Q2) -> {f['other_q4_max_mb']} (Q4) MiB")
+
+
+class _Replay:
+    """A finished run read back from its work dir (samples.csv, events.csv, summary.json), for ``--replot``."""
+
+    def __init__(self, work: str):
+        with open(os.path.join(work, "summary.json")) as f:
+            self.details = json.load(f)
+        ints = {"pid", "threads", "fds", "fds_state", "fds_other", "processed", "rebalances", "commits", "active",
+                "standby", "stores", "lag"}
+        floats = {"rss_mb", "rocksdb_mb", "other_mb", "load1"}
+
+        def conv(k: str, v: str):
+            if v == "":
+                return None
+            return int(v) if k in ints else float(v) if k in floats else v
+
+        with open(os.path.join(work, "samples.csv")) as f:
+            self.samples = [{**{k: conv(k, v) for k, v in r.items()}, "t": float(r["t_s"])} for r in csv.DictReader(f)]
+        with open(os.path.join(work, "events.csv")) as f:
+            self.events = [{**r, "t": float(r["t_s"])} for r in csv.DictReader(f)]
+        # times are relative to the soak's start; the soak ran its settings' minutes (its loop ends within 0.2 s)
+        self.soak_start, self.soak_end = 0.0, self.details["settings"]["minutes"] * 60
+        self.t0 = min((r["t"] for r in self.samples), default=0.0)
+        seen: dict[str, SimpleNamespace] = {}
+        for r in self.samples:
+            seen.setdefault(r["incarnation"], SimpleNamespace(name=r["instance"], label=r["incarnation"]))
+        self.incarnations = list(seen.values())
+
+
+def replot(work: str, png: str | None, summary_csv: str | None) -> None:
+    """Writes the per-minute CSV and the plot again from a finished run's work dir (no broker needed)."""
+    run = _Replay(work)
+    d = run.details
+    s = Settings(**{k: v for k, v in d["settings"].items() if k in Settings.__dataclass_fields__})
+    judged, _ = judge(s, run)
+    if summary_csv:
+        write_csvs(run, os.path.join(work, "samples.csv"), os.path.join(work, "events.csv"), summary_csv,
+                   raw=False)
+    if png:
+        plot(run, s, png, title_of(d["summary"]), judged)
+    print("soak summary: " + " ".join(f"{k}={v}" for k, v in d["summary"].items()))
+
+
 def main() -> None:
     args = parse()
+    if args.replot:
+        replot(args.replot, args.png, args.summary_csv)
+        return
     s = Settings(bootstrap=args.bootstrap, minutes=args.minutes, guarantee=args.guarantee, keys=args.keys,
                  rate=args.rate, partitions=args.partitions, sample_s=args.sample_s, seed=args.seed,
                  rss_growth_max=args.rss_growth_max, threads_slack=args.threads_slack,
@@ -826,9 +897,7 @@ def main() -> None:
         "bounded": "yes" if bounded else "no", "result": "pass" if ok else "FAIL",
     })
     line = "soak summary: " + " ".join(f"{k}={v}" for k, v in fields.items())
-    title = (f"{s.minutes:g} min, {soak.input.produced:,} records, {kills} kills, {restarts} graceful restarts, "
-             f"lost={lost}, bounded={fields['bounded']}; longlived RSS {r.get('start')} -> max {r.get('max')} -> "
-             f"end {r.get('end')} MiB")
+    title = title_of(fields)
     if args.png:
         try:
             plot(soak, s, args.png, title, judged)
@@ -874,6 +943,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--summary-csv", default=os.path.join(ROOT, "docs", "soak-summary.csv"), help="'' for none")
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the instances' state dirs")
+    ap.add_argument("--replot", metavar="WORK_DIR", help="only write --summary-csv and --png again from a finished "
+                    "run's work dir (its samples.csv, events.csv, summary.json)")
     return ap.parse_args()
 
 
