@@ -154,10 +154,11 @@ class Kafka:
                                        "linger.ms": 5})
         return self._producer
 
-    def produce(self, topic: str, records: Iterable[tuple[Any, Any]], partitions: int | None = None) -> int:
+    def produce(self, topic: str, records: Iterable[tuple[Any, Any]], partitions: int | None = None,
+                timeout_s: float | None = None) -> int:
         """Produce (key, value) records (str keys/values are UTF-8 encoded, bytes as is). With ``partitions``
         each key goes to ``partition_for(key, partitions)``; records of one key keep their order. Returns the
-        count, after every record is acknowledged."""
+        count, after every record is acknowledged (within ``timeout_s``, default the helper's timeout)."""
         producer = self.producer()
         errors: list = []
 
@@ -177,8 +178,9 @@ class Kafka:
                 except BufferError:
                     producer.poll(0.05)
             n += 1
-        left = producer.flush(self.timeout_s)
-        assert left == 0, f"{left} records to {topic} not delivered within {self.timeout_s}s"
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        left = producer.flush(timeout_s)
+        assert left == 0, f"{left} records to {topic} not delivered within {timeout_s}s"
         assert not errors, f"producing to {topic} failed: {errors[:3]}"
         return n
 

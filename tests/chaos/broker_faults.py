@@ -136,7 +136,7 @@ class Feeder:
 
     def produce(self, source: str, n: int) -> None:
         recs = word_records(self._rng, self._vocab, n)
-        self._kafka.produce(source, recs, partitions=PARTITIONS)  # waits out an outage (kafka.timeout_s)
+        self._kafka.produce(source, recs, partitions=PARTITIONS, timeout_s=240)  # waits out an outage
         with self._lock:
             self._truth[source].update(true_counts(recs))
 

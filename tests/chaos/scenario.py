@@ -27,6 +27,7 @@ log = logging.getLogger("tests.chaos")
 
 RUNNER = Path(__file__).with_name("wordcount_runner.py")
 PARTITIONS = 4
+OUTAGE_WAIT_S = 240.0  # how long the feeder waits for its records to be acknowledged
 STORE = "word-counts"
 
 
@@ -117,7 +118,9 @@ class Feeder:
         try:
             while not self._stop.is_set():
                 recs = word_records(self._rng, self._vocab, self._batch)
-                self._kafka.produce(self._source, recs, partitions=PARTITIONS)  # waits out outages
+                # Waits out a broker outage: a restart on a loaded machine took ~30 s, and a feeder that gave up
+                # then left the app idle, which the outage test read as an app that stopped committing.
+                self._kafka.produce(self._source, recs, partitions=PARTITIONS, timeout_s=OUTAGE_WAIT_S)
                 with self._lock:
                     self._truth.update(true_counts(recs))
                 time.sleep(0.02)

@@ -67,6 +67,7 @@ def test_broker_killed_mid_transaction_loses_and_doubles_nothing(own_broker, tmp
 
         def committing_again() -> bool:
             assert app.proc.poll() is None, f"the app died during the outage; see {app.stderr.name}"
+            assert not feeder.errors, f"the test's feeder failed (not the app): {feeder.errors}"
             return len(app.of("offsets")) > seen + 5
 
         wait_for(committing_again, "the app to commit again after the outage", 120, 0.2)
