@@ -70,7 +70,6 @@ class TaskManager:
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
-        self._metrics.rebalances_total += 1
         for tp in partitions:
             sub = self._topology.subtopology_of(tp.topic)
             tid = task_id(sub.id, tp.partition)
@@ -97,7 +96,10 @@ class TaskManager:
         self.commit()
 
     def standbys_assigned(self, standby: set[str], warmup: set[str]) -> None:
-        """Keep exactly these standby (and warm-up) tasks: stop the others, start the new ones."""
+        """Keep exactly these standby (and warm-up) tasks: stop the others, start the new ones. Called after
+        every assignment this member receives, so it counts the rebalances (kafka-python reports assigned
+        partitions only when some were added)."""
+        self._metrics.rebalances_total += 1
         wanted = {t for t in standby | warmup if t not in self.tasks}
         for tid in sorted(set(self.standbys) - wanted):
             self._drop_standby(tid, SuspendReason.MIGRATED)
