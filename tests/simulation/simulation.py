@@ -14,7 +14,6 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition

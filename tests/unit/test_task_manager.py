@@ -769,3 +769,14 @@ def test_in_memory_state_of_a_lost_task_is_not_kept(make_app, tmp_path, tms):
     assert tm.task_offsets() == {}
     tm.standbys_assigned({"0_0"}, set())
     assert tm.standbys["0_0"].stores["c"].backend.changelog_offset() is None
+
+
+def test_every_assignment_counts_as_a_rebalance_even_one_that_adds_no_partition(make_app, tmp_path, tms):
+    """kafka-python calls on_partitions_assigned only when partitions were added (cooperative), so counting
+    there missed most rebalances (the soak saw 23 and counted 1). standbys_assigned follows every assignment."""
+    tm, _ = build(make_app, tmp_path)
+    tms.append(tm)
+    tm.partitions_assigned([TopicPartition("words", 0)])
+    tm.standbys_assigned(set(), set())
+    tm.standbys_assigned(set(), set())  # a rebalance that moved nothing here
+    assert tm._metrics.rebalances_total == 2

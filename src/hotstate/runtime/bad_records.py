@@ -1,13 +1,20 @@
-"""Records a handler gives up on: what a ``processing_exception_handler`` callable answers, and the headers of
-their dead-letter records (Kafka Streams' KIP-1034 names, values as UTF-8 strings). Pure functions; the task
-manager calls them."""
+"""Records the processing loop cannot use, and the main consumer's error events: ``BadRecords`` applies
+``deserialization_exception_handler`` and ``processing_exception_handler``, writes the records a handler gives
+up on to ``dead_letter_topic`` (Kafka Streams' KIP-1034 headers, values as UTF-8 strings), and logs non-fatal
+consumer errors at a bounded rate. The task manager owns one and calls it from its loop."""
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from typing import Any, Callable
 
+from confluent_kafka import KafkaError, KafkaException
+
+from ..config import LOG_AND_CONTINUE, LOG_AND_FAIL, Config
+from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
 from ..handlers import ErrorHandlerContext, ProcessingHandlerResponse
+from ..observe.metrics import Metrics
 from ..records import Record
 
 log = logging.getLogger(__name__)
@@ -56,3 +63,76 @@ def ask_handler(handler: Callable[..., Any], context: ErrorHandlerContext, recor
                     "hotstate.ProcessingHandlerResponse.CONTINUE or hotstate.ProcessingHandlerResponse.FAIL")
     log.error("%s (counts as FAIL)", bad)
     return ProcessingHandlerResponse.FAIL, bad
+
+
+class BadRecords:
+    """``produce(topic, key, value, timestamp, headers=...)``: the task manager's producer (under exactly-once
+    the transactional one, so a dead-letter record is in the transaction of the skip)."""
+
+    ERROR_LOG_EVERY_S = 10.0
+
+    def __init__(self, config: Config, metrics: Metrics, produce: Callable[..., None]):
+        self._config = config
+        self._metrics = metrics
+        self._produce = produce
+        self._skip_undecodable = config.deserialization_exception_handler == LOG_AND_CONTINUE
+        self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
+
+    def error_event(self, err: KafkaError) -> None:
+        """A non-fatal error event of the main consumer (brokers down, a connection lost, ...): librdkafka
+        retries by itself, so it is logged, at most once per ``ERROR_LOG_EVERY_S`` per error code."""
+        now = time.monotonic()
+        last, suppressed = self._error_log.get(err.code(), (float("-inf"), 0))
+        if now - last < self.ERROR_LOG_EVERY_S:
+            self._error_log[err.code()] = (last, suppressed + 1)
+            return
+        self._error_log[err.code()] = (now, 0)
+        log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
+                    f"; {suppressed} more since the last report" if suppressed else "")
+
+    def undecodable(self, task: Any, msg: Any, what: str, exc: Exception) -> None:
+        """A record the source serdes cannot decode: deserialization_exception_handler decides."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        error = DeserializationError(topic, partition, offset, what, exc)
+        self._dead_letter(msg, exc)
+        if not self._skip_undecodable:
+            raise error from exc
+        log.warning("skipping record: %s", error)
+        self._metrics.skipped_records_total += 1
+        self._metrics.dropped_records_total += 1
+        task.next_offset = offset + 1
+
+    def processing_failed(self, task: Any, msg: Any, key: Any, value: Any, exc: Exception) -> None:
+        """User code raised on this record: processing_exception_handler decides. FAIL raises ProcessingError;
+        CONTINUE skips the record (its offset counts as processed). Either way the record goes to the dead-letter
+        topic, if one is set (Kafka Streams does the same for its log-and-fail handlers). Store writes and
+        outputs the record made before the exception are kept, as in Kafka Streams."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if isinstance(exc, (KafkaException, StoreCorruptedError)):  # the producer or a store failed, not the
+            raise ProcessingError(topic, partition, offset, exc) from exc  # record: never skipped
+        handler = self._config.processing_exception_handler
+        handler_error = None
+        if handler == LOG_AND_CONTINUE:
+            response = ProcessingHandlerResponse.CONTINUE
+        elif handler == LOG_AND_FAIL:
+            response = ProcessingHandlerResponse.FAIL
+        else:
+            record = Record(key, value, msg.timestamp()[1], msg.headers(), topic, partition, offset)
+            response, handler_error = ask_handler(handler, error_context(msg, task.id), record, exc)
+        self._dead_letter(msg, exc)
+        if response is not ProcessingHandlerResponse.CONTINUE:
+            raise ProcessingError(topic, partition, offset, exc, handler_error) from exc
+        log.warning("skipping record at %s[%d]@%d: processing it raised %r (processing_exception_handler says "
+                    "continue)", topic, partition, offset, exc, exc_info=exc)
+        self._metrics.dropped_records_total += 1
+        task.next_offset = offset + 1
+
+    def _dead_letter(self, msg: Any, exc: BaseException) -> None:
+        """The record as consumed (key, value, headers, timestamp) plus the __streams.errors.* headers, to
+        dead_letter_topic; under exactly-once inside the open transaction, with the skip."""
+        topic = self._config.dead_letter_topic
+        if topic is None:
+            return
+        headers = dead_letter_headers(msg.headers(), exc, msg.topic(), msg.partition(), msg.offset())
+        self._produce(topic, msg.key(), msg.value(), max(msg.timestamp()[1], 0), headers=headers)
+        self._metrics.dead_letter_records_total += 1

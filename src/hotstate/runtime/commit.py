@@ -220,14 +220,16 @@ class AtLeastOnceCommitter(Committer):
             self.flush()  # 0
         self.send_changelogs(tasks, pending)  # 1
         self.flush()  # 2
-        self.commit_offsets(tasks)  # 3
+        committed = self.commit_offsets(tasks)  # 3
         self.write_stores(tasks, pending)  # 4
-        self._metrics.commits_total += 1
+        if committed:  # commit_total counts commits whose input offsets Kafka took
+            self._metrics.commits_total += 1
 
-    def commit_offsets(self, tasks: list[Task]) -> None:
+    def commit_offsets(self, tasks: list[Task]) -> bool:
+        """False when a transient failure left the offsets uncommitted."""
         offsets = self.input_offsets(tasks)
         if not offsets:
-            return
+            return True
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -238,8 +240,9 @@ class AtLeastOnceCommitter(Committer):
             # since the last commit are processed again (by the new owner, if the partitions move meanwhile).
             log.warning("committing input offsets failed (%s); the records since the last commit will be "
                         "processed again", err)
-            return
+            return False
         self.mark_committed(tasks)
+        return True
 
     def _has_generation(self) -> bool:
         check = getattr(self._consumer, "has_generation", None)  # the group member; a bare consumer has none

@@ -14,13 +14,11 @@ from typing import Any, Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 
-from ..config import LOG_AND_CONTINUE, LOG_AND_FAIL, Config
+from ..config import Config
 from ..dsl.topology import Topology
-from ..handlers import ProcessingHandlerResponse
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, is_too_large
-from ..errors import (DeserializationError, ProcessingError, RecordTooLargeError, StateDirError, StoreCorruptedError,
-                      StoreIOError)
+from ..errors import RecordTooLargeError, StoreCorruptedError
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.backend import StoreBackend
@@ -33,16 +31,13 @@ from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted
                      is_fenced)
 from .state_updater import StateUpdater, store_reset
 from ..observe.listener import SuspendReason
-from .bad_records import ask_handler, dead_letter_headers, error_context
+from .bad_records import BadRecords
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
-from ..records import Record
 
 log = logging.getLogger(__name__)
 
 
 class TaskManager:
-    ERROR_LOG_EVERY_S = 10.0
-
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
                  producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
                  membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None):
@@ -68,15 +63,13 @@ class TaskManager:
         self._by_input: dict[tuple[str, int], Task] = {}
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
-        self._skip_bad_records = config.deserialization_exception_handler == LOG_AND_CONTINUE
         # Ids of tasks whose store a read on another thread (an interactive query) found damaged.
         self._corruption_reports: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
         self._sizes = RecordSizeLimits.from_config(config, topology.store_specs())
+        self._bad = BadRecords(config, metrics, self._produce)
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
-        self._metrics.rebalances_total += 1
         for tp in partitions:
             sub = self._topology.subtopology_of(tp.topic)
             tid = task_id(sub.id, tp.partition)
@@ -103,7 +96,10 @@ class TaskManager:
         self.commit()
 
     def standbys_assigned(self, standby: set[str], warmup: set[str]) -> None:
-        """Keep exactly these standby (and warm-up) tasks: stop the others, start the new ones."""
+        """Keep exactly these standby (and warm-up) tasks: stop the others, start the new ones. Called after
+        every assignment this member receives, so it counts the rebalances (kafka-python reports assigned
+        partitions only when some were added)."""
+        self._metrics.rebalances_total += 1
         wanted = {t for t in standby | warmup if t not in self.tasks}
         for tid in sorted(set(self.standbys) - wanted):
             self._drop_standby(tid, SuspendReason.MIGRATED)
@@ -321,7 +317,7 @@ class TaskManager:
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
-                    self._error_event(err)
+                    self._bad.error_event(err)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             task = by_input.get((topic, partition))
@@ -332,13 +328,13 @@ class TaskManager:
             try:
                 key = None if raw is None else source.key_serde.deserialize(raw)
             except Exception as exc:
-                self._bad_record(task, msg, "key", exc)
+                self._bad.undecodable(task, msg, "key", exc)
                 continue
             raw = msg.value()
             try:
                 value = None if raw is None else source.value_serde.deserialize(raw)
             except Exception as exc:
-                self._bad_record(task, msg, "value", exc)
+                self._bad.undecodable(task, msg, "value", exc)
                 continue
             ctx.bind(task)
             ctx.topic, ctx.partition, ctx.offset = topic, partition, offset
@@ -354,69 +350,10 @@ class TaskManager:
                     return  # every task was rewound: the rest of this batch is read again
                 continue
             except Exception as exc:
-                self._processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
+                self._bad.processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
                 continue
             task.next_offset = offset + 1
             metrics.records_processed_total += 1
-
-    def _error_event(self, err: KafkaError) -> None:
-        """A non-fatal error event of the main consumer (brokers down, a connection lost, ...): librdkafka
-        retries by itself, so it is logged, at most once per ``ERROR_LOG_EVERY_S`` per error code."""
-        now = time.monotonic()
-        last, suppressed = self._error_log.get(err.code(), (float("-inf"), 0))
-        if now - last < self.ERROR_LOG_EVERY_S:
-            self._error_log[err.code()] = (last, suppressed + 1)
-            return
-        self._error_log[err.code()] = (now, 0)
-        log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
-                    f"; {suppressed} more since the last report" if suppressed else "")
-
-    def _bad_record(self, task: Task, msg: Any, what: str, exc: Exception) -> None:
-        """A record the source serdes cannot decode: deserialization_exception_handler decides."""
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        error = DeserializationError(topic, partition, offset, what, exc)
-        self._dead_letter(msg, exc)
-        if not self._skip_bad_records:
-            raise error from exc
-        log.warning("skipping record: %s", error)
-        self._metrics.skipped_records_total += 1
-        self._metrics.dropped_records_total += 1
-        task.next_offset = offset + 1
-
-    def _processing_failed(self, task: Task, msg: Any, key: Any, value: Any, exc: Exception) -> None:
-        """User code raised on this record: processing_exception_handler decides. FAIL raises ProcessingError;
-        CONTINUE skips the record (its offset counts as processed). Either way the record goes to the dead-letter
-        topic, if one is set (Kafka Streams does the same for its log-and-fail handlers). Store writes and
-        outputs the record made before the exception are kept, as in Kafka Streams."""
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if isinstance(exc, (KafkaException, StoreCorruptedError)):  # the producer or a store failed, not the
-            raise ProcessingError(topic, partition, offset, exc) from exc  # record: never skipped
-        handler = self._config.processing_exception_handler
-        handler_error = None
-        if handler == LOG_AND_CONTINUE:
-            response = ProcessingHandlerResponse.CONTINUE
-        elif handler == LOG_AND_FAIL:
-            response = ProcessingHandlerResponse.FAIL
-        else:
-            record = Record(key, value, msg.timestamp()[1], msg.headers(), topic, partition, offset)
-            response, handler_error = ask_handler(handler, error_context(msg, task.id), record, exc)
-        self._dead_letter(msg, exc)
-        if response is not ProcessingHandlerResponse.CONTINUE:
-            raise ProcessingError(topic, partition, offset, exc, handler_error) from exc
-        log.warning("skipping record at %s[%d]@%d: processing it raised %r (processing_exception_handler says "
-                    "continue)", topic, partition, offset, exc, exc_info=exc)
-        self._metrics.dropped_records_total += 1
-        task.next_offset = offset + 1
-
-    def _dead_letter(self, msg: Any, exc: BaseException) -> None:
-        """The record as consumed (key, value, headers, timestamp) plus the __streams.errors.* headers, to
-        dead_letter_topic; under exactly-once inside the open transaction, with the skip."""
-        topic = self._config.dead_letter_topic
-        if topic is None:
-            return
-        headers = dead_letter_headers(msg.headers(), exc, msg.topic(), msg.partition(), msg.offset())
-        self._produce(topic, msg.key(), msg.value(), max(msg.timestamp()[1], 0), headers=headers)
-        self._metrics.dead_letter_records_total += 1
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int) -> None:
         self._produce(topic, key, value, timestamp)
