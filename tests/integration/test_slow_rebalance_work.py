@@ -23,9 +23,12 @@ SESSION_MS = 6000
 class SlowToOpen(RocksDBBackend):
     """A store whose open takes longer than the session timeout (a large RocksDB after a crash, a slow disk)."""
 
-    def __init__(self, *args, **kwargs):
+    opened: list[str] = []
+
+    def __init__(self, name, path, *args, **kwargs):
         time.sleep(SESSION_MS / 1000 * 1.5)
-        super().__init__(*args, **kwargs)
+        SlowToOpen.opened.append(path)
+        super().__init__(name, path, *args, **kwargs)
 
 
 def running_ids(app: hotstate.App) -> set[str]:
@@ -40,6 +43,7 @@ def test_a_store_open_longer_than_the_session_timeout_keeps_the_member_in_the_gr
     for p in range(2):
         kafka.produce_to(source, p, [(f"w{p}-{i % 20}".encode(), b"x") for i in range(200)])
     monkeypatch.setattr(task_manager, "RocksDBBackend", SlowToOpen)
+    SlowToOpen.opened = []
     app = build_word_count(kafka.bootstrap, app_id, tmp_path / "a", source, None, session_timeout_ms=SESSION_MS)
     app.start()
     try:
@@ -48,7 +52,9 @@ def test_a_store_open_longer_than_the_session_timeout_keeps_the_member_in_the_gr
         wait_for(lambda: app.store("word-counts").get("w1-19") == 10, "the records to be counted", 30)
         time.sleep(SESSION_MS / 1000)  # an eviction would show as a rebalance or lost partitions by now
         assert app.state is hotstate.AppState.RUNNING, app.error()
-        assert app.metrics()["rebalances_total"] == 1, "the member was evicted and joined again"
+        # An evicted member loses its tasks and opens their stores again when it gets them back (a benign
+        # second rebalance, e.g. after a metadata change, reopens nothing).
+        assert len(SlowToOpen.opened) == 2, f"stores opened {SlowToOpen.opened}: the member was evicted"
         lost = [r.getMessage() for r in caplog.records  # hotstate's own report of lost tasks (not kafka-python's
                 if r.name.startswith("hotstate") and "lost" in r.getMessage()]  # "Connection lost" of other tests)
         assert not lost, lost
