@@ -3,6 +3,8 @@ RocksDB restores big changelogs with bulk-load options, and a task is handed ove
 restored data is flushed."""
 from __future__ import annotations
 
+import logging
+
 from concurrent.futures import Future
 
 import pytest
@@ -159,7 +161,9 @@ def test_runs_of_interleaved_partitions_and_topics_reach_their_stores(tmp_path):
     assert m.restore_records_total == 4 and m.restore_remaining_records == 96
 
 
-def test_error_events_raise_and_end_of_partition_events_are_skipped(tmp_path):
+def test_fatal_error_events_raise_transient_ones_and_end_of_partition_events_are_skipped(tmp_path, caplog):
+    """A broker restarting gives transient error events (transport, leader moved): librdkafka retries, so the
+    restore goes on (they used to fail the state updater); a fatal error or a keyless record still raises."""
     u, t0, _, _ = two_store_updater(tmp_path)
 
     class Err:
@@ -172,8 +176,13 @@ def test_error_events_raise_and_end_of_partition_events_are_skipped(tmp_path):
     eof = FakeMsg(CHANGELOG.topic, 0, 0, None, None, error=Err(KafkaError._PARTITION_EOF))
     u._apply([eof, FakeMsg(CHANGELOG.topic, 0, 0, b"a", i64(1))])
     assert t0.stores["counts"].backend.changelog_offset() == 1
+    transient = FakeMsg(CHANGELOG.topic, 0, 1, None, None, error=KafkaError(KafkaError._TRANSPORT))
+    with caplog.at_level(logging.WARNING):
+        u._apply([transient, transient, FakeMsg(CHANGELOG.topic, 0, 1, b"b", i64(2))])
+    assert t0.stores["counts"].backend.changelog_offset() == 2 and t0.stores["counts"].backend.get(b"b") == i64(2)
+    assert sum("restore consumer" in r.getMessage() for r in caplog.records) == 1  # rate-limited
     with pytest.raises(KafkaException):
-        u._apply([FakeMsg(CHANGELOG.topic, 0, 1, None, None, error=KafkaError(KafkaError._TRANSPORT))])
+        u._apply([FakeMsg(CHANGELOG.topic, 0, 2, None, None, error=KafkaError(KafkaError._FATAL, fatal=True))])
     with pytest.raises(RuntimeError, match="without a key"):
         u._apply([FakeMsg(CHANGELOG.topic, 0, 1, None, i64(1))])
 

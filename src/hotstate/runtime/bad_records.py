@@ -5,7 +5,6 @@ consumer errors at a bounded rate. The task manager owns one and calls it from i
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ from ..config import LOG_AND_CONTINUE, LOG_AND_FAIL, Config
 from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
 from ..handlers import ErrorHandlerContext, ProcessingHandlerResponse
 from ..observe.metrics import Metrics
+from ..observe.rate_limited import RateLimitedLog
 from ..records import Record
 
 log = logging.getLogger(__name__)
@@ -76,19 +76,12 @@ class BadRecords:
         self._metrics = metrics
         self._produce = produce
         self._skip_undecodable = config.deserialization_exception_handler == LOG_AND_CONTINUE
-        self._error_log: dict[int, tuple[float, int]] = {}  # error code -> (last logged, suppressed since)
+        self._error_log = RateLimitedLog(log, self.ERROR_LOG_EVERY_S)
 
     def error_event(self, err: KafkaError) -> None:
         """A non-fatal error event of the main consumer (brokers down, a connection lost, ...): librdkafka
         retries by itself, so it is logged, at most once per ``ERROR_LOG_EVERY_S`` per error code."""
-        now = time.monotonic()
-        last, suppressed = self._error_log.get(err.code(), (float("-inf"), 0))
-        if now - last < self.ERROR_LOG_EVERY_S:
-            self._error_log[err.code()] = (last, suppressed + 1)
-            return
-        self._error_log[err.code()] = (now, 0)
-        log.warning("main consumer: %s (librdkafka retries; processing goes on)%s", err,
-                    f"; {suppressed} more since the last report" if suppressed else "")
+        self._error_log.warning(err.code(), "main consumer: %s (librdkafka retries; processing goes on)", err)
 
     def undecodable(self, task: Any, msg: Any, what: str, exc: Exception) -> None:
         """A record the source serdes cannot decode: deserialization_exception_handler decides."""

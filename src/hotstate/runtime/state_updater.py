@@ -48,6 +48,7 @@ from ..config import Config
 from ..errors import IllegalStateTransition
 from ..observe.listener import RestoreListener, StandbyUpdateListener, _SafeListener
 from ..observe.metrics import Metrics, StoreRestoreMetrics
+from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .standbys import StandbyUpdates, _StorePartition
 from .task import Task, TaskStore
@@ -77,6 +78,7 @@ class StateUpdater(StandbyUpdates):
         self._ends_consumer_factory = ends_consumer_factory
         self._ends_consumer: Consumer | None = None
         self._listener = _SafeListener(listener)
+        self._error_log = RateLimitedLog(log)
         self._init_standbys(standby_listener)
         self._metrics = metrics
         self._commands: queue.Queue = queue.Queue()
@@ -429,19 +431,22 @@ class StateUpdater(StandbyUpdates):
             self._write(sp, batch, last.offset(), n)
 
     def _on_error_event(self, msg: Any) -> None:
-        """A keyless record or an error event. One of a standby partition fails that standby only; one
-        without a partition while only standbys are tailing is logged (librdkafka retries); else it raises."""
+        """A keyless record or an error event. A non-fatal error event (a broker restarting: transport errors,
+        a leader moving) is logged at most every 10 s per code and the reading goes on: librdkafka retries by
+        itself (it used to stop a standby for good, or fail a restore). A fatal one, or a record without a
+        key (a changelog is compacted: every record has one), fails that standby only, else it raises."""
         err = msg.error()
         if err is not None and err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err is not None and not err.fatal():
+            self._error_log.warning(err.code(), "restore consumer: %s (librdkafka retries; restores and "
+                                    "standbys go on)", err)
             return
         topic = msg.topic()
         sp = self._standby_partitions.get((topic, msg.partition())) if topic is not None else None
         if sp is not None:
             self._fail_standby(sp, KafkaException(err) if err is not None else RuntimeError(
                 f"changelog record without a key at {topic}[{msg.partition()}] offset {msg.offset()}"))
-            return
-        if err is not None and topic is None and not self._tasks and not err.fatal():
-            log.warning("restore consumer: %s (standbys keep tailing)", err)
             return
         self._raise_for(msg)
 
