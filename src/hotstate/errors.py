@@ -50,6 +50,11 @@ class StoreClosedError(HotstateError):
     """A store was queried after its task closed (moved away by a rebalance, or the app is closing).
     Query again once the app is RUNNING."""
 
+    @classmethod
+    def of(cls, store: str) -> "StoreClosedError":
+        return cls(f"store {store} is closed (its task moved away or the app is closing); "
+                   "query again after the rebalance")
+
 
 class DeserializationError(HotstateError):
     """A record could not be decoded. Carries the topic, partition and offset of the record."""

@@ -63,8 +63,7 @@ def classify(exc: BaseException, name: str, path: str, doing: str) -> HotstateEr
 
 
 def _closed(name: str) -> StoreClosedError:
-    return StoreClosedError(f"store {name} is closed (its task moved away or the app is closing); "
-                            "query again after the rebalance")
+    return StoreClosedError.of(name)
 
 
 class _Scan:

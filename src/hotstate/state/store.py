@@ -60,8 +60,7 @@ class KeyValueStore:
         self._closed = True
 
     def _closed_error(self) -> StoreClosedError:
-        return StoreClosedError(f"store {self.name} is closed (its task moved away or the app is closing); "
-                                "query again after the rebalance")
+        return StoreClosedError.of(self.name)
 
     def get(self, key: Any) -> Any:
         raw_key = self._ks.serialize(key)
