@@ -391,6 +391,32 @@ class Standby(Deployment):
                 "standbys_tailing": all(any(t.standby for t in a.tasks()) for a in self.apps)
                 and all(x.batches_since(self._fault_at) > 0 for x in self.listeners)}
 
+    def diagnose(self) -> dict:
+        """What the state updaters hold, for a failure message: restoring tasks, and per standby partition its
+        offsets and flags and whether the consumer has it paused."""
+        import gc
+
+        from hotstate.runtime.state_updater import StateUpdater
+
+        out: dict = {"batches_since_fault": [x.batches_since(self._fault_at) for x in self.listeners],
+                     "suspended": [x.suspended[-5:] for x in self.listeners]}
+        for i, u in enumerate(o for o in gc.get_objects()
+                              if isinstance(o, StateUpdater) and o._config.app_id == self.app_id):
+            parts = {f"{tp.topic[-12:]}-{tp.partition}": dict(offset=sp.offset, end=sp.end_offset,
+                                                               tailing=sp.tailing, dirty=sp.dirty,
+                                                               flushing=sp.flushing, paused=tp in u._paused)
+                     for tp, sp in list(u._standby_partitions.items())}
+            flushing = [str(tp) for tp in list(u._standby_flushing)]
+            try:
+                assigned = [(p.partition, p.offset) for p in u._consumer.position(u._consumer.assignment())]
+            except Exception as exc:  # noqa: BLE001 - a diagnostic
+                assigned = repr(exc)
+            out[f"updater{i}"] = dict(alive=u._thread.is_alive(), restoring=list(u._tasks),
+                                      restore_parts=[str(tp) for tp in u._partitions], standby=parts,
+                                      standby_flushing=flushing, positions=assigned,
+                                      standby_tasks={k: v.failed for k, v in list(u._standbys.items())})
+        return out
+
     def wait_standbys_current(self) -> None:
         def current() -> bool:
             lags = [t.lag for a in self.apps for t in a.tasks() if t.standby]
@@ -465,6 +491,9 @@ def wait_recovered(deployments: list[Deployment], t_fault: float, timeout_s: flo
         if time.monotonic() > deadline:
             detail = {d.name: [(a.state.name, [(t.id, t.standby, t.state.name) for t in a.tasks()]) for a in d.apps]
                       for d in pending}
+            for d in pending:
+                if hasattr(d, "diagnose"):
+                    detail[f"{d.name} diagnosis"] = d.diagnose()
             raise AssertionError(f"not recovered {timeout_s}s after the fault: {[d.name for d in pending]}: {detail}")
         time.sleep(0.1)
 

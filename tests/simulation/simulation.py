@@ -97,7 +97,8 @@ def _run_process(sim: Sim, rng: random.Random, broker: Broker, disk: SimDisk, ap
     updater = SyncUpdater(cfg, lambda: FakeConsumer(broker, sim, rng), None, metrics,
                           ends_consumer_factory=lambda: FakeConsumer(broker, sim, rng, read_committed=False))
     if eos:
-        committer = ExactlyOnceCommitter(member, producer, tracker, metrics, 1.0, producer_factory=new_producer)
+        committer = ExactlyOnceCommitter(member, producer, tracker, metrics, 1.0, producer_factory=new_producer,
+                                         call=lambda fn, timeout_s, what: fn())
     else:
         committer = AtLeastOnceCommitter(member, producer, tracker, metrics, 1.0)
     tm = TaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, producer, updater, metrics,

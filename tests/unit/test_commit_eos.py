@@ -1,6 +1,8 @@
 """The exactly-once committer's steps and failure handling, with a fake transactional producer."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
@@ -179,3 +181,92 @@ def test_failures_before_commit_transaction_are_known_aborts():
         with pytest.raises(TransactionAborted):
             c.commit([_task()])
         assert "commit" not in log
+
+
+class HangingProducer(FakeTxnProducer):
+    """A producer whose call ``hang_at`` never returns, whatever its timeout (librdkafka issues 5456/5511: a
+    coordinator request lost across a broker restart), until ``release`` is set."""
+
+    def __init__(self, log, hang_at):
+        super().__init__(log)
+        self.hang_at = hang_at
+        self.release = threading.Event()
+
+    def _step(self, name):
+        super()._step(name)
+        if name == self.hang_at:
+            self.release.wait(30)
+
+
+def hanging_committer(log, hang_at, monkeypatch):
+    import hotstate.runtime.commit as commit_module
+
+    monkeypatch.setattr(commit_module, "HANG_GRACE_S", 0.2, raising=False)
+    made = []
+
+    def factory():
+        made.append(FakeTxnProducer(log))
+        return made[-1]
+
+    stuck = HangingProducer(log, hang_at)
+    c = ExactlyOnceCommitter(FakeConsumer(), stuck, DeliveryTracker(set()), Metrics(), 0.1,
+                             producer_factory=factory)
+    return c, stuck, made
+
+
+def one_task():
+    from hotstate.records import TopicPartition
+    return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
+                          "committed_offset": 1, "needs_commit": lambda self: True})()
+
+
+def commit_in_thread(c, task, within_s):
+    """Runs c.commit([task]) on a thread; returns what it raised, or fails if it did not return in time."""
+    out: list = []
+
+    def run():
+        try:
+            c.commit([task])
+            out.append(None)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(within_s)
+    assert out, f"commit did not return within {within_s}s: a hung transactional call hangs the stream thread"
+    return out[0]
+
+
+def test_a_send_offsets_call_that_never_returns_is_given_up_and_the_transaction_aborted(monkeypatch):
+    log = []
+    c, stuck, made = hanging_committer(log, "send_offsets", monkeypatch)
+    c.begin()
+    task = one_task()
+    try:
+        exc = commit_in_thread(c, task, within_s=5)
+        assert isinstance(exc, TransactionAborted), exc
+        # The stuck producer was replaced: the new one's init_transactions fences it and aborts its transaction.
+        assert len(made) == 1 and c.producer is made[0]
+        assert log[-2:] == ["purge", "init"]
+        assert task.committed_offset == 1
+        # The next transaction runs on the new producer.
+        c.begin()
+        c.commit([task])
+        assert task.committed_offset == 5 and log[-1] == "commit"
+    finally:
+        stuck.release.set()
+
+
+def test_a_commit_transaction_call_that_never_returns_is_an_unknown_outcome(monkeypatch):
+    log = []
+    c, stuck, made = hanging_committer(log, "commit", monkeypatch)
+    c.begin()
+    task = one_task()
+    try:
+        exc = commit_in_thread(c, task, within_s=5)
+        assert isinstance(exc, TransactionOutcomeUnknown), exc
+        assert log.count("commit") == 1  # not committed again on the stuck producer
+        assert len(made) == 1 and c.producer is made[0]
+    finally:
+        stuck.release.set()

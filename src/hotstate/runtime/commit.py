@@ -40,7 +40,8 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
    PrepareCommit. A new producer's ``init_transactions`` settles it (completes or aborts), and
    ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
    inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
-   (or ``ProducerFenced``), the overlay is dropped and the inputs rewind.
+   (or ``ProducerFenced``), the overlay is dropped and the inputs rewind. Steps 3 and 4 are bounded
+   (``bounded_call``): a call librdkafka never returns from counts as failed after its timeout + 5 s.
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
@@ -50,8 +51,9 @@ docs/architecture.md.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
@@ -117,6 +119,44 @@ def is_fenced(exc: BaseException) -> bool:
     lock, so no other live instance uses our transactional id: a new producer is the recovery."""
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(err, KafkaError) and err.fatal()
+
+
+# How long past its own timeout a transactional call may run before the producer is given up (see bounded_call).
+HANG_GRACE_S = 5.0
+
+
+def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Runs ``fn`` (a transactional call given ``timeout_s`` as its own timeout) on a daemon thread and waits
+    at most ``timeout_s + HANG_GRACE_S`` for it. librdkafka can ignore that timeout: a coordinator request
+    whose broker went away and came back (a broker restart) may never be sent again, and
+    ``send_offsets_to_transaction`` then blocks for good (librdkafka issues 5456 and 5511, open in 2.16; seen
+    here as an exactly-once app whose stream thread hung after ``scripts/kafka restart``). On expiry the
+    call's thread is abandoned with its producer, and a ``_TIMED_OUT`` error that requires an abort is raised:
+    the caller replaces the producer, whose ``init_transactions`` fences the stuck one (a request it sends
+    later is refused by the coordinator for its old epoch)."""
+    result: list = []
+    error: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller
+            error.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"hotstate-{what}", daemon=True).start()
+    bound_s = timeout_s + HANG_GRACE_S
+    if not done.wait(bound_s):
+        log.error("exactly-once: %s did not return within %.0fs (its timeout is %.0fs); librdkafka lost the "
+                  "request (a known librdkafka defect after a broker restart): the producer is replaced and the "
+                  "transaction aborted", what, bound_s, timeout_s)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{what} did not return within {bound_s:.0f}s",
+                                        txn_requires_abort=True))
+    if error:
+        raise error[0]
+    return result[0]
 
 
 class ProducerFenced(Exception):
@@ -265,8 +305,12 @@ class ExactlyOnceCommitter(Committer):
     RECREATE_WINDOW_S = 300.0
     INIT_TIMEOUT_S = 300.0
 
-    def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic, **kwargs: Any):
+    def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic,
+                 call: Callable[[Callable[[], Any], float, str], Any] = bounded_call, **kwargs: Any):
+        """``call(fn, timeout_s, what)`` runs the transactional calls that librdkafka may never return from
+        (``bounded_call``; a deterministic simulation passes one that calls ``fn`` directly)."""
         super().__init__(*args, **kwargs)
+        self._call_bounded = call
         self._producer_factory = producer_factory
         self._clock = clock
         self._recreated_at: list[float] = []
@@ -334,8 +378,10 @@ class ExactlyOnceCommitter(Committer):
             self.flush()  # 2
             offsets = self.input_offsets(tasks)
             if offsets:  # 3
-                self.producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(),
-                                                           self._timeout_s)
+                metadata = self._consumer.consumer_group_metadata()
+                producer = self.producer
+                self._call(lambda: producer.send_offsets_to_transaction(offsets, metadata, self._timeout_s),
+                           "send_offsets_to_transaction")
             committing = True
             self._commit_transaction()  # 4
         except KafkaException as exc:
@@ -362,6 +408,9 @@ class ExactlyOnceCommitter(Committer):
         self.write_stores(tasks, pending)  # 5
         self._metrics.commits_total += 1
 
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        return self._call_bounded(fn, self._timeout_s, what)
+
     def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
         """Step 4 failed: the coordinator may have written PrepareCommit. A new producer's init_transactions
         completes that commit, or aborts the transaction; either way it is settled when this returns."""
@@ -373,7 +422,8 @@ class ExactlyOnceCommitter(Committer):
     def _commit_transaction(self) -> None:
         for attempt in range(3):
             try:
-                self.producer.commit_transaction(self._timeout_s)
+                producer = self.producer
+                self._call(lambda: producer.commit_transaction(self._timeout_s), "commit_transaction")
                 return
             except KafkaException as exc:
                 err = exc.args[0]

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
 from kafka import errors as kafka_errors
@@ -234,6 +234,9 @@ def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
         group_instance_id=config.group_instance_id,
         partition_assignment_strategy=[plugin],
         enable_auto_commit=False,
+        # It never fetches; this makes its offset reads ask for stable offsets (KIP-447: none pending in a
+        # transaction), as librdkafka's read_committed consumer does.
+        isolation_level="read_committed",
         session_timeout_ms=config.session_timeout_ms,
         # Heartbeats also tell a member that a rebalance started: once a second, it joins promptly.
         heartbeat_interval_ms=max(100, min(1000, config.session_timeout_ms // 3)),
@@ -370,6 +373,26 @@ class GroupMembership:
         except Exception as exc:  # kafka-python's errors, e.g. CommitFailedError after a rebalance
             raise KafkaException(KafkaError(_commit_error_code(exc), f"offset commit failed: {exc!r}")) from exc
 
+    def committed(self, tps: list[KTopicPartition], timeout: float) -> list[KTopicPartition]:
+        """The group's committed offsets (stable ones: none pending in an open transaction), read as this member,
+        in the shape of librdkafka's ``Consumer.committed`` (offset -1001 where none is committed). Not read
+        through the librdkafka consumer: after a broker restart its group-coordinator requests were seen to
+        time out for minutes (librdkafka issue 5511); kafka-python's coordinator lookup recovers."""
+        if not tps:
+            return []
+        try:
+            found = self._coordinator.fetch_committed_offsets([KpTopicPartition(tp.topic, tp.partition) for tp in tps],
+                                                              timeout_ms=int(timeout * 1000))
+        except Exception as exc:  # kafka-python's errors (KafkaTimeoutError, coordinator errors)
+            code = KafkaError._TIMED_OUT if isinstance(exc, kafka_errors.KafkaTimeoutError) else KafkaError._FAIL
+            raise KafkaException(KafkaError(code, f"reading committed offsets failed: {exc!r}")) from exc
+        out = []
+        for tp in tps:
+            meta = found.get(KpTopicPartition(tp.topic, tp.partition))
+            out.append(KTopicPartition(tp.topic, tp.partition,
+                                       meta.offset if meta is not None and meta.offset >= 0 else OFFSET_INVALID))
+        return out
+
     def has_generation(self) -> bool:
         """False when this member knows its offsets would be refused (it is out of the group or rejoining)."""
         gm = self._member.group_metadata()
@@ -476,10 +499,24 @@ class GroupMembership:
     def _apply_assigned(self, assigned: list[TopicPartition]) -> None:
         parts = [tp for tp in assigned if tp not in self._assigned]
         self._assigned.update(parts)
-        self._consumer.incremental_assign([KTopicPartition(t, p) for t, p in parts])
+        self._consumer.incremental_assign(self._start_offsets(parts))
         if parts:
             self._consumer.pause([KTopicPartition(t, p) for t, p in parts])
         self.listener.partitions_assigned(parts)
+
+    def _start_offsets(self, parts: list[TopicPartition]) -> list[KTopicPartition]:
+        """Where the main consumer starts on newly assigned partitions: the committed offset, else the
+        beginning (``auto.offset.reset=earliest``). Read as this member (see ``committed``); if that fails the
+        consumer is left to read them itself."""
+        tps = [KTopicPartition(t, p) for t, p in parts]
+        try:
+            committed = self.committed(tps, self.config.broker_timeout_ms / 1000)
+        except KafkaException as exc:
+            log.warning("reading the committed offsets of %d assigned partitions failed (%s); the consumer "
+                        "reads them itself", len(tps), exc.args[0])
+            return tps
+        return [KTopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                for tp in committed]
 
     def _apply_revoked(self, revoked: list[TopicPartition]) -> None:
         parts = [tp for tp in revoked if tp in self._assigned]

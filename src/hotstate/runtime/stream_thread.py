@@ -95,7 +95,7 @@ class StreamThread(threading.Thread):
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer,
-                         membership)
+                         membership, committed_offsets=membership.committed)
         self.task_manager = tm
         clean = True
         try:

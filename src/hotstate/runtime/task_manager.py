@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 class TaskManager:
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
                  producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
-                 membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None):
+                 membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None,
+                 committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None):
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
+        ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
+        ``committed``; the stream thread passes ``GroupMembership.committed``).
         ``open_backend(store_name, path)``: opens a persistent store (default RocksDB; the seeded simulation
         passes a store on its simulated disk)."""
         self._config = config
@@ -54,6 +57,7 @@ class TaskManager:
         self._committer = committer
         self._membership = membership
         self._open_backend = open_backend
+        self._read_committed = committed_offsets or (lambda tps, timeout: consumer.committed(tps, timeout=timeout))
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
@@ -414,7 +418,7 @@ class TaskManager:
         delay = 0.1
         while True:
             try:
-                return self._consumer.committed(tps, timeout=self._config.broker_timeout_ms / 1000)
+                return self._read_committed(tps, self._config.broker_timeout_ms / 1000)
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.fatal() or time.monotonic() + delay > deadline:
