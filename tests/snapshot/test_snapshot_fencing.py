@@ -113,3 +113,15 @@ def test_two_writers_of_one_name_one_wins_cleanly(store_url, tmp_path):
     for w, db in zip(writers, dbs):
         w.close()
         db.close()
+
+
+def test_claim_epoch_rises_above_the_newest_published_one(objects, tmp_path):
+    from hotstate.snapshot import Catalog, claim_epoch
+
+    paths = PartitionPaths(APP, "counts", 0)
+    catalog = Catalog(objects)
+    assert claim_epoch(catalog, paths, 3) == 3  # nothing published
+    objects.create(paths.manifest_name(7, 100), b"{}")
+    assert claim_epoch(catalog, paths, 9) == 9  # the generation is newer
+    assert claim_epoch(catalog, paths, 2) == 8  # generations restarted: above the newest
+    assert claim_epoch(catalog, paths, 7) == 8  # equal is not enough: a new owner must sort after

@@ -4,7 +4,7 @@ restore = download the newest usable snapshot, then replay the changelog tail fr
 Independent of the runtime: it imports only config, errors, observe and records. Formats and rules:
 docs/formats.md; lifecycle, threads and the crash table: docs/architecture.md ("Snapshots").
 """
-from .catalog import Catalog, ManifestRef, PartitionListing
+from .catalog import Catalog, ManifestRef, PartitionListing, claim_epoch
 from .checkpoint import CheckpointTaken, remove_checkpoints, take_checkpoint
 from .gc import GC_GRACE_S, LISTING_VALID_S, GarbageCollector, GcResult
 from .manifest import FORMAT_VERSION, FileEntry, Manifest, ManifestError, PartitionPaths, UnknownManifestVersion, Writer
@@ -17,5 +17,5 @@ __all__ = [
     "LISTING_VALID_S", "Manifest", "ManifestError", "ManifestRef", "ObjectExistsError", "ObjectInfo",
     "ObjectMissingError", "ObjectStore", "Outcome", "PartitionListing", "PartitionPaths", "Restorer",
     "SnapshotFetched", "SnapshotRequest", "SnapshotResult", "Snapshotter", "UnknownManifestVersion", "Writer",
-    "remove_checkpoints", "take_checkpoint",
+    "claim_epoch", "remove_checkpoints", "take_checkpoint",
 ]

@@ -124,3 +124,15 @@ class Catalog:
             while len(self._cache) > _CACHE_MAX:
                 self._cache.popitem(last=False)
         return ManifestRef(info.name, epoch, offset, info, manifest)
+
+
+def claim_epoch(catalog: Catalog, paths: PartitionPaths, generation: int) -> int:
+    """The fencing epoch for a new ownership of a store partition: ``generation`` (the group generation at
+    which the task was assigned), raised above the newest published epoch if that is higher (a group that
+    was deleted restarts its generations). Call it once when the task is assigned to this instance (it lists
+    the store: not on the processing thread) and keep the value for that ownership; a stale owner must
+    never call it, or it would un-fence itself. SnapshotStoreError if the store cannot be listed."""
+    if generation < 0:
+        raise ValueError(f"generation={generation} must be >= 0")
+    newest = catalog.list_partition(paths).newest
+    return generation if newest is None or newest.epoch < generation else newest.epoch + 1
