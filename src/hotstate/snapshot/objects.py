@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -115,7 +116,11 @@ class ObjectStore:
 
     def download(self, name: str, dest: Path, on_chunk: Callable[[int], None] | None = None) -> tuple[int, str]:
         """Streams the object into the file ``dest`` (created or truncated), one chunk in memory at a time;
-        returns (bytes written, sha256 hex of them). ``on_chunk(n)`` is called after each chunk written."""
+        returns (bytes written, sha256 hex of them). ``on_chunk(n)`` is called after each chunk written.
+        A ``file://`` store's object is copied by the kernel (``shutil.copyfile``), then hashed from the copy:
+        obstore's local streaming reads at about a third of that speed here."""
+        if self.location.scheme == "file":
+            return self._call("download", name, lambda: self._copy_local(name, dest, on_chunk))
 
         def run() -> tuple[int, str]:
             result = obstore.get(self._store, name)
@@ -131,6 +136,18 @@ class ObjectStore:
             return written, digest.hexdigest()
 
         return self._call("download", name, run)
+
+    def _copy_local(self, name: str, dest: Path, on_chunk: Callable[[int], None] | None) -> tuple[int, str]:
+        source = Path(self.location.path) / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise ValueError(f"object name {name!r} leaves the store's directory")
+        if "#" in source.name or not source.is_file():  # obstore's staging files are not objects
+            raise FileNotFoundError(name)
+        shutil.copyfile(source, dest)
+        size, digest = sha256_file(dest)
+        if on_chunk is not None:
+            on_chunk(size)
+        return size, digest
 
     def head(self, name: str) -> ObjectInfo | None:
         """The object's size and time, or None if it does not exist."""
