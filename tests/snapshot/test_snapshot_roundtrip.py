@@ -184,3 +184,32 @@ def test_a_manifest_that_lies_about_its_offset_is_skipped(objects, db, tmp_path,
         fetched = Restorer(objects, APP).fetch("counts", 0, None, tmp_path / "restored")
     assert fetched is not None and fetched.offset == 200
     assert "is not the one its name says" in caplog.text
+
+
+def test_round_trip_of_a_hotstate_rocksdb_store_keeps_its_changelog_offset(objects, tmp_path):
+    """The store as the runtime keeps it (data + the hotstate_meta column family with the changelog offset,
+    atomic flush): a checkpoint taken after a commit restores to the same data and the same offset."""
+    from hotstate.state.rocksdb_store import RocksDBBackend, read_stored_offset
+
+    store = RocksDBBackend("counts", str(tmp_path / "store"))
+    try:
+        store.write([(b"k%d" % i, b"v%d" % i) for i in range(5000)], 5000)
+        store.write([(b"k1", None), (b"k2", b"changed")], 5002)
+        cp = checkpoint(store._db, tmp_path, "cp")
+        assert read_stored_offset("counts", str(cp)) == 5002
+        s = snapshotter(objects)
+        try:
+            [result] = ship(s, request(cp, offset=store.changelog_offset()))
+        finally:
+            s.close()
+        assert result.outcome is Outcome.PUBLISHED
+    finally:
+        store.close()
+    fetched = Restorer(objects, APP).fetch("counts", 0, None, tmp_path / "restored")
+    assert fetched is not None and fetched.offset == 5002
+    restored = RocksDBBackend("counts", str(fetched.path))
+    try:
+        assert restored.changelog_offset() == 5002
+        assert restored.get(b"k1") is None and restored.get(b"k2") == b"changed" and restored.get(b"k4999") == b"v4999"
+    finally:
+        restored.close()

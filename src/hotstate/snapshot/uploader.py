@@ -52,7 +52,9 @@ _ROUNDS_MAX = 3
 @dataclass(frozen=True)
 class SnapshotRequest:
     """One checkpoint to ship. ``changelog_offset``: the next changelog offset to apply, the one the store
-    held when the checkpoint was taken. ``epoch``: the writer's fencing epoch for this task (see
+    held when the checkpoint was taken. Only committed state may be shipped: the caller takes the checkpoint
+    right after a commit (at-least-once: after the group offsets were committed; exactly_once_v2: after the
+    transaction committed), on the thread that writes the store. ``epoch``: the writer's fencing epoch for this task (see
     docs/formats.md, "Fencing"). ``checkpoint_dir`` belongs to the uploader from ``submit`` on: it is
     deleted when the snapshot is done, replaced or dropped."""
 
