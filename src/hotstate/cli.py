@@ -105,7 +105,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
     options = _options(args.option or [])
     check_snapshot_store(args.snapshot_store, options)
-    catalog = Catalog(ObjectStore.open(args.snapshot_store, options))
+    catalog = Catalog(ObjectStore.open(args.snapshot_store, options, create=False))
     partitions = catalog.partitions(args.app_id)
     if not partitions:
         print(f"no snapshots of app {args.app_id!r} in {catalog.objects.location}", file=sys.stderr)

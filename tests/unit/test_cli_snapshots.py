@@ -50,3 +50,9 @@ def test_snapshots_with_bad_options_says_what_is_wrong(tmp_path, capsys):
     assert "['nope'] is unknown" in capsys.readouterr().err
     assert main(["snapshots", "--app-id", "a", "--snapshot-store", "gs://b/p"]) == 1
     assert "snapshot_store" in capsys.readouterr().err
+
+
+def test_snapshots_of_a_missing_directory_creates_nothing(tmp_path, capsys):
+    assert main(["snapshots", "--app-id", "a", "--snapshot-store", f"file://{tmp_path}/typo"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

@@ -92,6 +92,13 @@ class Catalog:
         refs.sort(key=lambda r: r.key, reverse=True)
         return PartitionListing(paths, started, tuple(refs), files)
 
+    def remember(self, manifest: Manifest) -> None:
+        """Caches a manifest this process published (saves the GET when it is next listed)."""
+        with self._lock:
+            self._cache[manifest.name] = manifest
+            while len(self._cache) > _CACHE_MAX:
+                self._cache.popitem(last=False)
+
     def partitions(self, app_id: str) -> list[PartitionPaths]:
         """Every store partition of the app that holds objects (one list call over the app's prefix)."""
         found = set()
@@ -119,10 +126,7 @@ class Catalog:
             return ManifestRef(info.name, epoch, offset, info, None, str(exc))
         except SnapshotStoreError:
             raise
-        with self._lock:
-            self._cache[info.name] = manifest
-            while len(self._cache) > _CACHE_MAX:
-                self._cache.popitem(last=False)
+        self.remember(manifest)
         return ManifestRef(info.name, epoch, offset, info, manifest)
 
 

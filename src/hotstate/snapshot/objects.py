@@ -67,20 +67,23 @@ class ObjectInfo:
 class ObjectStore:
     """put / create / get / download / list / delete / head over one obstore store."""
 
-    def __init__(self, location: SnapshotStoreLocation):
+    def __init__(self, location: SnapshotStoreLocation, create: bool = True):
+        """``create``: make a ``file://`` store's directory if it does not exist (False: it must exist)."""
         self.location = location
         if location.scheme == "file":
-            self._store: Any = LocalStore(location.path, mkdir=True)
+            if not create and not os.path.isdir(location.path):
+                raise SnapshotStoreError(f"snapshot store {location}: the directory does not exist")
+            self._store: Any = LocalStore(location.path, mkdir=create)
         else:
             self._store = S3Store(location.bucket, prefix=location.path or None, config=location.store_options,
                                   client_options={**_DEFAULT_CLIENT, **location.client_options},
                                   retry_config=_RETRY)
 
     @classmethod
-    def open(cls, url: str, options: dict[str, Any] | None = None) -> "ObjectStore":
+    def open(cls, url: str, options: dict[str, Any] | None = None, create: bool = True) -> "ObjectStore":
         """ConfigError for an invalid URL or options (``Config`` has checked them already)."""
         try:
-            return cls(parse_snapshot_store(url, options))
+            return cls(parse_snapshot_store(url, options), create)
         except OSError as exc:  # LocalStore cannot create or use the directory
             raise SnapshotStoreError(f"snapshot store {redact(url)}: cannot use the directory ({exc.strerror}); "
                                      "make sure it exists or can be created and this user may write it") from None

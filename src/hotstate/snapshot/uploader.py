@@ -399,6 +399,7 @@ class Snapshotter:
         except ObjectExistsError:
             log.info("snapshot %s was published by another writer first; this one is dropped", manifest.name)
             return None
+        self.catalog.remember(manifest)
         part = self.metrics.partition(f"{req.task_id}/{req.store_name}", req.changelog_topic)
         part.snapshots_total += 1
         part.snapshot_last_offset = req.changelog_offset
