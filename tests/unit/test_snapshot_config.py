@@ -2,7 +2,6 @@
 obstore's store and client options, and credentials that never show in an error or a repr."""
 from __future__ import annotations
 
-import logging
 
 import pytest
 from obstore.store import S3Store
