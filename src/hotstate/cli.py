@@ -5,6 +5,12 @@
 lists every task and store on disk with the changelog offset it holds and, with ``--bootstrap``, the
 changelog's end and the lag: what a restore of that store would replay right now. Safe beside a running
 app: stores are opened read-only, without RocksDB's lock (a store the app writes shows its durable offset).
+
+    hotstate snapshots --app-id A --snapshot-store URL [--option k=v ...] [--bootstrap B]
+
+lists the snapshot manifests of every store partition in the object store (offset, files, size, age) and
+what a cold restore would download, then replay (with ``--bootstrap``: how many changelog offsets).
+Credentials come from the environment, as for the app.
 """
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import argparse
 import os
 import sys
 
-from .config import default_state_dir
-from .errors import HotstateError, StoreCorruptedError
+import datetime as dt
+
+from .config import check_snapshot_store, default_state_dir
+from .errors import ConfigError, HotstateError, StoreCorruptedError
 from .state.rocksdb_store import read_stored_offset
 from .state.state_dir import StateDirectory
 
@@ -64,6 +72,79 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair.split('=', 1)[0]!r} is invalid: give name=value, e.g. --option region=eu-west-1")
+        options[key] = value
+    return options
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return str(num_bytes)
+
+
+def _age(created: dt.datetime, now: dt.datetime) -> str:
+    seconds = max(0, int((now - created).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h" if seconds < 172800 else f"{seconds // 86400}d"
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from .snapshot.catalog import Catalog
+    from .snapshot.objects import ObjectStore
+
+    options = _options(args.option or [])
+    check_snapshot_store(args.snapshot_store, options)
+    catalog = Catalog(ObjectStore.open(args.snapshot_store, options, create=False))
+    partitions = catalog.partitions(args.app_id)
+    if not partitions:
+        print(f"no snapshots of app {args.app_id!r} in {catalog.objects.location}", file=sys.stderr)
+        return 1
+    listings = [catalog.list_partition(p) for p in partitions]
+    ends: dict[tuple[str, int], int] = {}
+    if args.bootstrap:
+        ends = _ends(args.bootstrap, {(f"{args.app_id}-{p.store}-changelog", p.partition) for p in partitions})
+    now = dt.datetime.now(dt.timezone.utc)
+    print(f"{'store':<24} {'part':>4} {'epoch':>6} {'offset':>14} {'files':>6} {'size':>10} {'age':>6}  note")
+    for listing in listings:
+        p = listing.paths
+        for ref in listing.manifests:
+            m = ref.manifest
+            if m is None:
+                note = "unknown format (newer hotstate)" if ref.unknown_version else f"unusable: {ref.problem}"
+                print(f"{p.store:<24} {p.partition:>4} {ref.epoch:>6} {ref.offset:>14} {'-':>6} {'-':>10} "
+                      f"{_age(ref.info.last_modified, now):>6}  {note}")
+                continue
+            print(f"{p.store:<24} {p.partition:>4} {ref.epoch:>6} {m.changelog_offset:>14} {len(m.files):>6} "
+                  f"{_size(m.num_bytes):>10} {_age(m.created_at, now):>6}")
+        print(f"  {p.store}[{p.partition}] cold restore: {_cold_restore(listing, args.app_id, ends)}")
+    return 0
+
+
+def _cold_restore(listing, app_id: str, ends: dict[tuple[str, int], int]) -> str:
+    p = listing.paths
+    topic = f"{app_id}-{p.store}-changelog"
+    end = ends.get((topic, p.partition))
+    readable = listing.readable
+    if not readable:
+        tail = "" if end is None else f" ({end} offsets)"
+        return f"no usable snapshot: replays {topic}[{p.partition}] from its start{tail}"
+    m = readable[0].manifest
+    tail = f" to {end} ({max(0, end - m.changelog_offset)} offsets)" if end is not None else " to its end"
+    return (f"downloads {len(m.files)} files, {_size(m.num_bytes)} ({readable[0].name.rsplit('/', 1)[1]}), "
+            f"then replays {topic}[{p.partition}] from {m.changelog_offset}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hotstate", description="hotstate's operator commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -72,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--state-dir", default=default_state_dir())
     st.add_argument("--bootstrap", help="bootstrap servers, to read the changelog ends and show the lag")
     st.set_defaults(fn=cmd_state)
+    sn = sub.add_parser("snapshots", help="snapshot manifests in the object store, and what a cold restore needs")
+    sn.add_argument("--app-id", required=True)
+    sn.add_argument("--snapshot-store", required=True, help="file:///abs/dir or s3://bucket/prefix")
+    sn.add_argument("--option", action="append", metavar="NAME=VALUE",
+                    help="an object-store option (as snapshot_store_options), repeatable: --option region=eu-west-1")
+    sn.add_argument("--bootstrap", help="bootstrap servers, to read the changelog ends and show the tail to replay")
+    sn.set_defaults(fn=cmd_snapshots)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -90,6 +90,17 @@ class Config:
     consumer_config: dict[str, Any] = field(default_factory=dict)
     restore_consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
+    # Store snapshots in object storage (issue #9): None (off), "file:///absolute/dir" (a directory, e.g. a
+    # shared volume) or "s3://bucket/prefix". Credentials come from the environment (AWS_* variables), never
+    # from here; see docs/formats.md for what is written where.
+    snapshot_store: str | None = None
+    # The object-store client's own option names, flat (for S3: endpoint, region, allow_http, timeout, ...);
+    # hotstate splits the HTTP client's options from the store's. Never shown in repr (an endpoint may
+    # carry a password).
+    snapshot_store_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    # How often each active task's stores are snapshotted, and how many manifests are kept per store partition.
+    snapshot_interval_ms: int = 300_000
+    snapshot_retain: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id) or self.app_id.startswith("."):
@@ -118,7 +129,8 @@ class Config:
         for name in ("commit_interval_ms", "broker_timeout_ms", "restore_batch_records_max",
                      "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
                      "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms",
-                     "max_warmup_replicas", "probing_rebalance_interval_ms", "max_poll_interval_ms"):
+                     "max_warmup_replicas", "probing_rebalance_interval_ms", "max_poll_interval_ms",
+                     "snapshot_interval_ms", "snapshot_retain"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
@@ -143,6 +155,7 @@ class Config:
                 "transaction_timeout_ms")
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
+        check_snapshot_store(self.snapshot_store, self.snapshot_store_options)
 
     def _check_processing_handler(self) -> None:
         handler = self.processing_exception_handler
@@ -190,3 +203,149 @@ class Config:
 
     def changelog_topic(self, store_name: str) -> str:
         return f"{self.app_id}-{store_name}-changelog"
+
+
+# --- snapshot_store ----------------------------------------------------------------------------------------
+# obstore's S3 store options (its S3Config) and HTTP client options (its ClientConfig), by their canonical
+# names. obstore takes them as two arguments; hotstate takes one flat dict and splits it. Credentials are
+# left out on purpose: they come from the environment. tests/unit/test_snapshot_config.py checks that
+# obstore accepts every name listed here.
+S3_STORE_OPTIONS = frozenset({
+    "checksum_algorithm", "conditional_put", "copy_if_not_exists", "default_region", "disable_tagging",
+    "endpoint", "metadata_endpoint", "region", "request_payer", "role_arn", "role_session_name",
+    "server_side_encryption", "skip_signature", "sse_bucket_key_enabled", "sse_kms_key_id",
+    "unsigned_payload", "virtual_hosted_style_request", "web_identity_token_file",
+    "container_credentials_relative_uri", "container_credentials_full_uri",
+    "container_authorization_token_file", "disable_bulk_delete",
+})
+CLIENT_OPTIONS = frozenset({
+    "allow_http", "allow_invalid_certificates", "connect_timeout", "default_content_type", "pool_idle_timeout",
+    "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes", "randomize_addresses",
+    "read_timeout", "timeout", "user_agent",
+})
+# Option names (and obstore's aliases) that carry credentials: refused, with a pointer to the environment.
+_CREDENTIAL_OPTIONS = frozenset({
+    "access_key_id", "secret_access_key", "session_token", "token", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "aws_token", "bucket",
+})
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+# Environment variables whose values must never be printed (errors, logs, reprs).
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` without the values of the AWS credential variables and without the user:password part of
+    any URL in it: every message hotstate builds from an object-store error goes through this."""
+    text = _USERINFO.sub("***@", text)
+    for name in SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class SnapshotStoreLocation:
+    """A parsed ``snapshot_store``: ``scheme`` "file" (``path`` is the directory) or "s3" (``bucket``,
+    ``path`` the key prefix without slashes at either end, maybe empty); ``store_options`` and
+    ``client_options`` are ``snapshot_store_options`` split the way obstore takes them, values as strings."""
+
+    scheme: str
+    bucket: str
+    path: str
+    store_options: dict[str, str] = field(repr=False)
+    client_options: dict[str, str] = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"file://{self.path}" if self.scheme == "file" else f"s3://{self.bucket}/{self.path}".rstrip("/")
+
+
+def _bad_store(url: object, why: str) -> ConfigError:
+    shown = redact(url) if isinstance(url, str) else type(url).__name__
+    return ConfigError(f"snapshot_store={shown!r} is invalid: {why}")
+
+
+def parse_snapshot_store(url: str, options: dict[str, Any] | None = None) -> SnapshotStoreLocation:
+    """Checks ``snapshot_store`` and its options (names only; obstore checks the values when the store is
+    opened). ConfigError names what is wrong and never prints a credential."""
+    if not isinstance(url, str):
+        raise _bad_store(url, "give None, 'file:///absolute/dir' or 's3://bucket/prefix'")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"snapshot_store_options is invalid: give a flat dict of option names to values, not "
+                          f"a {type(options).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("file", "s3"):
+        raise _bad_store(url, "use None (no snapshots), 'file:///absolute/dir' or 's3://bucket/prefix'")
+    if "?" in rest or "#" in rest:
+        raise _bad_store(url, "it has a query or fragment; give options in snapshot_store_options")
+    if scheme == "file":
+        if not rest.startswith("/") or rest.rstrip("/") == "":
+            raise _bad_store(url, "a file:// store needs an absolute directory other than /, as in "
+                                  "'file:///var/lib/snapshots' (three slashes)")
+        if options:
+            raise ConfigError(f"snapshot_store_options {sorted(map(str, options))} are invalid for a file:// "
+                              "store: it takes no options")
+        return SnapshotStoreLocation("file", "", os.path.normpath(rest), {}, {})
+    host, _, prefix = rest.partition("/")
+    if "@" in host:
+        raise _bad_store(url, "it carries credentials; they come from the environment (AWS_ACCESS_KEY_ID, "
+                              "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)")
+    if not _S3_BUCKET.fullmatch(host):
+        raise _bad_store(url, "give an S3 bucket name (3-63 lower-case letters, digits, '.' or '-') as in "
+                              "'s3://bucket/prefix'")
+    store, client = _split_options(options)
+    return SnapshotStoreLocation("s3", host, prefix.strip("/"), store, client)
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    store: dict[str, str] = {}
+    client: dict[str, str] = {}
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"snapshot_store_options has a key of type {type(key).__name__}: use option names")
+        name = key.lower()
+        if name in _CREDENTIAL_OPTIONS:
+            raise ConfigError(
+                f"snapshot_store_options[{key!r}] is refused: "
+                + ("the bucket is part of snapshot_store" if name == "bucket" else
+                   "credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                   "AWS_SESSION_TOKEN, or a role: AWS_ROLE_ARN / AWS_WEB_IDENTITY_TOKEN_FILE), never from "
+                   "the configuration"))
+        if name not in S3_STORE_OPTIONS and name not in CLIENT_OPTIONS:
+            raise ConfigError(f"snapshot_store_options[{key!r}] is unknown for an s3:// store; accepted: "
+                              f"{sorted(S3_STORE_OPTIONS | CLIENT_OPTIONS)}")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (str, int)):
+            text = str(value)
+        else:
+            raise ConfigError(f"snapshot_store_options[{key!r}] is invalid: give a string, integer or boolean, "
+                              f"not a {type(value).__name__}")
+        (client if name in CLIENT_OPTIONS else store)[name] = text
+    return store, client
+
+
+def check_snapshot_store(url: str | None, options: dict[str, Any]) -> None:
+    if url is None:
+        if options:
+            raise ConfigError("snapshot_store_options is set but snapshot_store is None: set snapshot_store "
+                              "too, or drop the options")
+        return
+    location = parse_snapshot_store(url, options)
+    if location.scheme == "s3":
+        _check_values_with_obstore(location)
+
+
+def _check_values_with_obstore(location: SnapshotStoreLocation) -> None:
+    """obstore parses values when a store is built (offline: no request is sent); its complaint becomes a
+    ConfigError, redacted."""
+    from obstore.store import S3Store
+
+    try:
+        S3Store(location.bucket, config=location.store_options, client_options=location.client_options)
+    except Exception as exc:  # obstore raises its GenericError, ValueError or TypeError
+        first = redact(str(exc).split("\n", 1)[0])
+        raise ConfigError(f"snapshot_store_options are invalid for {location}: {first}") from None

@@ -13,6 +13,10 @@
   record is processed again after a restart), unless ``processing_exception_handler`` says to continue.
 - ``RecordTooLargeError``: a store value or an output record is larger than its topic (or the producer)
   allows; raise the limit or make the value smaller. The app stops.
+- ``SnapshotStoreError``: the object store holding snapshots failed a request (unreachable, timed out, an
+  error answer); snapshots retry with backoff and restores fall back to the changelog: check
+  ``snapshot_store`` and its options. ``SnapshotStoreDeniedError``: it refused the credentials: fix the
+  AWS_* environment or the bucket policy.
 """
 from __future__ import annotations
 
@@ -99,3 +103,14 @@ class RecordTooLargeError(HotstateError):
 
 class IllegalStateTransition(HotstateError):
     """A lifecycle moved along an edge its transition table does not have: a bug in hotstate."""
+
+
+class SnapshotStoreError(HotstateError):
+    """The object store that holds snapshots failed a request. Processing never stops for it: snapshots are
+    retried with backoff, a restore falls back to the changelog. The message names the store (never a
+    credential) and what to check."""
+
+
+class SnapshotStoreDeniedError(SnapshotStoreError):
+    """The object store refused the request's credentials or permissions: fix the AWS_* environment
+    variables (or the role) or the bucket policy; retrying alone will not help."""

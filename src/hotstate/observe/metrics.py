@@ -5,11 +5,14 @@ Restore metrics use Kafka Streams' names (KIP-869): per instance ``active_restor
 ``standby_updating_tasks``, ``restore_records_rate``, ``active_restore_ratio``; per store partition
 ``restore_records_total``, ``restore_remaining_records``, a rate and an ETA. Rates and ratios are over the
 last ``RATE_WINDOW_S`` seconds. Standbys: ``standby_records_lag`` per standby task (changelog end - store
-offset, summed over its stores; refreshed about once a second).
+offset, summed over its stores; refreshed about once a second). Snapshots (issue #9): per store partition
+``snapshots_total``, ``snapshot_upload_bytes_total``, ``snapshot_last_offset``, ``snapshot_age_seconds``;
+per instance ``restore_download_bytes_total`` and ``restore_download_rate`` (bytes per second).
 """
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,6 +81,65 @@ class StoreRestoreMetrics:
 
 
 @dataclass
+class SnapshotPartitionMetrics:
+    """One store partition's snapshots, written by the snapshot uploader thread only."""
+
+    changelog: str = ""
+    snapshots_total: int = 0  # manifests this instance published
+    snapshot_upload_bytes_total: int = 0  # bytes of file objects uploaded (reused objects cost nothing)
+    snapshot_failures_total: int = 0  # attempts that failed (store unreachable, refused, ...)
+    snapshot_last_offset: int | None = None  # the newest published snapshot's changelog offset (next to apply)
+    snapshot_last_created_s: float | None = None  # wall-clock time (time.time()) it was taken
+
+    def snapshot(self, now_s: float) -> dict:
+        last = self.snapshot_last_created_s
+        return {
+            "changelog": self.changelog,
+            "snapshots_total": self.snapshots_total,
+            "snapshot_upload_bytes_total": self.snapshot_upload_bytes_total,
+            "snapshot_failures_total": self.snapshot_failures_total,
+            "snapshot_last_offset": self.snapshot_last_offset,
+            "snapshot_age_seconds": None if last is None else round(max(0.0, now_s - last), 3),
+        }
+
+
+@dataclass
+class SnapshotMetrics:
+    """Snapshots (per store partition, "<task>/<store>") and restore downloads. ``partitions`` entries are
+    written by the uploader thread; the download counters by the restorer under ``lock`` (its download
+    workers run in parallel)."""
+
+    partitions: dict[str, SnapshotPartitionMetrics] = field(default_factory=dict)
+    snapshots_fenced_total: int = 0  # snapshots not published: a newer owner (epoch) published already
+    restore_download_bytes_total: int = 0
+    restore_download_rate: RateWindow = field(default_factory=RateWindow)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def partition(self, key: str, changelog: str) -> SnapshotPartitionMetrics:
+        found = self.partitions.get(key)
+        if found is None:
+            found = self.partitions[key] = SnapshotPartitionMetrics(changelog=changelog)
+        return found
+
+    def add_downloaded(self, num_bytes: int) -> None:
+        with self.lock:
+            self.restore_download_bytes_total += num_bytes
+            self.restore_download_rate.sample(self.restore_download_bytes_total)
+
+    def snapshot(self, now_s: float | None = None) -> dict:
+        now_s = time.time() if now_s is None else now_s
+        parts = {k: v.snapshot(now_s) for k, v in list(self.partitions.items())}
+        return {
+            "snapshots_total": sum(p["snapshots_total"] for p in parts.values()),
+            "snapshot_upload_bytes_total": sum(p["snapshot_upload_bytes_total"] for p in parts.values()),
+            "snapshots_fenced_total": self.snapshots_fenced_total,
+            "restore_download_bytes_total": self.restore_download_bytes_total,
+            "restore_download_rate": round(self.restore_download_rate.rate(self.restore_download_bytes_total), 1),
+            "snapshots": parts,
+        }
+
+
+@dataclass
 class Metrics:
     records_processed_total: int = 0
     skipped_records_total: int = 0  # undecodable records dropped by log_and_continue
@@ -99,6 +161,8 @@ class Metrics:
     restore_busy_s: float = 0.0  # time the restore thread spent restoring (reading, writing, flushing)
     restore_rate: RateWindow = field(default_factory=RateWindow)
     restore_busy_rate: RateWindow = field(default_factory=RateWindow)
+    # Written by the snapshot uploader and restorer (hotstate.snapshot).
+    snapshots: SnapshotMetrics = field(default_factory=SnapshotMetrics)
 
     def snapshot(self) -> dict:
         restores = {k: v.snapshot() for k, v in list(self.restores.items())}
@@ -121,4 +185,5 @@ class Metrics:
             "active_restoring_stores": len(restoring),
             "restore_remaining_records": {k: v["restore_remaining_records"] for k, v in restoring.items()},
             "restores": restores,
+            **self.snapshots.snapshot(),
         }

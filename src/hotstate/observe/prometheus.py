@@ -27,6 +27,16 @@ _INSTANCE = [
     ("standby_updating_tasks", "gauge", "Standby tasks updating their stores"),
     ("restore_records_rate", "gauge", "Changelog records restored per second (last 10 s)"),
     ("active_restore_ratio", "gauge", "Fraction of time the restore thread spent restoring (last 10 s)"),
+    ("restore_download_bytes_total", "counter", "Snapshot bytes downloaded by restores"),
+    ("restore_download_rate", "gauge", "Snapshot bytes downloaded per second (last 10 s)"),
+    ("snapshots_fenced_total", "counter", "Snapshots not published because a newer owner had published"),
+]
+_SNAPSHOT = [
+    ("snapshots_total", "counter", "Snapshots published for this store partition"),
+    ("snapshot_upload_bytes_total", "counter", "Bytes uploaded for this store partition's snapshots"),
+    ("snapshot_failures_total", "counter", "Snapshot attempts that failed (retried with backoff)"),
+    ("snapshot_last_offset", "gauge", "Changelog offset (next to apply) of the newest published snapshot"),
+    ("snapshot_age_seconds", "gauge", "Seconds since the newest published snapshot was taken"),
 ]
 _STORE = [
     ("restore_records_total", "counter", "Changelog records restored into this store partition"),
@@ -55,6 +65,16 @@ class _SnapshotCollector(Collector):
                 value = values.get(key)
                 if value is None:
                     continue  # no ETA without a rate yet
+                task, _, store = name.partition("/")
+                family.add_metric([self._app_id, task, store, values.get("changelog", "")], float(value))
+            yield family
+        snapshots = snap.get("snapshots", {})
+        for key, kind, doc in _SNAPSHOT:
+            family = _family(kind, f"hotstate_store_{key}", doc, ["app_id", "task", "store", "changelog"])
+            for name, values in snapshots.items():
+                value = values.get(key)
+                if value is None:
+                    continue  # no snapshot published yet
                 task, _, store = name.partition("/")
                 family.add_metric([self._app_id, task, store, values.get("changelog", "")], float(value))
             yield family
