@@ -66,6 +66,13 @@ class BrokerCtl:
         return self.run("start", "--brokers", str(self.brokers))
 
     def reset(self) -> None:
+        keep = os.environ.get("HOTSTATE_FAULT_BROKER_LOGS")  # a directory: the broker's log is kept there
+        if keep:
+            import glob
+            import shutil
+            cache = os.environ.get("HOTSTATE_CACHE", os.path.expanduser("~/.cache/hotstate"))
+            for path in glob.glob(f"{cache}/kafka-*-{self.port}/**/server.log*", recursive=True):
+                shutil.copy(path, os.path.join(keep, f"{int(time.time())}-{path.replace('/', '_')}"))
         self.run("reset")
 
     def restart_async(self) -> subprocess.Popen:

@@ -16,10 +16,7 @@ from broker_faults import (BrokerCtl, Feeder, Processing, Restoring, Standby, Wi
                            wait_recovered)
 from kafka_helpers import wait_for
 
-# Run by scripts/faults, not scripts/test: its exactly_once_v2 standby scenario failed to recover in 2 of 3
-# full-suite runs when it followed the at_least_once one on the same broker (an open defect of issue #10,
-# docs/faults.md); it passed in every run of its own.
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.faults_script, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 PORT = os.environ.get("HOTSTATE_RESTART_KAFKA_PORT", "19402")
 

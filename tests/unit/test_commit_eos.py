@@ -209,8 +209,9 @@ def hanging_committer(log, hang_at, monkeypatch):
         return made[-1]
 
     stuck = HangingProducer(log, hang_at)
-    c = ExactlyOnceCommitter(FakeConsumer(), stuck, DeliveryTracker(set()), Metrics(), 0.1,
-                             producer_factory=factory)
+    # The calls' own timeout is long (as in the app: 60 s); the transaction's timeout bounds the wait.
+    c = ExactlyOnceCommitter(FakeConsumer(), stuck, DeliveryTracker(set()), Metrics(), 60.0,
+                             producer_factory=factory, transaction_timeout_s=0.1)
     return c, stuck, made
 
 

@@ -41,7 +41,8 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
    ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
    inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
    (or ``ProducerFenced``), the overlay is dropped and the inputs rewind. Steps 3 and 4 are bounded
-   (``bounded_call``): a call librdkafka never returns from counts as failed after its timeout + 5 s.
+   (``bounded_call``): a call librdkafka never returns from counts as failed after the transaction's timeout
+   + 5 s.
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
@@ -126,8 +127,9 @@ HANG_GRACE_S = 5.0
 
 
 def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Runs ``fn`` (a transactional call given ``timeout_s`` as its own timeout) on a daemon thread and waits
-    at most ``timeout_s + HANG_GRACE_S`` for it. librdkafka can ignore that timeout: a coordinator request
+    """Runs ``fn`` (a transactional call) on a daemon thread and waits at most ``timeout_s + HANG_GRACE_S``
+    for it (the committer passes the transaction's timeout: past it the coordinator aborts the transaction,
+    so waiting longer cannot end in a commit). librdkafka can ignore the call's own timeout: a coordinator request
     whose broker went away and came back (a broker restart) may never be sent again, and
     ``send_offsets_to_transaction`` then blocks for good (librdkafka issues 5456 and 5511, open in 2.16; seen
     here as an exactly-once app whose stream thread hung after ``scripts/kafka restart``). On expiry the
@@ -149,9 +151,9 @@ def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     threading.Thread(target=run, name=f"hotstate-{what}", daemon=True).start()
     bound_s = timeout_s + HANG_GRACE_S
     if not done.wait(bound_s):
-        log.error("exactly-once: %s did not return within %.0fs (its timeout is %.0fs); librdkafka lost the "
-                  "request (a known librdkafka defect after a broker restart): the producer is replaced and the "
-                  "transaction aborted", what, bound_s, timeout_s)
+        log.error("exactly-once: %s did not return within %.0fs (the transaction's timeout is %.0fs); librdkafka "
+                  "lost the request (a known librdkafka defect after a broker restart): the producer is replaced",
+                  what, bound_s, timeout_s)
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{what} did not return within {bound_s:.0f}s",
                                         txn_requires_abort=True))
     if error:
@@ -306,11 +308,14 @@ class ExactlyOnceCommitter(Committer):
     INIT_TIMEOUT_S = 300.0
 
     def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic,
-                 call: Callable[[Callable[[], Any], float, str], Any] = bounded_call, **kwargs: Any):
-        """``call(fn, timeout_s, what)`` runs the transactional calls that librdkafka may never return from
-        (``bounded_call``; a deterministic simulation passes one that calls ``fn`` directly)."""
+                 call: Callable[[Callable[[], Any], float, str], Any] = bounded_call,
+                 transaction_timeout_s: float | None = None, **kwargs: Any):
+        """``call(fn, bound_s, what)`` runs the transactional calls that librdkafka may never return from
+        (``bounded_call``; a deterministic simulation passes one that calls ``fn`` directly), bounded by
+        ``transaction_timeout_s`` (``transaction_timeout_ms``) or the calls' timeout if that is shorter."""
         super().__init__(*args, **kwargs)
         self._call_bounded = call
+        self._call_bound_s = min(self._timeout_s, transaction_timeout_s or self._timeout_s)
         self._producer_factory = producer_factory
         self._clock = clock
         self._recreated_at: list[float] = []
@@ -409,7 +414,7 @@ class ExactlyOnceCommitter(Committer):
         self._metrics.commits_total += 1
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        return self._call_bounded(fn, self._timeout_s, what)
+        return self._call_bounded(fn, self._call_bound_s, what)
 
     def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
         """Step 4 failed: the coordinator may have written PrepareCommit. A new producer's init_transactions

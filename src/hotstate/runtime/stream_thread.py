@@ -91,7 +91,8 @@ class StreamThread(threading.Thread):
         # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:
             committer = ExactlyOnceCommitter(membership, producer, tracker, self._metrics, _EOS_TIMEOUT_S,
-                                             producer_factory=new_producer)
+                                             producer_factory=new_producer,
+                                             transaction_timeout_s=cfg.transaction_timeout_ms / 1000)
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer,
