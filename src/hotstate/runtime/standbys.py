@@ -354,7 +354,7 @@ class StandbyUpdates:
             sp.dirty = False
             backend = sp.store.backend
             try:
-                if hasattr(backend, "request_restore_flush"):
+                if backend.persistent:
                     backend.request_restore_flush()  # data, then (in restore_flushed) the offset
                     sp.flushing = True
                     self._standby_flushing[tp] = sp
