@@ -28,7 +28,7 @@ from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
-from .state_updater import StateUpdater, store_reset
+from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .bad_records import BadRecords
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -405,7 +405,7 @@ class TaskManager:
             if store.backend.corrupted:
                 log.warning("task %s: wiping store %s; it restores in full from %s", task.id, store.spec.name,
                             store.changelog)
-                store_reset(store)
+                store.backend.reset()
         self.restore_from_changelogs([task], "a store was damaged")
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:
