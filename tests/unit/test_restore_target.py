@@ -222,3 +222,30 @@ def test_a_registered_kind_is_a_valid_store_kind_and_the_task_manager_opens_it(t
         assert ts.backend.path == sd.store_path("0_1", "c")
     finally:
         ts.backend.close()
+
+
+def test_a_simple_target_is_durable_once_its_flush_is_requested():
+    """SimpleRestoreTarget's asynchronous flush is done at once: restore_flushed() is True only because
+    request_restore_flush made the restored batches durable (end_restore), as the contract says."""
+    from hotstate.state.backend import SimpleRestoreTarget
+
+    class Durable(SimpleRestoreTarget):
+        def __init__(self):
+            self.volatile, self.durable = [], []
+
+        def restore(self, entries, changelog_offset):
+            self.volatile.append((list(entries), changelog_offset))
+
+        def end_restore(self):
+            self.durable += self.volatile
+            self.volatile = []
+
+    b = Durable()
+    b.begin_restore(1)
+    batch = b.restore_batch()
+    batch.put(b"a", b"1")
+    batch.delete(b"b")
+    b.write_restore_batch(batch, 7)
+    assert b.durable == []
+    b.request_restore_flush()
+    assert b.restore_flushed() and b.durable == [([(b"a", b"1"), (b"b", None)], 7)]

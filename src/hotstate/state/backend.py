@@ -144,9 +144,12 @@ class ListRestoreBatch:
 class SimpleRestoreTarget:
     """The bulk-write half of ``RestoreTarget`` for a backend whose bulk path is ``restore(entries, offset)``
     and whose ``end_restore`` makes it durable: no bulk-load settings, batches are lists of entries, and the
-    asynchronous flush is done at once (``end_restore`` does the work)."""
+    asynchronous flush is done at once (``request_restore_flush`` calls ``end_restore``)."""
 
     def restore(self, entries: Iterable[Entry], changelog_offset: int) -> None:
+        raise NotImplementedError
+
+    def end_restore(self) -> None:
         raise NotImplementedError
 
     def begin_restore(self, records: int) -> None:
@@ -159,7 +162,7 @@ class SimpleRestoreTarget:
         self.restore(batch.entries, changelog_offset)
 
     def request_restore_flush(self) -> None:
-        pass
+        self.end_restore()
 
     def restore_flushed(self) -> bool:
         return True
