@@ -5,14 +5,16 @@ is a ``ChangelogPartition`` with a ``mode`` (ACTIVE: read to the end once, then 
 until removed) and a ``ChangelogState``; which partitions are assigned, paused or flushing follows from
 their states, nothing else keeps it::
 
-    REGISTERED -+-> DOWNLOADING -+-> RESTORING --> FLUSHING --> COMPLETED     ACTIVE: read to the end
-                |                |                                ^
-                +----------------+--------------------------------+           (nothing to read)
-                |                |
-                +----------------+-> UPDATING <--> PAUSED                      STANDBY: tail until removed
-                                       |  ^          ^
-                                       v  |          |
-                                      FLUSHING ------+
+                +--> DOWNLOADING --+
+                |                  v
+    REGISTERED -+------------------+--> RESTORING --> FLUSHING --> COMPLETED    ACTIVE: read to the end
+                                   |                                  ^
+                                   +----------------------------------+       (nothing to read)
+                                   |
+                                   +--> UPDATING <--> PAUSED                   STANDBY: tail until removed
+                                          |  ^          ^
+                                          v  |          |
+                                         FLUSHING ------+
     every state but COMPLETED / FAILED / CLOSED --> FAILED (stopped on an error), CLOSED (removed)
 
 - REGISTERED: the reader knows the store; the changelog's range is read ([low, high), fresh watermarks) and
