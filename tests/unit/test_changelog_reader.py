@@ -63,6 +63,8 @@ def test_transition_table(tmp_path, mode, frm, to):
     if mode in LEGAL.get((frm, to), ()):
         p.transition(to)
         assert p.state is to
+        # records go into the store (the partition is assigned) in these states only
+        assert p.reading is (to in ({S.RESTORING} if mode is Mode.ACTIVE else {S.UPDATING, S.PAUSED, S.FLUSHING}))
     else:
         with pytest.raises(IllegalStateTransition, match=f"{frm.value} -> {to.value} is not allowed"):
             p.transition(to)

@@ -187,6 +187,9 @@ class ChangelogPartition:
     dirty: bool = False  # standby: written since its last flush began
     flushed_at: float = 0.0  # standby
     announced: bool = False  # standby: the standby listener heard on_update_start (it hears one suspend then)
+    # Assigned in the consumer, and records of it go into the store: a function of mode and state, kept with the
+    # state by ``transition`` because the record loop asks it for every run of records.
+    reading: bool = field(default=False, init=False)
 
     @property
     def tp(self) -> TopicPartition:
@@ -196,11 +199,6 @@ class ChangelogPartition:
     def ktp(self) -> KTopicPartition:
         tp = self.store.changelog
         return KTopicPartition(tp.topic, tp.partition)
-
-    @property
-    def reading(self) -> bool:
-        """Assigned in the consumer, and records of it go into the store."""
-        return self.state in _READING[self.mode]
 
     @property
     def paused(self) -> bool:
@@ -216,6 +214,7 @@ class ChangelogPartition:
                                          f"{self.mode.value}): {self.state.value} -> {to.value} is not allowed")
         log.debug("changelog %s (%s): %s -> %s", self.tp, self.mode.value, self.state.value, to.value)
         self.state = to
+        self.reading = to in _READING[self.mode]
 
 
 @dataclass(eq=False)
