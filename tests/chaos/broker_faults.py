@@ -409,19 +409,17 @@ class Standby(Deployment):
                      "suspended": [x.suspended[-5:] for x in self.listeners]}
         for i, u in enumerate(o for o in gc.get_objects()
                               if isinstance(o, StateUpdater) and o._config.app_id == self.app_id):
-            parts = {f"{tp.topic[-12:]}-{tp.partition}": dict(offset=sp.offset, end=sp.end_offset,
-                                                               tailing=sp.tailing, dirty=sp.dirty,
-                                                               flushing=sp.flushing, paused=tp in u._paused)
-                     for tp, sp in list(u._standby_partitions.items())}
-            flushing = [str(tp) for tp in list(u._standby_flushing)]
+            reader = u._reader
+            parts = {f"{tp.topic[-12:]}-{tp.partition}": dict(mode=cp.mode.value, state=cp.state.value,
+                                                               offset=cp.offset, end=cp.end_offset, dirty=cp.dirty)
+                     for tp, cp in list(reader._partitions.items())}
             try:
-                assigned = [(p.partition, p.offset) for p in u._consumer.position(u._consumer.assignment())]
+                positions = [(p.partition, p.offset) for p in reader.consumer.position(reader.consumer.assignment())]
             except Exception as exc:  # noqa: BLE001 - a diagnostic
-                assigned = repr(exc)
-            out[f"updater{i}"] = dict(alive=u._thread.is_alive(), restoring=list(u._tasks),
-                                      restore_parts=[str(tp) for tp in u._partitions], standby=parts,
-                                      standby_flushing=flushing, positions=assigned,
-                                      standby_tasks={k: v.failed for k, v in list(u._standbys.items())})
+                positions = repr(exc)
+            out[f"updater{i}"] = dict(alive=u._thread.is_alive(), restoring=list(reader._actives),
+                                      partitions=parts, positions=positions,
+                                      standby_tasks={k: v.failed for k, v in list(reader._standbys.items())})
         return out
 
     def wait_standbys_current(self) -> None:

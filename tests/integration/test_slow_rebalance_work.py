@@ -11,7 +11,8 @@ import time
 import pytest
 
 import hotstate
-from hotstate.runtime import task_manager
+from hotstate.state import backend as backend_mod
+from hotstate.state.backend import ROCKSDB, BackendKind, register_backend
 from hotstate.state.rocksdb_store import RocksDBBackend
 from kafka_helpers import build_word_count, wait_for
 
@@ -42,7 +43,9 @@ def test_a_store_open_longer_than_the_session_timeout_keeps_the_member_in_the_gr
     app_id = kafka.app_id("slow-open")
     for p in range(2):
         kafka.produce_to(source, p, [(f"w{p}-{i % 20}".encode(), b"x") for i in range(200)])
-    monkeypatch.setattr(task_manager, "RocksDBBackend", SlowToOpen)
+    monkeypatch.setattr(backend_mod, "_KINDS", dict(backend_mod._KINDS))  # the registration ends with the test
+    register_backend(BackendKind(ROCKSDB, persistent=True,
+                                 open=lambda name, path, on_corruption: SlowToOpen(name, path, on_corruption)))
     SlowToOpen.opened = []
     app = build_word_count(kafka.bootstrap, app_id, tmp_path / "a", source, None, session_timeout_ms=SESSION_MS)
     app.start()

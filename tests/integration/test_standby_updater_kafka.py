@@ -187,8 +187,8 @@ _CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     from integration.test_standby_updater_kafka import standby_task, start_updater
-    from hotstate.runtime.state_updater import StateUpdater
-    StateUpdater.STANDBY_FLUSH_INTERVAL_S = 0.2
+    from hotstate.runtime.changelog_reader import ChangelogReader
+    ChangelogReader.STANDBY_FLUSH_INTERVAL_S = 0.2
     task = standby_task({state_dir!r}, {{"s": {topic!r}}})
     u = start_updater({bootstrap!r})
     u.add_standby(task)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
 
-from hotstate.state.backend import check_offset_forward
+from hotstate.state.backend import SimpleRestoreTarget, check_offset_forward
 
 DATA, COMMIT, ABORT = "data", "commit", "abort"
 
@@ -407,8 +407,9 @@ class SimDisk:
         self.live = []
 
 
-class SimBackend:
-    """A store on a ``SimDisk``: the StoreBackend contract with RocksDB's durability."""
+class SimBackend(SimpleRestoreTarget):
+    """A store on a ``SimDisk``: the StoreBackend contract with RocksDB's durability (its restore flush is
+    ``end_restore``: ``SimpleRestoreTarget``'s asynchronous flush is done at once)."""
 
     persistent = True
     corrupted = False
@@ -480,3 +481,8 @@ class SimBackend:
     def wipe(self) -> None:
         self._data, self._offset, self._volatile, self._volatile_offset = {}, None, {}, None
         self._disk.durable.pop(self.path, None)
+
+    reset = wipe  # the simulated store stays open after a wipe
+
+    def open_from_files(self, directory: str) -> None:
+        raise NotImplementedError("the simulated disk has no store files to adopt")

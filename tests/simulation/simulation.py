@@ -41,7 +41,7 @@ class SyncUpdater(StateUpdater):
     driver calls ``run_once(wait=False)``."""
 
     def start(self) -> None:
-        self._consumer = self._consumer_factory()
+        self._open_consumer()
 
     def _submit(self, cmd: tuple) -> bool:
         self._commands.put(cmd)

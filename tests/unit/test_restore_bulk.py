@@ -33,7 +33,7 @@ def test_bulk_restore_is_durable_and_ends_in_processing_mode(tmp_path, bulk_from
     task = make_task("rocksdb", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 50)}, {CHANGELOG: changelog_records(50)})
     u = make_updater(consumer, restore_batch_records_max=7, restore_consume_records_max=20)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     backend = task.stores["counts"].backend
     assert backend._bulk  # switched when the restore began
     run_until_idle(u, consumer)
@@ -55,7 +55,7 @@ def test_small_restore_keeps_processing_options(tmp_path):
     task = make_task("rocksdb", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     assert not task.stores["counts"].backend._bulk
     run_until_idle(u, consumer)
     assert u.drain_restored() == [task]
@@ -92,14 +92,14 @@ def test_task_is_handed_over_only_after_its_flush(tmp_path):
     listener = RecordingListener()
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer, listener)
-    u._start_tasks([task])
-    u._restore_round(consumer)
+    u._reader.start_actives([task])
+    u._reader.restore_round()
     assert store.backend.flush_requested and consumer.positions == {}  # read to the end, unassigned
     assert u.drain_restored() == [] and listener.calls[-1][0] == "batch"
-    u._check_flushed()
+    u._reader.check_flushed()
     assert u.drain_restored() == []
     store.backend.flush_done = True
-    u._check_flushed()
+    u._reader.check_flushed()
     assert u.drain_restored() == [task]
     assert store.backend.ended == 1
     assert listener.calls[-1] == ("end", CHANGELOG, "counts", 5)
@@ -112,12 +112,12 @@ def test_remove_while_flushing_returns_the_task(tmp_path):
     store.backend = SlowFlushBackend(store.backend)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer)
-    u._start_tasks([task])
-    u._restore_round(consumer)
+    u._reader.start_actives([task])
+    u._reader.restore_round()
     fut = Future()
     u._remove_task(task.id, fut)  # the partition is already unassigned: no second unassign
     assert fut.result(timeout=0) is task
-    assert u._flushing == {} and u.restoring_task_ids() == [] and u.drain_restored() == []
+    assert u._reader.partitions() == {} and u.restoring_task_ids() == [] and u.drain_restored() == []
     assert store.backend.ended == 1
 
 
@@ -134,21 +134,21 @@ def two_store_updater(tmp_path, **cfg):
     cl1 = TopicPartition(CHANGELOG.topic, 1)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 100), cl1: (0, 100), OTHER: (0, 100)})
     u = make_updater(consumer, **cfg)
-    u._start_tasks([t0, t1])
+    u._reader.start_actives([t0, t1])
     return u, t0, t1, cl1
 
 
 def test_runs_of_interleaved_partitions_and_topics_reach_their_stores(tmp_path):
     listener = RecordingListener()
     u, t0, t1, cl1 = two_store_updater(tmp_path, restore_batch_records_max=2)
-    u._listener._inner = listener
+    u._reader._listener._inner = listener
     msgs = [FakeMsg(CHANGELOG.topic, 0, 0, b"a", i64(1)), FakeMsg(CHANGELOG.topic, 0, 1, b"b", i64(2)),
             FakeMsg(CHANGELOG.topic, 0, 2, b"c", i64(3)),  # a batch is full after 2 records
             FakeMsg(OTHER.topic, 0, 0, b"a", i64(10)),  # same partition number, other topic
             FakeMsg(CHANGELOG.topic, 1, 0, b"z", i64(7)),
             FakeMsg(CHANGELOG.topic, 0, 3, b"a", None),  # a tombstone
             FakeMsg("app-revoked-changelog", 0, 9, b"x", i64(9))]  # no longer restoring: skipped
-    u._apply(msgs)
+    u._reader._apply(msgs)
     assert dict(t0.stores["counts"].backend._data) == {b"b": i64(2), b"c": i64(3)}
     assert t0.stores["counts"].backend.changelog_offset() == 4
     assert dict(t0.stores["other"].backend._data) == {b"a": i64(10)}
@@ -174,17 +174,17 @@ def test_fatal_error_events_raise_transient_ones_and_end_of_partition_events_are
             return self._code
 
     eof = FakeMsg(CHANGELOG.topic, 0, 0, None, None, error=Err(KafkaError._PARTITION_EOF))
-    u._apply([eof, FakeMsg(CHANGELOG.topic, 0, 0, b"a", i64(1))])
+    u._reader._apply([eof, FakeMsg(CHANGELOG.topic, 0, 0, b"a", i64(1))])
     assert t0.stores["counts"].backend.changelog_offset() == 1
     transient = FakeMsg(CHANGELOG.topic, 0, 1, None, None, error=KafkaError(KafkaError._TRANSPORT))
     with caplog.at_level(logging.WARNING):
-        u._apply([transient, transient, FakeMsg(CHANGELOG.topic, 0, 1, b"b", i64(2))])
+        u._reader._apply([transient, transient, FakeMsg(CHANGELOG.topic, 0, 1, b"b", i64(2))])
     assert t0.stores["counts"].backend.changelog_offset() == 2 and t0.stores["counts"].backend.get(b"b") == i64(2)
     assert sum("restore consumer" in r.getMessage() for r in caplog.records) == 1  # rate-limited
     with pytest.raises(KafkaException):
-        u._apply([FakeMsg(CHANGELOG.topic, 0, 2, None, None, error=KafkaError(KafkaError._FATAL, fatal=True))])
+        u._reader._apply([FakeMsg(CHANGELOG.topic, 0, 2, None, None, error=KafkaError(KafkaError._FATAL, fatal=True))])
     with pytest.raises(RuntimeError, match="without a key"):
-        u._apply([FakeMsg(CHANGELOG.topic, 0, 1, None, i64(1))])
+        u._reader._apply([FakeMsg(CHANGELOG.topic, 0, 1, None, i64(1))])
 
 
 def test_failing_restore_switch_fails_only_its_task(tmp_path):
@@ -200,7 +200,7 @@ def test_failing_restore_switch_fails_only_its_task(tmp_path):
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 3), cl1: (0, 3)},
                                    {CHANGELOG: changelog_records(3), cl1: changelog_records(3)})
     u = make_updater(consumer)
-    u._start_tasks([ok, bad])
+    u._reader.start_actives([ok, bad])
     assert [(t, str(e)) for t, e in u.drain_failed()] == [(bad, "cannot reopen")]
     assert set(consumer.positions) == {CHANGELOG}
     run_until_idle(u, consumer)
@@ -211,7 +211,7 @@ def test_ending_a_bulk_restore_persists_the_offset_without_a_rewrite(tmp_path, b
     task = make_task("rocksdb", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 30)}, {CHANGELOG: changelog_records(30)})
     u = make_updater(consumer, restore_batch_records_max=4)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     with caplog.at_level("WARNING", logger="hotstate.state.rocksdb_store"):
         run_until_idle(u, consumer)
     assert not [r for r in caplog.records if "did not reach disk" in r.getMessage()]

@@ -56,17 +56,17 @@ def test_updater_publishes_instance_and_store_metrics(tmp_path):
     task = make_task("memory", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer, restore_consume_records_max=2)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     snap = u._metrics.snapshot()
     assert snap["active_restoring_tasks"] == 1 and snap["standby_updating_tasks"] == 0
     assert snap["restores"]["0_0/counts"]["restore_remaining_records"] == 5
     assert snap["restores"]["0_0/counts"]["changelog"] == str(CHANGELOG)
-    u._restore_round(consumer)
+    u._reader.restore_round()
     snap = u._metrics.snapshot()
     assert snap["restores"]["0_0/counts"]["restore_records_total"] == 2
     assert snap["restores"]["0_0/counts"]["restore_remaining_records"] == 3
-    while u._partitions:
-        u._restore_round(consumer)
+    while u._reader.partitions():
+        u._reader.restore_round()
     snap = u._metrics.snapshot()
     assert snap["active_restoring_tasks"] == 0 and snap["active_restoring_stores"] == 0
     assert snap["restores"]["0_0/counts"]["state"] == "RESTORED"
@@ -78,7 +78,7 @@ def test_removed_task_leaves_no_store_metrics(tmp_path):
     task = make_task("memory", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer, restore_consume_records_max=2)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     u._remove_task(task.id, Future())
     snap = u._metrics.snapshot()
     assert snap["restores"] == {} and snap["active_restoring_tasks"] == 0

@@ -17,6 +17,7 @@ from hotstate.errors import IllegalStateTransition
 from hotstate.observe.listener import StandbyUpdateListener, SuspendReason
 from hotstate.observe.metrics import Metrics
 from hotstate.records import TopicPartition
+from hotstate.runtime.changelog_reader import ChangelogState, Mode
 from hotstate.runtime.state_updater import StateUpdater
 from hotstate.state.rocksdb_store import META_CF
 from test_state_updater import CHANGELOG, FakeRestoreConsumer, changelog_records, i64, make_task, run_until_idle
@@ -108,22 +109,34 @@ def make_updater(consumer, standby_listener=None, **cfg):
         raise AssertionError("the thread is driven by the test")
 
     u = StateUpdater(config, factory, None, Metrics(), standby_listener=standby_listener)
-    u._consumer = consumer
+    u._reader.consumer = consumer
     u._thread = _DrivenByTest()
     return u
 
 
 def step(u, consumer, rounds=1, now=None):
     """What one pass of the thread's loop does (commands, then a restore or standby round, then upkeep)."""
+    reader = u._reader
     for _ in range(rounds):
         u._handle_commands(wait_s=0)
-        if u._partitions:
-            u._restore_round(consumer)
-        elif u._flushing:
-            u._check_flushed()
-        elif u._standby_partitions:
-            u._standby_round(consumer)
-        u._maintain_standbys(consumer, time.monotonic() if now is None else now)
+        restoring, flushing, standby = reader.activity()
+        if restoring:
+            reader.restore_round()
+        elif flushing:
+            reader.check_flushed()
+        elif standby:
+            reader.standby_round()
+        reader.maintain_standbys(time.monotonic() if now is None else now)
+
+
+def standby_in(u, state):
+    return [tp for tp, p in u._reader.partitions().items() if p.mode is Mode.STANDBY and p.state is state]
+
+
+def standby_partition(u, tp):
+    p = u._reader.partitions()[tp]
+    assert p.mode is Mode.STANDBY
+    return p
 
 
 def remove_standby(u, consumer, task_id, reason=SuspendReason.MIGRATED):
@@ -268,7 +281,7 @@ def test_remove_standby_resolves_and_stops_writes(backend_kind, tmp_path, closin
     step(u, consumer)
     assert fut.result(timeout=0) is task
     assert listener.calls[-1] == ("suspended", CHANGELOG, "counts", 4, 4, SuspendReason.MIGRATED)
-    assert consumer.positions == {} and u._standby_partitions == {} and u.standby_task_ids() == []
+    assert consumer.positions == {} and u._reader.partitions() == {} and u.standby_task_ids() == []
     assert u.standby_lags() == {} and u._metrics.standby_updating_tasks == 0
     consumer.append(CHANGELOG, changelog_records(8, start=4))
     step(u, consumer, rounds=2)
@@ -375,8 +388,8 @@ def test_standbys_pause_while_an_active_task_restores(tmp_path):
     u.add(active)
     u._handle_commands(wait_s=0)
     assert consumer.paused == {CHANGELOG}  # before the first restore round
-    u._restore_round(consumer)
-    u._restore_round(consumer)
+    u._reader.restore_round()
+    u._reader.restore_round()
     assert store_of(standby).backend.changelog_offset() == 2  # active records only
     assert store_of(active).backend.changelog_offset() == 20
     run_until_idle(u, consumer)
@@ -396,7 +409,7 @@ def test_a_standby_added_during_an_active_restore_starts_paused(tmp_path):
     u.add_standby(standby)
     u._handle_commands(wait_s=0)
     assert consumer.paused == {CHANGELOG}
-    u._restore_round(consumer)
+    u._reader.restore_round()
     assert store_of(standby).backend.changelog_offset() is None
     run_until_idle(u, consumer)
     u.drain_restored()
@@ -440,7 +453,7 @@ def test_lags_and_offsets(tmp_path):
     # the changelog grows without a record being read yet: the end librdkafka caches from fetches counts
     consumer.watermarks[CHANGELOG] = (0, 15)
     consumer.fetched_high[CHANGELOG] = 15
-    u._refresh_ends(consumer, now=time.monotonic())
+    u._reader._refresh_ends(now=time.monotonic())
     assert u.standby_lags() == {"0_0": 5, "0_1": 0}
     assert u._metrics.snapshot()["standby_records_lag"] == {"0_0": 5, "0_1": 0}
     assert u._metrics.snapshot()["standby_updating_tasks"] == 2
@@ -455,8 +468,8 @@ def test_ends_refresh_about_once_a_second_from_cached_watermarks(tmp_path):
     assert consumer.watermark_calls == [(CHANGELOG, False)]  # the start: fresh, as a restore's
     base = time.monotonic() + 10
     for i in range(20):
-        u._standby_round(consumer)
-        u._maintain_standbys(consumer, now=base + i * 0.1)  # two seconds
+        u._reader.standby_round()
+        u._reader.maintain_standbys(now=base + i * 0.1)  # two seconds
     cached = [c for c in consumer.watermark_calls if c[1]]
     assert 2 <= len(cached) <= 3
     assert [c for c in consumer.watermark_calls if not c[1]] == [(CHANGELOG, False)]
@@ -475,8 +488,8 @@ def test_paused_partitions_get_their_ends_in_one_batched_query(tmp_path):
     consumer.append(CHANGELOG, changelog_records(12, start=2))  # the paused partition grows: no fetch sees it
     base = time.monotonic() + 10
     for i in range(30):
-        u._restore_round(consumer)
-        u._maintain_standbys(consumer, now=base + i * 0.5)  # 15 seconds
+        u._reader.restore_round()
+        u._reader.maintain_standbys(now=base + i * 0.5)  # 15 seconds
     assert 2 <= consumer.offsets_for_times_calls <= 4
     assert u.standby_lags() == {standby.id: 10}
 
@@ -522,11 +535,11 @@ def replay(records, upto, data=None):
 
 def flush_until_done(u, consumer, now, timeout_s=10):
     deadline = time.monotonic() + timeout_s
-    u._maintain_standbys(consumer, now)
-    while u._standby_flushing:
+    u._reader.maintain_standbys(now)
+    while standby_in(u, ChangelogState.FLUSHING):
         assert time.monotonic() < deadline, "the standby flush did not finish"
         time.sleep(0.005)
-        u._maintain_standbys(consumer, now)
+        u._reader.maintain_standbys(now)
 
 
 def test_standby_flush_makes_the_offset_durable_with_its_data(tmp_path, closing):
@@ -535,24 +548,24 @@ def test_standby_flush_makes_the_offset_durable_with_its_data(tmp_path, closing)
     records = changelog_records(40)
     consumer = StandbyConsumer({CHANGELOG: (0, 40)}, {CHANGELOG: records})
     u = make_updater(consumer, restore_consume_records_max=10)
-    u.STANDBY_FLUSH_INTERVAL_S = 5.0
+    u._reader.STANDBY_FLUSH_INTERVAL_S = 5.0
     u.add_standby(task)
     u._handle_commands(wait_s=0)
-    t0 = u._standby_partitions[CHANGELOG].flushed_at
+    t0 = standby_partition(u, CHANGELOG).flushed_at
     for _ in range(5):
         u._handle_commands(wait_s=0)
-        u._standby_round(consumer)
-        u._maintain_standbys(consumer, t0 + 1)  # not due yet
+        u._reader.standby_round()
+        u._reader.maintain_standbys(t0 + 1)  # not due yet
     assert store_of(task).backend.changelog_offset() == 40
     assert crash_view(task) == ({}, None)  # nothing flushed: a kill -9 now loses the progress, consistently
-    u._maintain_standbys(consumer, t0 + 6)  # due: the flush starts and the partition pauses
-    assert CHANGELOG in u._standby_flushing and consumer.paused == {CHANGELOG}
+    u._reader.maintain_standbys(t0 + 6)  # due: the flush starts and the partition pauses
+    assert standby_in(u, ChangelogState.FLUSHING) == [CHANGELOG] and consumer.paused == {CHANGELOG}
     flush_until_done(u, consumer, t0 + 6)
     assert consumer.paused == set()  # resumed
     assert crash_view(task) == (replay(records, 40), 40)
     # nothing new: no further flush
-    u._maintain_standbys(consumer, t0 + 20)
-    assert not u._standby_flushing
+    u._reader.maintain_standbys(t0 + 20)
+    assert not standby_in(u, ChangelogState.FLUSHING)
 
 
 def test_a_write_during_the_flush_flushes_the_data_again_before_the_offset(tmp_path, closing):
@@ -563,14 +576,14 @@ def test_a_write_during_the_flush_flushes_the_data_again_before_the_offset(tmp_p
     records = changelog_records(10)
     consumer = StandbyConsumer({CHANGELOG: (0, 10)}, {CHANGELOG: records[:5]})
     u = make_updater(consumer)
-    u.STANDBY_FLUSH_INTERVAL_S = 1000.0
+    u._reader.STANDBY_FLUSH_INTERVAL_S = 1000.0
     u.add_standby(task)
     step(u, consumer)
     assert store_of(task).backend.changelog_offset() == 5
-    u.STANDBY_FLUSH_INTERVAL_S = 0.0
+    u._reader.STANDBY_FLUSH_INTERVAL_S = 0.0
     now = time.monotonic() + 1
-    u._maintain_standbys(consumer, now)
-    assert u._standby_partitions[CHANGELOG].flushing
+    u._reader.maintain_standbys(now)
+    assert standby_partition(u, CHANGELOG).state is ChangelogState.FLUSHING
     # let the data step finish, so that the next poll would flush the offset
     backend = store_of(task).backend
     deadline = time.monotonic() + 10
@@ -578,7 +591,7 @@ def test_a_write_during_the_flush_flushes_the_data_again_before_the_offset(tmp_p
             backend._db.property_int_value("rocksdb.num-immutable-mem-table"):
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    u._apply([FakeMsg(CHANGELOG.topic, 0, off, k, v) for off, k, v in records[5:]])  # slipped through
+    u._reader._apply([FakeMsg(CHANGELOG.topic, 0, off, k, v) for off, k, v in records[5:]])  # slipped through
     assert backend.changelog_offset() == 10
     flush_until_done(u, consumer, now)
     data, offset = crash_view(task)
@@ -592,15 +605,15 @@ def test_no_standby_flush_starts_while_an_active_task_restores(tmp_path, closing
     consumer = StandbyConsumer({CHANGELOG: (0, 3), CL1: (0, 100)},
                                {CHANGELOG: changelog_records(3), CL1: changelog_records(100)})
     u = make_updater(consumer, restore_consume_records_max=10)
-    u.STANDBY_FLUSH_INTERVAL_S = 0.0
+    u._reader.STANDBY_FLUSH_INTERVAL_S = 0.0
     u.add_standby(standby)
     u._handle_commands(wait_s=0)
-    u._standby_round(consumer)
+    u._reader.standby_round()
     u.add(active)
     u._handle_commands(wait_s=0)
     now = time.monotonic() + 1
-    u._maintain_standbys(consumer, now)
-    assert not u._standby_flushing
+    u._reader.maintain_standbys(now)
+    assert not standby_in(u, ChangelogState.FLUSHING)
     run_until_idle(u, consumer)
     u.drain_restored()
     flush_until_done(u, consumer, now + 1)
@@ -611,12 +624,12 @@ def test_memory_standby_needs_no_flush(tmp_path):
     task = make_task("memory", tmp_path)
     consumer = StandbyConsumer({CHANGELOG: (0, 3)}, {CHANGELOG: changelog_records(3)})
     u = make_updater(consumer)
-    u.STANDBY_FLUSH_INTERVAL_S = 0.0
+    u._reader.STANDBY_FLUSH_INTERVAL_S = 0.0
     u.add_standby(task)
     step(u, consumer, now=time.monotonic() + 1)
     step(u, consumer, now=time.monotonic() + 2)
-    assert not u._standby_flushing and consumer.paused == set()
-    assert not u._standby_partitions[CHANGELOG].dirty  # its "flush" (end_restore, a no-op) ran at once
+    assert not standby_in(u, ChangelogState.FLUSHING) and consumer.paused == set()
+    assert not standby_partition(u, CHANGELOG).dirty  # its "flush" (end_restore, a no-op) ran at once
 
 
 # ---- errors stop one standby, never the updater ----
@@ -663,10 +676,10 @@ def test_a_fatal_error_event_of_a_standby_partition_stops_that_standby_only_a_tr
         def __str__(self):
             return "unknown topic"
 
-    u._apply([FakeMsg(CHANGELOG.topic, 0, -1, None, None, error=Err(False))])
-    assert u.standby_lags() == {task.id: 0} and not u._standbys[task.id].failed
-    u._apply([FakeMsg(CHANGELOG.topic, 0, -1, None, None, error=Err(True))])
-    assert u.standby_lags() == {} and u._standbys[task.id].failed
+    u._reader._apply([FakeMsg(CHANGELOG.topic, 0, -1, None, None, error=Err(False))])
+    assert u.standby_lags() == {task.id: 0} and standby_partition(u, CHANGELOG).state is ChangelogState.UPDATING
+    u._reader._apply([FakeMsg(CHANGELOG.topic, 0, -1, None, None, error=Err(True))])
+    assert u.standby_lags() == {} and u._reader._standbys[task.id].partitions[0].state is ChangelogState.FAILED
 
 
 def test_the_updater_thread_tails_and_removes(tmp_path):

@@ -17,6 +17,7 @@ from hotstate.dsl.topology import SubTopology
 from hotstate.observe.listener import RestoreListener
 from hotstate.observe.metrics import Metrics
 from hotstate.records import TopicPartition
+from hotstate.runtime.changelog_reader import ChangelogState, Mode
 from hotstate.runtime.state_updater import StateUpdater
 from hotstate.runtime.task import Task, TaskState, TaskStore
 from hotstate.state.memory_store import MemoryBackend
@@ -117,8 +118,17 @@ def make_updater(consumer=None, listener=None, **cfg):
         raise AssertionError("unit tests never start the updater's thread")
 
     u = StateUpdater(config, factory, listener, Metrics())
-    u._consumer = consumer
+    u._reader.consumer = consumer
     return u
+
+
+def reader_states(updater):
+    """{changelog partition: its ChangelogState} of what the updater's reader works on."""
+    return {tp: p.state for tp, p in updater._reader.partitions().items()}
+
+
+def active_in(updater, state):
+    return [tp for tp, p in updater._reader.partitions().items() if p.mode is Mode.ACTIVE and p.state is state]
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -135,14 +145,19 @@ def tasks_to_close():
             s.backend.close()
 
 
-# ---- _restore_range: which part of the changelog to replay ----
+# ---- _plan_range: which part of the changelog to replay ----
+
+def plan_range(consumer, task, store):
+    r = make_updater(consumer)._reader._plan_range(task, store)
+    return r.start, r.end
+
 
 @pytest.mark.parametrize("low, high", [(0, 0), (0, 10), (5, 10)])
 def test_no_stored_offset_starts_at_low(kind, tmp_path, tasks_to_close, low, high):
     task = make_task(kind, tmp_path)
     tasks_to_close.append(task)
     consumer = FakeRestoreConsumer({CHANGELOG: (low, high)})
-    assert make_updater(consumer)._restore_range(consumer, task, task.stores["counts"]) == (low, high)
+    assert plan_range(consumer, task, task.stores["counts"]) == (low, high)
     assert consumer.watermark_calls == [(CHANGELOG, False)]  # fresh watermarks, never cached ones
 
 
@@ -154,7 +169,7 @@ def test_stored_offset_within_range_is_kept(kind, tmp_path, tasks_to_close, capl
     backend = store.backend
     consumer = FakeRestoreConsumer({CHANGELOG: (5, 10)})
     with caplog.at_level(logging.WARNING):
-        assert make_updater(consumer)._restore_range(consumer, task, store) == (stored, 10)
+        assert plan_range(consumer, task, store) == (stored, 10)
     assert store.backend is backend
     assert store.view.get("a") == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -175,8 +190,8 @@ def test_unusable_stored_offset_wipes_store_and_starts_at_low(kind, tmp_path, ta
     old = store.backend
     consumer = FakeRestoreConsumer({CHANGELOG: (low, high)})
     with caplog.at_level(logging.WARNING, logger="hotstate.runtime.state_updater"):
-        assert make_updater(consumer)._restore_range(consumer, task, store) == (low, high)
-    assert store.backend is not old
+        assert plan_range(consumer, task, store) == (low, high)
+    assert store.backend is old  # reset in place: whoever holds the backend sees it empty
     assert store.overlay.backend is store.backend
     assert store.backend.changelog_offset() is None
     assert store.backend.get(b"a") is None
@@ -191,7 +206,7 @@ def test_wipe_survives_reopen_for_rocksdb(tmp_path, tasks_to_close):
     tasks_to_close.append(task)
     store = task.stores["counts"]
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 10)})
-    make_updater(consumer)._restore_range(consumer, task, store)
+    plan_range(consumer, task, store)
     store.backend.close()
     again = store.reopen()
     try:
@@ -205,17 +220,17 @@ def test_wipe_survives_reopen_for_rocksdb(tmp_path, tasks_to_close):
 def run_until_idle(updater, consumer, max_rounds=50, flush_wait_s=10):
     """Restore rounds until every partition is read to its end, then wait for the stores' flushes."""
     for _ in range(max_rounds):
-        if not updater._partitions:
+        if not active_in(updater, ChangelogState.RESTORING):
             break
-        updater._restore_round(consumer)
+        updater._reader.restore_round()
     else:
         raise AssertionError("restore did not finish")
     deadline = time.monotonic() + flush_wait_s
-    while updater._flushing:
+    while active_in(updater, ChangelogState.FLUSHING):
         if time.monotonic() > deadline:
             raise AssertionError("restored stores were not flushed")
         time.sleep(0.005)
-        updater._check_flushed()
+        updater._reader.check_flushed()
 
 
 def changelog_records(n, start=0):
@@ -259,7 +274,7 @@ def test_clean_restart_replays_only_the_delta(kind, tmp_path, tasks_to_close):
     listener = RecordingListener()
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 6)}, {CHANGELOG: changelog_records(6)})
     u = make_updater(consumer, listener)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     run_until_idle(u, consumer)
     assert task.stores["counts"].restored_records == 3
     assert listener.calls[0] == ("start", CHANGELOG, "counts", 3, 6)
@@ -274,7 +289,7 @@ def test_up_to_date_store_is_restored_at_once(kind, tmp_path, tasks_to_close):
     listener = RecordingListener()
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 6)})
     u = make_updater(consumer, listener)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     assert consumer.positions == {} and consumer.consume_calls == 0
     assert u.drain_restored() == [task]
     assert task.stores["counts"].restored_records == 0
@@ -288,7 +303,7 @@ def test_end_past_last_record_moves_offset_to_position(kind, tmp_path, tasks_to_
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 4)}, {CHANGELOG: changelog_records(2)},
                                    end_positions={CHANGELOG: 4})
     u = make_updater(consumer)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     run_until_idle(u, consumer)
     assert task.stores["counts"].backend.changelog_offset() == 4
     assert task.stores["counts"].restored_records == 2
@@ -299,7 +314,7 @@ def test_wiped_store_restores_from_low(kind, tmp_path, tasks_to_close):
     tasks_to_close.append(task)
     consumer = FakeRestoreConsumer({CHANGELOG: (2, 5)}, {CHANGELOG: changelog_records(5, start=2)})
     u = make_updater(consumer)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     run_until_idle(u, consumer)
     store = task.stores["counts"]
     assert store.view.get("stale") is None
@@ -311,7 +326,7 @@ def test_restored_state_persists_for_rocksdb(tmp_path, tasks_to_close):
     task = make_task("rocksdb", tmp_path)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     run_until_idle(u, consumer)
     task.close_stores()
     b = task.stores["counts"].reopen()
@@ -327,7 +342,7 @@ def test_two_tasks_restore_side_by_side(tmp_path, tasks_to_close):
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 3), cl1: (0, 1)},
                                    {CHANGELOG: changelog_records(3), cl1: changelog_records(1)})
     u = make_updater(consumer)
-    u._start_tasks([t0, t1])
+    u._reader.start_actives([t0, t1])
     assert set(consumer.positions) == {CHANGELOG, cl1}
     run_until_idle(u, consumer)
     assert {t.id for t in u.drain_restored()} == {"0_0", "0_1"}
@@ -340,13 +355,13 @@ def test_remove_restoring_task(kind, tmp_path, tasks_to_close):
     tasks_to_close.append(task)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)}, {CHANGELOG: changelog_records(5)})
     u = make_updater(consumer, restore_consume_records_max=2)
-    u._start_tasks([task])
-    u._restore_round(consumer)
+    u._reader.start_actives([task])
+    u._reader.restore_round()
     fut = Future()
     u._remove_task(task.id, fut)
     assert fut.result(timeout=0) is task
     assert consumer.positions == {}
-    assert u.restoring_task_ids() == [] and u._partitions == {}
+    assert u.restoring_task_ids() == [] and reader_states(u) == {}
     assert u.drain_restored() == []
     assert task.stores["counts"].backend.changelog_offset() == 2  # what was restored so far stays
 
@@ -355,7 +370,7 @@ def test_remove_already_restored_task_takes_it_back(tmp_path):
     task = make_task("memory", tmp_path, 5)
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 5)})
     u = make_updater(consumer)
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     fut = Future()
     u._remove_task(task.id, fut)
     assert fut.result(timeout=0) is task
@@ -371,7 +386,7 @@ def test_remove_unknown_task_resolves_to_none(tmp_path):
 
 def test_remove_without_a_running_thread_never_blocks(tmp_path):
     u = make_updater(FakeRestoreConsumer({}))
-    u._start_tasks([make_task("memory", tmp_path)])
+    u._reader.start_actives([make_task("memory", tmp_path)])
     assert u.remove("0_0").result(timeout=0) is None
 
 
@@ -382,7 +397,7 @@ def test_failing_watermark_lookup_fails_the_task(tmp_path):
 
     task = make_task("memory", tmp_path)
     u = make_updater(Broken({}))
-    u._start_tasks([task])
+    u._reader.start_actives([task])
     failed = u.drain_failed()
     assert [(t, str(e)) for t, e in failed] == [(task, "broker gone")]
     assert u.drain_restored() == [] and u.restoring_task_ids() == []
@@ -400,7 +415,7 @@ def test_listener_exceptions_do_not_fail_the_restore(tmp_path, caplog):
     consumer = FakeRestoreConsumer({CHANGELOG: (0, 2)}, {CHANGELOG: changelog_records(2)})
     u = make_updater(consumer, Raising())
     with caplog.at_level(logging.ERROR):
-        u._start_tasks([task])
+        u._reader.start_actives([task])
         run_until_idle(u, consumer)
     assert u.drain_restored() == [task]
     assert any("listener bug" in (r.exc_text or "") or "Raising" in r.getMessage() for r in caplog.records)

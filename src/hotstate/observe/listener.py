@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 class RestoreListener:
     """Subclass and override what you need. ``partition`` is the changelog's (topic, partition)."""
 
+    def on_snapshot_downloaded(self, partition: TopicPartition, store_name: str, snapshot_offset: int,
+                               num_bytes: int, seconds: float) -> None:
+        """The store partition adopted a snapshot downloaded from the snapshot store (``num_bytes`` in
+        ``seconds``): it holds the changelog up to ``snapshot_offset``. Called only for a snapshot that was
+        used, before ``on_restore_start`` of the changelog tail (which then starts at ``snapshot_offset``)."""
+
     def on_restore_start(self, partition: TopicPartition, store_name: str, start_offset: int, end_offset: int) -> None:
         """Restore of one store partition begins: it will read changelog offsets [start_offset, end_offset)."""
 

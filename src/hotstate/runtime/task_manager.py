@@ -21,15 +21,14 @@ from ..kafka.record_size import RecordSizeLimits, is_too_large
 from ..errors import RecordTooLargeError, StoreCorruptedError
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
-from ..state.backend import StoreBackend
-from ..state.memory_store import MemoryBackend
+from ..state.backend import StoreBackend, backend_kind
 from ..state.overlay import Overlay
-from ..state.rocksdb_store import RocksDBBackend, read_stored_offset, wipe_path
+from ..state.rocksdb_store import read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
-from ..state.store import MEMORY, KeyValueStore, StoreSpec
+from ..state.store import KeyValueStore, StoreSpec
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
-from .state_updater import StateUpdater, store_reset
+from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .bad_records import BadRecords
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -45,8 +44,8 @@ class TaskManager:
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
-        ``open_backend(store_name, path)``: opens a persistent store (default RocksDB; the seeded simulation
-        passes a store on its simulated disk)."""
+        ``open_backend(store_name, path)``: opens every persistent store (default: the factory registered for
+        the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk)."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -179,9 +178,9 @@ class TaskManager:
         return out
 
     def _remember_disk_offsets(self, task: Task) -> None:
-        if self._disk_offsets is not None and any(s.spec.kind != MEMORY for s in task.stores.values()):
-            self._disk_offsets[task.id] = sum(s.backend.changelog_offset() or 0 for s in task.stores.values()
-                                              if s.spec.kind != MEMORY)
+        on_disk = [s for s in task.stores.values() if backend_kind(s.spec.kind).persistent]
+        if self._disk_offsets is not None and on_disk:
+            self._disk_offsets[task.id] = sum(s.backend.changelog_offset() or 0 for s in on_disk)
 
     def _forget_disk_offsets(self, tid: str) -> None:
         if self._disk_offsets is not None:
@@ -246,10 +245,12 @@ class TaskManager:
         return Task(sub, partition, stores)
 
     def _open_store(self, tid: str, partition: int, spec: StoreSpec, kept: StoreBackend | None = None) -> TaskStore:
+        """Opens the store through the backend registry (``state.backend.backend_kind``)."""
         changelog = TopicPartition(self._config.changelog_topic(spec.name), partition)
-        if spec.kind == MEMORY:
+        kind = backend_kind(spec.kind)
+        if not kind.persistent:
             def reopen() -> Any:
-                return MemoryBackend(spec.name)
+                return kind.open(spec.name, None, None)
             if kept is not None:
                 log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
                          kept.changelog_offset())
@@ -263,7 +264,7 @@ class TaskManager:
             def reopen() -> Any:
                 if open_backend is not None:
                     return open_backend(spec.name, path)
-                return RocksDBBackend(spec.name, path, on_corruption=lambda msg: report(tid))
+                return kind.open(spec.name, path, lambda msg: report(tid))
         try:
             backend = reopen()
         except StoreCorruptedError as exc:
@@ -408,7 +409,7 @@ class TaskManager:
             if store.backend.corrupted:
                 log.warning("task %s: wiping store %s; it restores in full from %s", task.id, store.spec.name,
                             store.changelog)
-                store_reset(store)
+                store.backend.reset()
         self.restore_from_changelogs([task], "a store was damaged")
 
     def _committed_offsets(self, tps: list[KTopicPartition]) -> list[KTopicPartition]:

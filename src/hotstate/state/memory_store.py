@@ -1,13 +1,17 @@
-"""An in-memory store: a dict, restored in full from its changelog after every start."""
+"""An in-memory store: a dict, restored in full from its changelog after every start.
+
+As a ``RestoreTarget`` it has nothing to make durable (restore writes apply at once, flushes are done at
+once) and no files: ``open_from_files`` raises NotImplementedError, so an in-memory store is never restored
+from a snapshot, only from its changelog (or handed over in memory on promotion, see the task manager)."""
 from __future__ import annotations
 
 import bisect
 from typing import Iterable, Iterator
 
-from .backend import Entry, check_offset_forward
+from .backend import Entry, SimpleRestoreTarget, check_offset_forward
 
 
-class MemoryBackend:
+class MemoryBackend(SimpleRestoreTarget):
     persistent = False
     corrupted = False  # nothing on disk to damage
 
@@ -47,6 +51,14 @@ class MemoryBackend:
     def end_restore(self) -> None:
         pass
 
+    def open_from_files(self, directory: str) -> None:
+        raise NotImplementedError(f"store {self.name} is an in-memory store: it has no files to adopt from "
+                                  f"{directory}; it restores from its changelog")
+
+    def reset(self) -> None:
+        self._data.clear()
+        self._offset = None
+
     def approximate_num_entries(self) -> int:
         return len(self._data)
 
@@ -54,5 +66,4 @@ class MemoryBackend:
         pass
 
     def wipe(self) -> None:
-        self._data.clear()
-        self._offset = None
+        self.reset()

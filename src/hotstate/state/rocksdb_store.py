@@ -8,6 +8,9 @@ Restore mode: a big restore reopens the database with bulk-load options (a vecto
 an append and the sort happens in the background flush; no compaction before 32 L0 files; no write
 stalls on L0 files; parallel flushes) and ``end_restore`` flushes and reopens it with the processing
 options, whose compaction then runs in the background. Numbers: ``docs/benchmarks.md``.
+
+As a ``RestoreTarget`` (state/backend.py): ``reset`` deletes and recreates the database in place;
+``open_from_files`` adopts a checkpoint of a store (e.g. a downloaded snapshot) after checking it read-only.
 """
 from __future__ import annotations
 
@@ -348,6 +351,50 @@ class RocksDBBackend:
     def wipe(self) -> None:
         self.close()
         wipe_path(self.path)
+
+    def reset(self) -> None:
+        """Drops all state: the database is deleted and created again, empty, with the processing options.
+        Unflushed restore writes are dropped, not flushed; the store is no longer ``corrupted``."""
+        self._drop_files()
+        self._open_empty()
+
+    def _drop_files(self) -> None:
+        self._close_handles()
+        self._restoring = self._bulk = False
+        self._flush_step = 0
+        wipe_path(self.path)
+
+    def _open_empty(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        self._open(_options())
+        self._offset = None
+        self.corrupted = False
+
+    def open_from_files(self, directory: str) -> None:
+        """Adopts ``directory``, a RocksDB database with this store's layout (a ``rocksdict.Checkpoint`` of a
+        store, downloaded), as the store's content with the changelog offset it holds. First the directory is
+        opened read-only and checked (a database, hotstate's format, an offset): a failure there raises
+        (StoreCorruptedError for damage) and the store is as it was. Then the store's files are deleted and
+        the directory is moved into their place (a rename on the same filesystem, a copy otherwise) and
+        opened; if that fails the store is reset to empty and the error raised. The directory is gone after
+        a success."""
+        offset = read_stored_offset(self.name, directory)
+        if offset is None:
+            raise StoreCorruptedError(f"store {self.name}: {directory} holds no hotstate store (no database, or "
+                                      "no changelog offset in it); nothing adopted")
+        self._drop_files()
+        try:
+            shutil.move(directory, self.path)
+            fmt, raw = self._open(_options())
+            if fmt != _FORMAT or raw is None or len(raw) != OFFSET.size or OFFSET.unpack(raw)[0] != offset:
+                raise StoreCorruptedError(f"store {self.name}: the files adopted from {directory} changed while "
+                                          f"they were moved (format {fmt!r}, offset {raw!r}, checked {offset})")
+        except BaseException:
+            self._drop_files()
+            self._open_empty()
+            raise
+        self._offset = offset
+        self.corrupted = False
 
 
 def _flushed(cf: Rdict) -> bool:

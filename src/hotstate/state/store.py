@@ -8,16 +8,16 @@ from typing import Any, Iterator
 from .. import serde as _serde
 from ..errors import StoreClosedError
 from ..serde import Serde
+from .backend import MEMORY, ROCKSDB, backend_kinds  # noqa: F401 (MEMORY: re-exported)
 from .overlay import Overlay
 
 _STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
-ROCKSDB = "rocksdb"
-MEMORY = "memory"
 
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """A key-value store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory"."""
+    """A key-value store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory", or another kind
+    registered with ``state.backend.register_backend``."""
 
     name: str
     key_serde: Serde = _serde.BYTES
@@ -27,8 +27,10 @@ class StoreSpec:
     def __post_init__(self) -> None:
         from ..errors import ConfigError
 
-        if self.kind not in (ROCKSDB, MEMORY):
-            raise ConfigError(f"store {self.name!r}: kind={self.kind!r} is invalid; use 'rocksdb' or 'memory'")
+        kinds = backend_kinds()
+        if self.kind not in kinds:
+            raise ConfigError(f"store {self.name!r}: kind={self.kind!r} is invalid; use one of "
+                              + ", ".join(repr(k) for k in kinds))
         if not isinstance(self.name, str) or not _STORE_NAME.fullmatch(self.name) or self.name.startswith("."):
             raise ConfigError(f"store name {self.name!r} is invalid: it names a directory and a topic, so use "
                               "letters, digits, '.', '_' or '-', not starting with '.'")

@@ -1,0 +1,908 @@
+"""The changelog reader: reads changelogs into their stores on the state updater's thread (state_updater.py owns
+the thread and the hand-off API), for active tasks that restore and for standby (and warm-up) tasks that tail.
+Kafka Streams' StoreChangelogReader: one reader, one restore consumer, one record loop. Each store partition
+is a ``ChangelogPartition`` with a ``mode`` (ACTIVE: read to the end once, then handed back; STANDBY: tail
+until removed) and a ``ChangelogState``; which partitions are assigned, paused or flushing follows from
+their states, nothing else keeps it::
+
+                +--> DOWNLOADING --+
+                |                  v
+    REGISTERED -+------------------+--> RESTORING --> FLUSHING --> COMPLETED    ACTIVE: read to the end
+                                   |                                  ^
+                                   +----------------------------------+       (nothing to read)
+                                   |
+                                   +--> UPDATING <--> PAUSED                   STANDBY: tail until removed
+                                          |  ^          ^
+                                          v  |          |
+                                         FLUSHING ------+
+    every state but COMPLETED / FAILED / CLOSED --> FAILED (stopped on an error), CLOSED (removed)
+
+- REGISTERED: the reader knows the store; the changelog's range is read ([low, high), fresh watermarks) and
+  the store's offset checked against it (an offset the changelog cannot serve wipes the store).
+- DOWNLOADING (optional): with a ``snapshot_source``, a persistent store with changelog records to read
+  asks it for a snapshot (``SnapshotSource.fetch``) into an empty staging directory, on this thread. A
+  snapshot whose offset the changelog can serve and that is ahead of the local state is adopted
+  (``RestoreTarget.open_from_files``) and reading starts at its offset; no snapshot, a failing source or
+  unusable files fall back to reading the changelog (a warning says why). The store never sees the files
+  of a failed download: they stay in the staging directory, which is deleted either way.
+- RESTORING (active): assigned, read to the end offset read at the start. "Restored" means the consumer's
+  position reached that end (not that a record at end-1 was seen: under transactions the last offset is a
+  commit marker); the store's offset is then set to that position.
+- FLUSHING: active, read to its end and unassigned: its flush runs asynchronously (``request_restore_flush``,
+  polled with ``restore_flushed``) while the thread goes on with other partitions; then ``end_restore``
+  makes the offset durable and switches the store back to processing -> COMPLETED, and when that was its
+  task's last store the task is handed back. Standby: the periodic flush, the partition paused meanwhile.
+- UPDATING / PAUSED (standby): assigned and tailing / paused in the consumer because an active task restores.
+
+Records: each consume call returns up to ``restore_consume_records_max`` records of any assigned partition;
+each run of one partition's records goes into one write batch of its store (at most
+``restore_batch_records_max``, ``restore_batch`` + ``write_restore_batch``), without the WAL, the new
+changelog offset in the same batch. Active stores get ``begin_restore`` (RocksDB's bulk-load options for
+big restores); standby stores never do (no bulk options, no reopen). Why each exists, with numbers:
+docs/benchmarks.md.
+
+Priority (Kafka Streams' changelog reader): while any active task restores (from its start until it is
+handed back, its flush included), every standby partition is PAUSED and no standby flush starts, so active
+restores have the consumer, the thread and the disk to themselves. A paused partition is resumed before it
+is unassigned: librdkafka keeps a pause across unassign and assign, which would stall a later restore.
+
+Standby durability: standby writes skip the WAL (RocksDB), so a standby store that changed is flushed at
+most ``STANDBY_FLUSH_INTERVAL_S`` after its last flush (RocksDB also flushes a full memtable by itself,
+atomically over data and offset: ``atomic_flush``); an in-memory store has nothing to flush. The flush is
+the two-step asynchronous one (data, then the offset) and the partition is paused (FLUSHING) while it runs,
+so no write falls between the two steps (one that slips through starts the data step again). A kill -9
+therefore leaves a standby store at its last flushed offset with its data at or ahead of that offset, which
+tailing from the offset repairs: losing at most about ``STANDBY_FLUSH_INTERVAL_S`` of progress. Transaction
+markers and aborted records move a standby's offset too (to the consumer's position), so a caught-up
+standby has lag 0. Removing a standby leaves unflushed writes to the backend: closing it, or its next
+``write`` / ``end_restore``, flushes them first.
+
+Standby lags: per standby task, the sum over its stores of (changelog end - store offset). The end is the
+high watermark librdkafka caches from every fetch response (``get_watermark_offsets(cached=True)``, read
+every ``STANDBY_LAG_REFRESH_S``: about 25 us a partition, where ``cached=False`` costs a broker round trip
+of 1 to 30 ms). A paused partition gets no fetch responses: its end comes from one batched
+``offsets_for_times`` (latest) for all paused partitions every ``STANDBY_PAUSED_LAG_REFRESH_S``.
+
+Errors: a non-fatal consumer error event (a broker restarting) is logged at most every 10 s per code and
+the reading goes on (librdkafka retries by itself). A fatal one, a record without a key, or a failing store
+write fails that standby only (FAILED until it is removed); for an active partition it raises (the state
+updater fails). A failure while starting an active task's restore fails that task only.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Protocol
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KTopicPartition
+
+from ..config import Config
+from ..errors import IllegalStateTransition
+from ..observe.listener import SuspendReason, _SafeListener
+from ..observe.metrics import Metrics, StoreRestoreMetrics
+from ..observe.rate_limited import RateLimitedLog
+from ..records import TopicPartition
+from .task import Task, TaskStore
+
+log = logging.getLogger(__name__)
+
+FLUSH_POLL_S = 0.005  # nothing to read, only flushes to wait for
+CONSUME_WAIT_S = 0.1
+_STANDBY_FLUSH_CHECK_S = 0.1  # how often to look for standby stores due for a flush
+_PAUSED_ENDS_TIMEOUT_S = 1.0  # the paused standbys' end query; on timeout their ends stay as they were
+
+
+class ChangelogState(enum.Enum):
+    REGISTERED = "REGISTERED"
+    DOWNLOADING = "DOWNLOADING"
+    RESTORING = "RESTORING"
+    UPDATING = "UPDATING"
+    PAUSED = "PAUSED"
+    FLUSHING = "FLUSHING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CLOSED = "CLOSED"
+
+
+class Mode(enum.Enum):
+    ACTIVE = "ACTIVE"  # restore to the changelog end, then hand the task back
+    STANDBY = "STANDBY"  # tail the changelog until removed (standby and warm-up tasks)
+
+
+_S = ChangelogState
+_TRANSITIONS: dict[ChangelogState, frozenset[ChangelogState]] = {
+    _S.REGISTERED: frozenset({_S.DOWNLOADING, _S.RESTORING, _S.UPDATING, _S.COMPLETED, _S.FAILED, _S.CLOSED}),
+    _S.DOWNLOADING: frozenset({_S.RESTORING, _S.UPDATING, _S.COMPLETED, _S.FAILED, _S.CLOSED}),
+    _S.RESTORING: frozenset({_S.FLUSHING, _S.FAILED, _S.CLOSED}),
+    _S.UPDATING: frozenset({_S.PAUSED, _S.FLUSHING, _S.FAILED, _S.CLOSED}),
+    _S.PAUSED: frozenset({_S.UPDATING, _S.FAILED, _S.CLOSED}),
+    _S.FLUSHING: frozenset({_S.COMPLETED, _S.UPDATING, _S.PAUSED, _S.FAILED, _S.CLOSED}),
+    _S.COMPLETED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CLOSED: frozenset(),
+}
+# The states a partition of each mode can be in: RESTORING and COMPLETED are active, UPDATING and PAUSED standby.
+_MODE_STATES: dict[Mode, frozenset[ChangelogState]] = {
+    Mode.ACTIVE: frozenset(_S) - {_S.UPDATING, _S.PAUSED},
+    Mode.STANDBY: frozenset(_S) - {_S.RESTORING, _S.COMPLETED},
+}
+_TERMINAL = frozenset({_S.COMPLETED, _S.FAILED, _S.CLOSED})
+_READING = {Mode.ACTIVE: frozenset({_S.RESTORING}),  # records of the partition go into its store
+            Mode.STANDBY: frozenset({_S.UPDATING, _S.PAUSED, _S.FLUSHING})}
+_PAUSED_STATES = frozenset({_S.PAUSED, _S.FLUSHING})  # a standby partition paused in the consumer
+
+
+@dataclass(frozen=True)
+class SnapshotFetched:
+    """A snapshot ``SnapshotSource.fetch`` put into its directory: ``offset`` is its changelog offset (the
+    next changelog offset to apply once its files are adopted), ``num_bytes`` and ``seconds`` what the
+    download took."""
+
+    offset: int
+    num_bytes: int
+    seconds: float
+
+
+class SnapshotSource(Protocol):
+    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the state updater's
+    thread, for one persistent store partition at a time, before its changelog is read."""
+
+    def fetch(self, store_name: str, changelog_partition: TopicPartition, local_offset: int | None,
+              into: Path) -> SnapshotFetched | None:
+        """Put the files of the newest usable snapshot of this store partition into the empty directory
+        ``into`` (verified: sizes and checksums) and say what they hold, or return None when there is none
+        or it would not help: ``local_offset`` is the changelog offset of the store's local state (None:
+        no usable local state), which a snapshot must be ahead of (by more than ``acceptable_recovery_lag``
+        is the rule of issue 9). Raising is allowed: the reader logs a warning and reads the changelog."""
+        ...
+
+
+class _Range(NamedTuple):
+    low: int  # the changelog's first offset
+    start: int  # where reading starts: the store's offset, or low when it holds no (usable) state
+    end: int  # the changelog's end (high watermark) when the range was read
+    local: int | None  # the store's offset, None when it holds no (usable) state
+
+
+@dataclass(eq=False)
+class ChangelogPartition:
+    """One store's changelog partition in the reader. Only the state updater's thread changes it; other
+    threads read ``offset`` and ``end_offset`` (standby lags), which may be one update old."""
+
+    task: Task
+    store: TaskStore
+    mode: Mode
+    state: ChangelogState = ChangelogState.REGISTERED
+    end_offset: int = 0  # active: the end read at the start; standby: the changelog end last seen
+    offset: int = 0  # standby: the store's changelog offset (the changelog start while the store holds nothing)
+    restored: int = 0  # active: records written by this restore
+    metrics: StoreRestoreMetrics | None = None  # active
+    dirty: bool = False  # standby: written since its last flush began
+    flushed_at: float = 0.0  # standby
+    announced: bool = False  # standby: the standby listener heard on_update_start (it hears one suspend then)
+    # Assigned in the consumer, and records of it go into the store: a function of mode and state, kept with the
+    # state by ``transition`` because the record loop asks it for every run of records.
+    reading: bool = field(default=False, init=False)
+
+    @property
+    def tp(self) -> TopicPartition:
+        return self.store.changelog
+
+    @property
+    def ktp(self) -> KTopicPartition:
+        tp = self.store.changelog
+        return KTopicPartition(tp.topic, tp.partition)
+
+    @property
+    def paused(self) -> bool:
+        return self.mode is Mode.STANDBY and self.state in _PAUSED_STATES
+
+    @property
+    def live(self) -> bool:
+        return self.state not in _TERMINAL
+
+    def transition(self, to: ChangelogState) -> None:
+        if to not in _TRANSITIONS[self.state] or to not in _MODE_STATES[self.mode]:
+            raise IllegalStateTransition(f"changelog {self.tp} of store {self.store.spec.name} (task {self.task.id}, "
+                                         f"{self.mode.value}): {self.state.value} -> {to.value} is not allowed")
+        log.debug("changelog %s (%s): %s -> %s", self.tp, self.mode.value, self.state.value, to.value)
+        self.state = to
+        self.reading = to in _READING[self.mode]
+
+
+@dataclass(eq=False)
+class _ReaderTask:
+    task: Task
+    partitions: list[ChangelogPartition] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(p.state is ChangelogState.FAILED for p in self.partitions)
+
+    @property
+    def completed(self) -> bool:
+        return all(p.state is ChangelogState.COMPLETED for p in self.partitions)
+
+
+class ChangelogReader:
+    """The reader; every method runs on the state updater's thread except ``standby_lags``,
+    ``standby_offsets``, ``standby_task_ids`` and ``active_task_ids`` (any thread)."""
+
+    # Standby tuning (see the module docstring); class attributes so tests can shorten them.
+    STANDBY_FLUSH_INTERVAL_S = 10.0  # a changed standby store is flushed at most this long after its last flush
+    STANDBY_LAG_REFRESH_S = 1.0  # changelog ends of tailing standby partitions (cached by librdkafka)
+    STANDBY_PAUSED_LAG_REFRESH_S = 5.0  # changelog ends of paused ones (asked of the broker)
+
+    def __init__(self, config: Config, metrics: Metrics, listener: _SafeListener, standby_listener: _SafeListener,
+                 on_restored: Callable[[Task], None], on_failed: Callable[[Task, BaseException], None],
+                 ends_consumer_factory: Callable[[], Consumer] | None = None,
+                 snapshot_source: SnapshotSource | None = None, staging_dir: str | None = None):
+        """``on_restored(task)`` / ``on_failed(task, error)``: an active task is done / failed (the updater's
+        outbox). ``ends_consumer_factory``: a ``read_uncommitted`` consumer for changelog high watermarks
+        (``clients.end_offsets_consumer``); without it the restore consumer is asked. ``staging_dir``: where
+        snapshot downloads go (the system's temp dir by default; a directory on the state dir's filesystem
+        makes adopting them a rename)."""
+        self._config = config
+        self._metrics = metrics
+        self._listener = listener
+        self._standby_listener = standby_listener
+        self._on_restored = on_restored
+        self._on_failed = on_failed
+        self._ends_consumer_factory = ends_consumer_factory
+        self._ends_consumer: Consumer | None = None
+        self._snapshots = snapshot_source
+        self._staging_dir = staging_dir
+        self._error_log = RateLimitedLog(log)
+        self.consumer: Consumer | None = None  # the restore consumer, set before the first call
+        self._partitions: dict[TopicPartition, ChangelogPartition] = {}  # every partition not in a terminal state
+        self._actives: dict[str, _ReaderTask] = {}  # active tasks from their start until handed back (or failed)
+        self._standbys: dict[str, _ReaderTask] = {}  # standby tasks until removed; changes under _standby_lock
+        self._standby_lock = threading.Lock()
+        self._next_flush_check = 0.0
+        self._next_end_refresh = 0.0
+        self._next_paused_end_refresh = 0.0
+
+    # ---- what there is to do (derived from the partitions' states) ----
+    def _of(self, mode: Mode, *states: ChangelogState) -> list[ChangelogPartition]:
+        return [p for p in self._partitions.values() if p.mode is mode and p.state in states]
+
+    def partitions(self) -> dict[TopicPartition, ChangelogPartition]:
+        """The partitions the reader works on (none in a terminal state); for tests and diagnostics."""
+        return dict(self._partitions)
+
+    def activity(self) -> tuple[bool, bool, bool]:
+        """(an active partition is RESTORING, an active partition is FLUSHING, a standby partition is assigned)."""
+        restoring = flushing = standby = False
+        for p in self._partitions.values():
+            if p.mode is Mode.STANDBY:
+                standby = True
+            elif p.state is ChangelogState.RESTORING:
+                restoring = True
+            elif p.state is ChangelogState.FLUSHING:
+                flushing = True
+        return restoring, flushing, standby
+
+    def _actives_restoring(self) -> bool:
+        """Some active partition is not COMPLETED yet: standbys wait."""
+        return any(p.mode is Mode.ACTIVE for p in self._partitions.values())
+
+    def has_standbys(self) -> bool:
+        return bool(self._standbys)
+
+    def active_task_ids(self) -> list[str]:
+        return list(self._actives)
+
+    def active_tasks(self) -> list[Task]:
+        return [rt.task for rt in self._actives.values()]
+
+    def standby_task_ids(self) -> list[str]:
+        with self._standby_lock:
+            return list(self._standbys)
+
+    def standby_lags(self) -> dict[str, int]:
+        """Per standby task, the sum over its stores of (changelog end - store offset); failed ones left out."""
+        with self._standby_lock:
+            return {tid: sum(max(0, p.end_offset - p.offset) for p in rt.partitions)
+                    for tid, rt in self._standbys.items() if not rt.failed}
+
+    def standby_offsets(self) -> dict[str, int]:
+        with self._standby_lock:
+            return {tid: sum(p.offset for p in rt.partitions) for tid, rt in self._standbys.items() if not rt.failed}
+
+    # ---- registering ----
+    def _register(self, task: Task, mode: Mode) -> _ReaderTask:
+        rt = _ReaderTask(task)
+        for store in task.stores.values():
+            if store.changelog in self._partitions:  # an always-on check: one reader of a store at a time
+                raise IllegalStateTransition(f"task {task.id}: changelog {store.changelog} is read already (task "
+                                             f"{self._partitions[store.changelog].task.id})")
+            rt.partitions.append(ChangelogPartition(task, store, mode))
+        for p in rt.partitions:
+            self._partitions[p.tp] = p
+        return rt
+
+    def _settle(self, p: ChangelogPartition, to: ChangelogState) -> None:
+        """Moves the partition to a terminal state: the reader stops working on it."""
+        p.transition(to)
+        if self._partitions.get(p.tp) is p:
+            del self._partitions[p.tp]
+
+    def _end_offsets(self) -> Consumer:
+        if self._ends_consumer is None:
+            factory = self._ends_consumer_factory
+            self._ends_consumer = factory() if factory is not None else self.consumer
+        return self._ends_consumer
+
+    def _plan_range(self, task: Task, store: TaskStore) -> _Range:
+        """The changelog range to read; wipes a store whose offset the changelog cannot serve."""
+        tp = store.changelog
+        timeout_s = self._config.broker_timeout_ms / 1000
+        # The end is the high watermark, not the last stable offset: under exactly-once a zombie's open
+        # transaction holds the latter back while committed records may follow; the restore reads on (with
+        # read_committed) until that transaction is resolved and its position passes the high watermark.
+        low, high = self._end_offsets().get_watermark_offsets(KTopicPartition(tp.topic, tp.partition),
+                                                              timeout=timeout_s, cached=False)
+        stored = store.backend.changelog_offset()
+        if stored is not None and stored > high:
+            log.warning(
+                "task %s store %s: its changelog offset %d is beyond the changelog end %d (was the changelog topic "
+                "deleted and recreated?); wiping the store and restoring it in full", task.id, store.spec.name, stored, high)
+            store.backend.reset()
+            stored = None
+        elif stored is not None and stored < low:
+            log.warning(
+                "task %s store %s: its changelog offset %d is below the changelog start %d (records it needs were "
+                "deleted); wiping the store and restoring it in full", task.id, store.spec.name, stored, low)
+            store.backend.reset()
+            stored = None
+        return _Range(low, low if stored is None else stored, high, stored)
+
+    def _download(self, p: ChangelogPartition, r: _Range) -> int:
+        """DOWNLOADING, when a snapshot source is set and the store is persistent with records to read: returns
+        where reading starts (the adopted snapshot's offset, else ``r.start``, or ``r.low`` after a failed
+        adoption wiped the store)."""
+        store, backend = p.store, p.store.backend
+        if self._snapshots is None or not backend.persistent or r.start >= r.end:
+            return r.start
+        p.transition(ChangelogState.DOWNLOADING)
+        name, tp = store.spec.name, p.tp
+        staging = None
+        try:
+            try:
+                staging = tempfile.mkdtemp(prefix=f".snapshot-{name}-{tp.partition}-", dir=self._staging_dir)
+                fetched = self._snapshots.fetch(name, tp, r.local, Path(staging))
+            except Exception as exc:
+                log.warning("task %s store %s: fetching a snapshot failed (%r); reading the changelog %s from %d "
+                            "instead", p.task.id, name, exc, tp, r.start)
+                return r.start
+            if fetched is None:
+                log.info("task %s store %s: no snapshot to use; reading the changelog %s from %d", p.task.id, name,
+                         tp, r.start)
+                return r.start
+            if not r.low <= fetched.offset <= r.end or (r.local is not None and fetched.offset <= r.local):
+                log.warning("task %s store %s: the snapshot's changelog offset %d is of no use (changelog [%d, %d), "
+                            "local state at %s); reading the changelog %s from %d instead", p.task.id, name,
+                            fetched.offset, r.low, r.end, r.local, tp, r.start)
+                return r.start
+            try:
+                backend.open_from_files(staging)
+                adopted = backend.changelog_offset()
+                if adopted != fetched.offset:  # an always-on check: the files are what the snapshot says
+                    raise RuntimeError(f"its files hold changelog offset {adopted}, the snapshot says {fetched.offset}")
+            except Exception as exc:
+                if backend.changelog_offset() == r.local:  # refused before anything of the store changed
+                    log.warning("task %s store %s: the snapshot's files cannot be used (%r); reading the changelog "
+                                "%s from %d instead", p.task.id, name, exc, tp, r.start)
+                    return r.start
+                log.warning("task %s store %s: adopting the snapshot's files failed (%r); wiping the store and "
+                            "restoring it in full from %s", p.task.id, name, exc, tp)
+                backend.reset()
+                return r.low
+            log.info("task %s store %s: adopted a snapshot at changelog offset %d (%d bytes in %.2fs); reading the "
+                     "changelog %s from there", p.task.id, name, fetched.offset, fetched.num_bytes, fetched.seconds, tp)
+            if p.mode is Mode.ACTIVE:
+                self._listener.on_snapshot_downloaded(tp, name, fetched.offset, fetched.num_bytes, fetched.seconds)
+            return fetched.offset
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    # ---- active tasks ----
+    def start_actives(self, tasks: list[Task]) -> None:
+        """Works out each store's range, then assigns every partition that needs a restore in one call."""
+        assign: list[KTopicPartition] = []
+        for task in tasks:
+            if task.id in self._standbys:  # StateUpdater.add refuses this; a caller that went around it
+                self._on_failed(task, IllegalStateTransition(
+                    f"task {task.id} was added as active while it is a standby in the state updater"))
+                continue
+            rt: _ReaderTask | None = None
+            try:
+                rt = self._register(task, Mode.ACTIVE)
+                task_assign = [ktp for p in rt.partitions if (ktp := self._plan_active(p)) is not None]
+            except BaseException as exc:
+                for p in rt.partitions if rt is not None else ():
+                    if p.live:
+                        self._settle(p, ChangelogState.FAILED)
+                self._on_failed(task, exc)
+                continue
+            if rt.completed:
+                self._on_restored(task)
+            else:
+                self._actives[task.id] = rt
+                assign.extend(task_assign)
+        self._metrics.active_restoring_tasks = len(self._actives)
+        if assign:
+            self.consumer.incremental_assign(assign)
+            # After the assignment: librdkafka fetches while the stores switch to their restore options.
+            for ktp in assign:
+                p = self._partitions.get((ktp.topic, ktp.partition))
+                if p is None or p.state is not ChangelogState.RESTORING:
+                    continue  # its task failed below already
+                try:
+                    p.store.backend.begin_restore(p.end_offset - ktp.offset)
+                except BaseException as exc:
+                    self._fail_active(p.task, exc)
+
+    def _plan_active(self, p: ChangelogPartition) -> KTopicPartition | None:
+        """REGISTERED (-> DOWNLOADING) -> RESTORING, or COMPLETED when the store is at the changelog end."""
+        task, store = p.task, p.store
+        r = self._plan_range(task, store)
+        start = self._download(p, r)
+        store.restored_records = 0
+        p.end_offset = r.end
+        if start >= r.end:
+            log.info("task %s: store %s is current at changelog offset %d of %s (nothing to restore)",
+                     task.id, store.spec.name, start, store.changelog)
+            self._settle(p, ChangelogState.COMPLETED)
+            return None
+        p.metrics = StoreRestoreMetrics(restore_remaining_records=r.end - start, started_at_s=time.monotonic(),
+                                        changelog=str(store.changelog))
+        self._metrics.restores[f"{task.id}/{store.spec.name}"] = p.metrics
+        p.transition(ChangelogState.RESTORING)
+        log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
+                 store.changelog, start, r.end)
+        self._listener.on_restore_start(store.changelog, store.spec.name, start, r.end)
+        return KTopicPartition(store.changelog.topic, store.changelog.partition, start)
+
+    def _fail_active(self, task: Task, exc: BaseException) -> None:
+        """Stop restoring the task and report it failed (the processing thread raises its error)."""
+        rt = self._actives.pop(task.id, None)
+        parts = rt.partitions if rt is not None else []
+        unassign = [p.ktp for p in parts if p.state is ChangelogState.RESTORING]
+        for p in parts:
+            if p.live:
+                self._settle(p, ChangelogState.FAILED)
+        if unassign:
+            self.consumer.incremental_unassign(unassign)
+        self._metrics.active_restoring_tasks = len(self._actives)
+        self._on_failed(task, exc)
+
+    def remove_active(self, task_id: str) -> Task | None:
+        """Stops restoring the task (CLOSED); its stores are flushed and back in processing mode. None if the
+        reader does not restore it (not added, or handed back already)."""
+        rt = self._actives.pop(task_id, None)
+        if rt is None:
+            return None
+        unassign = [p.ktp for p in rt.partitions if p.state is ChangelogState.RESTORING]
+        for p in rt.partitions:
+            if p.live:  # moved away: not restored here
+                self._metrics.restores.pop(f"{task_id}/{p.store.spec.name}", None)
+                self._settle(p, ChangelogState.CLOSED)
+        self._metrics.active_restoring_tasks = len(self._actives)
+        if unassign:
+            self.consumer.incremental_unassign(unassign)
+        for store in rt.task.stores.values():
+            store.backend.end_restore()
+        return rt.task
+
+    def restore_round(self) -> None:
+        """One consume call for the restoring partitions, then the ends reached and the flushes done."""
+        consumer = self.consumer
+        msgs = consumer.consume(self._config.restore_consume_records_max, CONSUME_WAIT_S)
+        if msgs:
+            self._apply(msgs)
+        self._check_done()
+        self.check_flushed()
+
+    def _check_done(self) -> None:
+        restoring = self._of(Mode.ACTIVE, ChangelogState.RESTORING)
+        if not restoring:
+            return
+        for ktp in self.consumer.position([p.ktp for p in restoring]):
+            if ktp.offset == OFFSET_INVALID or ktp.offset < 0:
+                continue
+            p = self._partitions[(ktp.topic, ktp.partition)]
+            if ktp.offset >= p.end_offset:
+                self._finish(p, ktp.offset)
+
+    def _finish(self, p: ChangelogPartition, position: int) -> None:
+        """RESTORING -> FLUSHING: read to its end; record the final offset, unassign it, start the flush."""
+        backend = p.store.backend
+        stored = backend.changelog_offset()
+        if stored is None or position > stored:  # skipped markers or compacted-away records at the end
+            if p.restored == 0:
+                # Nothing restored (e.g. only a commit marker after a crash under exactly-once): one ordinary
+                # durable write of the offset, no restore-mode flush and reopen (measured ~0.1 s a store).
+                backend.write([], position)
+            else:
+                backend.write_restore_batch(backend.restore_batch(), position)
+        self.consumer.incremental_unassign([p.ktp])
+        p.transition(ChangelogState.FLUSHING)
+        backend.request_restore_flush()
+        if backend.restore_flushed():
+            self._complete(p)
+
+    def check_flushed(self) -> None:
+        for p in self._of(Mode.ACTIVE, ChangelogState.FLUSHING):
+            if p.store.backend.restore_flushed():
+                self._complete(p)
+
+    def _complete(self, p: ChangelogPartition) -> None:
+        """FLUSHING -> COMPLETED: the store's data is on disk; make its offset durable, switch it to processing,
+        hand the task over when it was the task's last store."""
+        store = p.store
+        store.backend.end_restore()
+        self._settle(p, ChangelogState.COMPLETED)
+        store.restored_records = p.restored
+        m = p.metrics
+        m.restore_remaining_records = 0
+        m.ended_at_s = time.monotonic()
+        log.info("task %s: store %s restored %d records", p.task.id, store.spec.name, p.restored)
+        self._listener.on_restore_end(p.tp, store.spec.name, p.restored)
+        rt = self._actives[p.task.id]
+        if rt.completed:
+            del self._actives[p.task.id]
+            self._metrics.active_restoring_tasks = len(self._actives)
+            self._on_restored(rt.task)
+            if not self._actives_restoring():
+                self.sync_pauses()  # no active restore left: the standbys resume
+
+    # ---- records (both modes) ----
+    def _apply(self, msgs: list) -> None:
+        """Puts records straight into their store's write batch. A batch holds one run of consecutive records
+        of one partition (librdkafka hands out a partition's records in long runs), at most
+        ``restore_batch_records_max``; it is written with the offset after its last record.
+
+        This loop is the restore's hot path: it touches each message as few times as it can."""
+        limit = self._config.restore_batch_records_max
+        partitions = self._partitions
+        run_partition = run_topic = None
+        p: ChangelogPartition | None = None  # None: the run's partition is not read here; skip
+        put = delete = batch = last = None
+        n = 0
+        for m in msgs:
+            key = m.key()
+            if key is None:  # Kafka refuses keyless records in compacted topics: this is an error event
+                self._on_error_event(m)
+                continue
+            partition = m.partition()
+            if partition != run_partition or n == limit or m.topic() != run_topic:  # int compare first: cheaper
+                if n:
+                    self._write(p, batch, last.offset(), n)
+                    n = 0
+                run_partition, run_topic = partition, m.topic()
+                p = partitions.get((run_topic, partition))
+                if p is not None and not p.reading:
+                    p = None
+                if p is not None:
+                    batch = p.store.backend.restore_batch()
+                    put, delete = batch.put, batch.delete
+            if p is None:
+                continue
+            value = m.value()
+            if value is None:
+                delete(key)
+            else:
+                put(key, value)
+            n += 1
+            last = m
+        if n:
+            self._write(p, batch, last.offset(), n)
+
+    def _write(self, p: ChangelogPartition, batch: Any, last_offset: int, n: int) -> None:
+        if p.mode is Mode.STANDBY:
+            self._write_standby(p, batch, last_offset, n)
+            return
+        p.store.backend.write_restore_batch(batch, last_offset + 1)
+        p.restored += n
+        m = p.metrics
+        m.restore_records_total += n
+        m.restore_remaining_records = max(0, p.end_offset - last_offset - 1)
+        m.rate.sample(m.restore_records_total)
+        metrics = self._metrics
+        metrics.restore_records_total += n
+        metrics.restore_rate.sample(metrics.restore_records_total)
+        self._listener.on_batch_restored(p.tp, p.store.spec.name, last_offset, n)
+
+    def _on_error_event(self, msg: Any) -> None:
+        """A keyless record or an error event. A non-fatal error event (a broker restarting: transport errors,
+        a leader moving) is logged at most every 10 s per code and the reading goes on: librdkafka retries by
+        itself (it used to stop a standby for good, or fail a restore). A fatal one, or a record without a
+        key (a changelog is compacted: every record has one), fails that standby only, else it raises."""
+        err = msg.error()
+        if err is not None and err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err is not None and not err.fatal():
+            self._error_log.warning(err.code(), "restore consumer: %s (librdkafka retries; restores and "
+                                    "standbys go on)", err)
+            return
+        topic = msg.topic()
+        p = self._partitions.get((topic, msg.partition())) if topic is not None else None
+        if p is not None and p.mode is Mode.STANDBY:
+            self._fail_standby(p, KafkaException(err) if err is not None else RuntimeError(
+                f"changelog record without a key at {topic}[{msg.partition()}] offset {msg.offset()}"))
+            return
+        if err is None:
+            raise RuntimeError(f"changelog record without a key at {topic}[{msg.partition()}] offset "
+                               f"{msg.offset()}: a changelog is a compacted topic, whose records have keys")
+        raise KafkaException(err)
+
+    # ---- standby tasks ----
+    def start_standbys(self, tasks: list[Task]) -> None:
+        """Works out where each store's tailing starts, then assigns all new partitions in one call (paused at
+        once by ``sync_pauses`` while active tasks restore)."""
+        assign: list[KTopicPartition] = []
+        now = time.monotonic()
+        for task in tasks:
+            if task.id in self._standbys or task.id in self._actives:  # add_standby refuses this
+                log.error("task %s is already in the state updater; add_standby ignored", task.id)
+                continue
+            try:
+                rt = self._register(task, Mode.STANDBY)
+            except IllegalStateTransition as exc:
+                log.error("standby task %s: %s; add_standby ignored", task.id, exc)
+                continue
+            try:
+                task_assign = [self._plan_standby(p, now) for p in rt.partitions]
+            except Exception as exc:
+                log.error("standby task %s: cannot start updating its stores (%r); it stays idle until it is "
+                          "assigned again", task.id, exc, exc_info=exc)
+                for p in rt.partitions:
+                    if p.live:
+                        self._settle(p, ChangelogState.FAILED)
+                task_assign = []
+            with self._standby_lock:
+                self._standbys[task.id] = rt
+            for p in rt.partitions:
+                if p.state is ChangelogState.UPDATING:
+                    log.info("standby task %s: updating store %s from %s offset %d (end %d)", task.id,
+                             p.store.spec.name, p.tp, p.offset, p.end_offset)
+                    p.announced = True
+                    self._standby_listener.on_update_start(p.tp, p.store.spec.name, p.offset)
+            assign.extend(task_assign)
+        self._standby_metrics()
+        if assign:
+            self.consumer.incremental_assign(assign)
+
+    def _plan_standby(self, p: ChangelogPartition, now: float) -> KTopicPartition:
+        """REGISTERED (-> DOWNLOADING) -> UPDATING."""
+        r = self._plan_range(p.task, p.store)
+        start = self._download(p, r)
+        p.offset, p.end_offset, p.flushed_at = start, r.end, now
+        p.transition(ChangelogState.UPDATING)
+        return KTopicPartition(p.tp.topic, p.tp.partition, start)
+
+    def remove_standby(self, task_id: str, reason: SuspendReason) -> Task | None:
+        """Stops updating the standby (CLOSED); the standby listener hears ``on_update_suspended`` for each
+        store it heard start. None if unknown."""
+        with self._standby_lock:
+            rt = self._standbys.pop(task_id, None)
+        if rt is None:
+            return None
+        try:
+            self._stop_reading(rt, ChangelogState.CLOSED)
+        except Exception:  # the partitions may stay assigned; their records are dropped (no partition maps them)
+            log.exception("standby task %s: unassigning its changelog partitions failed", task_id)
+        self._standby_metrics()
+        for p in rt.partitions:
+            if p.announced:
+                self._standby_listener.on_update_suspended(p.tp, p.store.spec.name, p.offset, p.end_offset, reason)
+        log.info("standby task %s: no longer updated (%s)", task_id, reason.value)
+        return rt.task
+
+    def forget_standby(self, task_id: str) -> Task | None:
+        """After ``close``: drops a standby without touching the consumer or the listener."""
+        with self._standby_lock:
+            rt = self._standbys.pop(task_id, None)
+        return None if rt is None else rt.task
+
+    def _stop_reading(self, rt: _ReaderTask, to: ChangelogState) -> None:
+        """Settles the task's live partitions and unassigns them (resumed first: a pause outlives the
+        assignment)."""
+        assigned = [p.ktp for p in rt.partitions if p.reading]
+        paused = [p.ktp for p in rt.partitions if p.live and p.paused]
+        for p in rt.partitions:
+            if p.live:
+                self._settle(p, to)
+        if paused:
+            self.consumer.resume(paused)
+        if assigned:
+            self.consumer.incremental_unassign(assigned)
+
+    def _fail_standby(self, p: ChangelogPartition, exc: BaseException) -> None:
+        """An error while updating one store: that standby stops (FAILED; it is not fatal to the reader)."""
+        rt = self._standbys.get(p.task.id)
+        if rt is None or rt.failed:
+            return
+        log.error("standby task %s: updating store %s from %s failed (%r); the standby stops until it is "
+                  "assigned again", p.task.id, p.store.spec.name, p.tp, exc, exc_info=exc)
+        try:
+            self._stop_reading(rt, ChangelogState.FAILED)
+        except Exception:
+            log.exception("standby task %s: unassigning its changelog partitions failed", p.task.id)
+        self._standby_metrics()
+
+    def _standby_metrics(self) -> None:
+        self._metrics.standby_updating_tasks = sum(1 for rt in self._standbys.values() if not rt.failed)
+        self._metrics.standby_records_lag = self.standby_lags()
+
+    def sync_pauses(self) -> None:
+        """UPDATING <-> PAUSED: every standby partition waits while an active task restores."""
+        hold = self._actives_restoring()
+        pause, resume = [], []
+        for p in self._of(Mode.STANDBY, ChangelogState.UPDATING, ChangelogState.PAUSED):
+            if hold and p.state is ChangelogState.UPDATING:
+                p.transition(ChangelogState.PAUSED)
+                pause.append(p.ktp)
+            elif not hold and p.state is ChangelogState.PAUSED:
+                p.transition(ChangelogState.UPDATING)
+                resume.append(p.ktp)
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+
+    def _write_standby(self, p: ChangelogPartition, batch: Any, last_offset: int, n: int) -> None:
+        if not p.reading:  # failed or removed within this consume call: late records are dropped
+            return
+        try:
+            p.store.backend.write_restore_batch(batch, last_offset + 1)
+        except Exception as exc:
+            self._fail_standby(p, exc)
+            return
+        self._standby_moved(p, last_offset + 1)
+        self._standby_listener.on_batch_loaded(p.tp, p.store.spec.name, p.task.id, last_offset, n, p.end_offset)
+
+    def _standby_moved(self, p: ChangelogPartition, offset: int) -> None:
+        p.offset = offset
+        if p.end_offset < offset:
+            p.end_offset = offset
+        p.dirty = True
+        if p.state is ChangelogState.FLUSHING:
+            # Written while its flush runs (the pause had not taken effect yet): the offset must not reach
+            # disk before this data, so the flush starts over from its data step.
+            p.store.backend.request_restore_flush()
+
+    def standby_round(self) -> None:
+        """No active restore: read what the standby partitions have."""
+        all_paused = not self._of(Mode.STANDBY, ChangelogState.UPDATING)  # all flushing: poll those soon
+        msgs = self.consumer.consume(self._config.restore_consume_records_max,
+                                     FLUSH_POLL_S if all_paused else CONSUME_WAIT_S)
+        if msgs:
+            self._apply(msgs)
+        self._advance_to_positions()
+
+    def _advance_to_positions(self) -> None:
+        """Transaction markers, aborted records and compacted-away offsets hold no record to write, but the
+        consumer's position moves past them: so does the store's offset (else the lag never reaches 0)."""
+        behind = [p for p in self._of(Mode.STANDBY, ChangelogState.UPDATING) if p.offset < p.end_offset]
+        if not behind:
+            return
+        for ktp in self.consumer.position([p.ktp for p in behind]):
+            p = self._partitions.get((ktp.topic, ktp.partition))
+            if p is None or not p.reading or ktp.offset < 0 or ktp.offset <= p.offset:
+                continue
+            backend = p.store.backend
+            try:
+                backend.write_restore_batch(backend.restore_batch(), ktp.offset)
+            except Exception as exc:
+                self._fail_standby(p, exc)
+                continue
+            self._standby_moved(p, ktp.offset)
+
+    def maintain_standbys(self, now: float) -> None:
+        """Between rounds: finish and start standby flushes, refresh the changelog ends. Cheap when nothing is due."""
+        self._check_standby_flushes(now)
+        if now >= self._next_flush_check:
+            self._next_flush_check = now + _STANDBY_FLUSH_CHECK_S
+            if not self._actives_restoring():  # no standby flush competes with an active restore
+                self._start_standby_flushes(now)
+        if now >= self._next_end_refresh:
+            self._refresh_ends(now)
+
+    def _start_standby_flushes(self, now: float) -> None:
+        """UPDATING -> FLUSHING (paused) for each persistent standby store that changed and is due."""
+        due = now - self.STANDBY_FLUSH_INTERVAL_S
+        pause = []
+        for p in self._of(Mode.STANDBY, ChangelogState.UPDATING):
+            if not p.dirty or p.flushed_at > due:
+                continue
+            p.dirty = False
+            backend = p.store.backend
+            if not backend.persistent:  # nothing on disk to make durable
+                p.flushed_at = now
+                continue
+            try:
+                backend.request_restore_flush()  # data, then (in restore_flushed) the offset
+            except Exception as exc:
+                self._fail_standby(p, exc)
+                continue
+            p.transition(ChangelogState.FLUSHING)
+            pause.append(p.ktp)
+        if pause:
+            self.consumer.pause(pause)
+
+    def _check_standby_flushes(self, now: float) -> None:
+        """FLUSHING -> UPDATING (resumed), or PAUSED while an active task restores."""
+        flushing = self._of(Mode.STANDBY, ChangelogState.FLUSHING)
+        if not flushing:
+            return
+        hold = self._actives_restoring()
+        resume = []
+        for p in flushing:
+            if p.state is not ChangelogState.FLUSHING:
+                continue  # its standby failed meanwhile
+            try:
+                flushed = p.store.backend.restore_flushed()
+            except Exception as exc:
+                self._fail_standby(p, exc)
+                continue
+            if flushed:
+                p.flushed_at = now
+                if hold:
+                    p.transition(ChangelogState.PAUSED)
+                else:
+                    p.transition(ChangelogState.UPDATING)
+                    resume.append(p.ktp)
+        if resume:
+            self.consumer.resume(resume)
+
+    def _refresh_ends(self, now: float) -> None:
+        self._next_end_refresh = now + self.STANDBY_LAG_REFRESH_S
+        consumer = self.consumer
+        try:
+            for p in self._of(Mode.STANDBY, ChangelogState.UPDATING):
+                high = consumer.get_watermark_offsets(p.ktp, cached=True)[1]
+                if high >= 0:  # none before the first fetch response
+                    p.end_offset = max(high, p.offset)
+            paused = self._of(Mode.STANDBY, *_PAUSED_STATES)
+            if paused and now >= self._next_paused_end_refresh:
+                self._next_paused_end_refresh = now + self.STANDBY_PAUSED_LAG_REFRESH_S
+                latest = [KTopicPartition(p.tp.topic, p.tp.partition, -1) for p in paused]  # -1: the end
+                for ktp in consumer.offsets_for_times(latest, timeout=_PAUSED_ENDS_TIMEOUT_S):
+                    p = self._partitions.get((ktp.topic, ktp.partition))
+                    if p is not None and p.mode is Mode.STANDBY and ktp.error is None and ktp.offset >= 0:
+                        p.end_offset = max(ktp.offset, p.offset)
+        except KafkaException as exc:  # the ends stay as they were until the next refresh
+            log.debug("refreshing the standby changelog ends failed: %s", exc)
+        self._metrics.standby_records_lag = self.standby_lags()
+
+    # ---- the end ----
+    def close(self) -> None:
+        """Ends the restores under way (their stores flushed, back in processing mode), settles every partition
+        CLOSED and closes the consumers. Standby tasks stay known until ``forget_standby``."""
+        for p in list(self._partitions.values()):
+            if p.mode is Mode.ACTIVE and p.state in (ChangelogState.RESTORING, ChangelogState.FLUSHING):
+                _safe_end_restore(p.store)
+            self._settle(p, ChangelogState.CLOSED)
+        self._actives.clear()
+        consumer = self.consumer
+        if consumer is not None:
+            consumer.close()
+        if self._ends_consumer is not None and self._ends_consumer is not consumer:
+            self._ends_consumer.close()
+
+
+def _safe_end_restore(store: TaskStore) -> None:
+    try:
+        store.backend.end_restore()
+    except Exception:
+        log.exception("flushing store %s after restore failed", store.spec.name)
