@@ -21,6 +21,7 @@ from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
 from .membership import GroupMembership
 from .commit import AtLeastOnceCommitter, Committer, DeliveryTracker, ExactlyOnceCommitter
+from .snapshot_source import RestorerSource, prepare_staging_dir
 from .state_updater import StateUpdater
 from .task_manager import TaskManager
 
@@ -84,9 +85,13 @@ class StreamThread(threading.Thread):
             for c in (consumer, ends_consumer):
                 c.close()
             raise
+        # Restore by download (issue #9): stores with no usable local state may start from a snapshot.
+        snapshot_source = RestorerSource(cfg, self._metrics.snapshots) if cfg.snapshot_store else None
+        staging_dir = prepare_staging_dir(self._state_dir.root) if snapshot_source is not None else None
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics,
                                standby_listener=self._standby_listener,
-                               ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg))
+                               ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg),
+                               snapshot_source=snapshot_source, snapshot_staging_dir=staging_dir)
         committer: Committer
         # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:

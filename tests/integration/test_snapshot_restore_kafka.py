@@ -1,0 +1,245 @@
+"""Restore by download (issue #9) on the real broker, against a file:// store and a real S3 server (moto):
+a word-count app builds state and a changelog; its stores are checkpointed and published with the
+``Snapshotter`` at their changelog offsets (independent of the upload wiring); more records are written (the
+tail); then an app with an EMPTY state dir and ``snapshot_store`` set downloads the snapshot, replays only
+the tail, and ends with exactly the counts a full changelog replay gives. Damaged snapshots, no snapshot and
+fresh-enough local state are covered too."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hotstate.snapshot import (ObjectStore, Outcome, PartitionPaths, Restorer, SnapshotRequest, Snapshotter,
+                               take_checkpoint)
+from hotstate.state.rocksdb_store import RocksDBBackend
+from kafka_helpers import RecordingListener, WordCount
+
+_SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
+if _SNAPSHOT_TESTS not in sys.path:
+    sys.path.insert(0, _SNAPSHOT_TESTS)
+
+from snapshot_support import MotoServer, corrupt, free_port  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+STORE = "word-counts"
+
+
+class SnapshotListener(RecordingListener):
+    def __init__(self) -> None:
+        super().__init__()
+        self.downloads: list[tuple[int, str, int, int, float, str]] = []
+        self._dl_lock = threading.Lock()
+
+    def on_snapshot_downloaded(self, partition, store_name, snapshot_offset, num_bytes, seconds):  # noqa: ANN001
+        with self._dl_lock:
+            self.downloads.append((partition.partition, store_name, snapshot_offset, num_bytes, seconds,
+                                   threading.current_thread().name))
+
+    def downloaded(self) -> dict[int, int]:
+        """partition -> snapshot offset; at most one download per partition is expected."""
+        out: dict[int, int] = {}
+        for p, _, offset, _, _, _ in self.downloads:
+            assert p not in out, f"two snapshots downloaded for partition {p}: {self.downloads}"
+            out[p] = offset
+        return out
+
+
+def publish(wc: WordCount, objects: ObjectStore, tmp_path: Path, tag: str) -> dict[int, int]:
+    """Checkpoints each task's word-count store (the app is closed) and publishes it at the store's changelog
+    offset; returns partition -> that offset."""
+    offsets = {}
+    s = Snapshotter(objects, wc.app_id, instance_id=f"test-{tag}")
+    s.start()
+    try:
+        for p in range(PARTITIONS):
+            backend = RocksDBBackend(STORE, str(wc.state_dir / wc.app_id / f"0_{p}" / STORE))
+            try:
+                offset = backend.changelog_offset()
+                cp = take_checkpoint(backend._db, tmp_path / f"cp-{tag}-{p}").path
+            finally:
+                backend.close()
+            assert offset is not None and offset > 0
+            s.submit(SnapshotRequest(STORE, f"0_{p}", wc.changelog, p, offset, 1, cp))
+            offsets[p] = offset
+        assert s.wait_idle(60), "the uploader did not finish"
+        results = s.drain_results()
+    finally:
+        s.close()
+    assert [r.outcome for r in results] == [Outcome.PUBLISHED] * PARTITIONS, results
+    return offsets
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """A real S3 server (moto_server from moto[server]) as its own process, as in tests/snapshot/conftest.py."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="AKIAHOTSTATETESTKEY0", AWS_SECRET_ACCESS_KEY="test-" + uuid.uuid4().hex,
+                      AWS_DEFAULT_REGION="us-east-1")
+    server = MotoServer(free_port())
+    server.start()
+    server.create_bucket("hotstate-snapshots")
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request, tmp_path):
+    """(url, options) of an empty snapshot store: a directory, or a fresh prefix on the moto server."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'snapshots'}", {}
+    return f"s3://hotstate-snapshots/{uuid.uuid4().hex}", request.getfixturevalue("moto").options()
+
+
+@pytest.fixture
+def objects(store_url):
+    url, options = store_url
+    return ObjectStore.open(url, options)
+
+
+def snapshot_config(store_url, **extra) -> dict:
+    url, options = store_url
+    return {"snapshot_store": url, "snapshot_store_options": options, **extra}
+
+
+def empty_state_dir(wc: WordCount, tmp_path: Path, name: str) -> None:
+    d = tmp_path / name
+    d.mkdir()
+    wc.state_dir = d
+
+
+def test_cold_restore_downloads_the_snapshot_and_replays_only_the_tail(kafka, tmp_state_dir, tmp_path, store_url,
+                                                                       objects):
+    wc = WordCount(kafka, tmp_state_dir, seed=11, partitions=PARTITIONS)
+    wc.produce(3000)
+    wc.run()
+    snap = publish(wc, objects, tmp_path, "a")
+    assert snap == kafka.ends(wc.changelog)
+    _, _, ends, _ = wc.run(produce_while_running=300)  # the tail, written after the snapshot
+    assert all(ends[p] > snap[p] for p in range(PARTITIONS)), (snap, ends)
+
+    empty_state_dir(wc, tmp_path, "cold")
+    listener = SnapshotListener()
+    app, _, ends2, restored = wc.run(listener, **snapshot_config(store_url))  # run() checks every count
+    assert ends2 == ends
+    assert listener.downloaded() == snap
+    assert {d[5] for d in listener.downloads} == {"hotstate-state-updater"}
+    assert listener.starts() == {p: (snap[p], ends[p]) for p in range(PARTITIONS)}
+    assert listener.totals() == {p: ends[p] - snap[p] for p in range(PARTITIONS)}
+    assert restored == {f"0_{p}": {STORE: ends[p] - snap[p]} for p in range(PARTITIONS)}
+    # Downloads are counted, and came before the tail's restore started.
+    m = app.metrics()
+    assert m["restore_download_bytes_total"] == sum(d[3] for d in listener.downloads) > 0
+    assert m["restore_records_total"] == sum(ends[p] - snap[p] for p in range(PARTITIONS))
+    # The staging directory is on the state dir's filesystem and left empty.
+    staging = wc.state_dir / wc.app_id / ".snapshot-staging"
+    assert staging.is_dir() and not any(staging.iterdir())
+    # The store equals a full replay of the changelog (read_committed).
+    assert kafka.read_table(wc.changelog) == dict(wc.expected)
+
+
+def test_a_bit_flipped_sst_falls_back_to_the_older_snapshot_then_to_the_changelog(kafka, tmp_state_dir, tmp_path,
+                                                                                  store_url, objects, caplog):
+    wc = WordCount(kafka, tmp_state_dir, seed=12, partitions=PARTITIONS)
+    wc.produce(2000)
+    wc.run()
+    older = publish(wc, objects, tmp_path, "a")
+    wc.run(produce_while_running=1000)
+    newer = publish(wc, objects, tmp_path, "b")
+    _, _, ends, _ = wc.run(produce_while_running=200)
+    assert all(older[p] < newer[p] < ends[p] for p in range(PARTITIONS))
+
+    # Partition 0: flip a bit of an SST that only the newer snapshot has -> the older one is used.
+    # Partition 1: flip a bit of an SST both have -> neither is used, the full changelog is replayed.
+    def manifests(p):
+        listing = Restorer(objects, wc.app_id).catalog.list_partition(PartitionPaths(wc.app_id, STORE, p))
+        return [ref.manifest for ref in listing.readable]
+
+    new0, old0 = manifests(0)
+    only_new = [f for f in new0.files if f.name.endswith(".sst") and f.object not in {g.object for g in old0.files}]
+    assert only_new, "the newer snapshot of partition 0 has no SST of its own"
+    corrupt(objects, only_new[0].object, "flip")
+    new1, old1 = manifests(1)
+    shared = [f for f in new1.files if f.name.endswith(".sst") and f.object in {g.object for g in old1.files}]
+    assert shared, "the snapshots of partition 1 share no SST"
+    corrupt(objects, shared[0].object, "flip")
+
+    empty_state_dir(wc, tmp_path, "cold")
+    listener = SnapshotListener()
+    with caplog.at_level(logging.WARNING, logger="hotstate"):
+        app, _, ends2, _ = wc.run(listener, **snapshot_config(store_url))  # run() checks every count
+    assert ends2 == ends
+    assert listener.downloaded() == {0: older[0]}, listener.downloads
+    assert listener.starts() == {0: (older[0], ends[0]), 1: (0, ends[1])}
+    text = caplog.text
+    assert "unusable" in text and "altered" in text
+    assert "no usable snapshot of word-counts[1]" in text
+    assert kafka.read_table(wc.changelog) == dict(wc.expected)
+
+
+def test_no_snapshot_replays_the_whole_changelog(kafka, tmp_state_dir, tmp_path, store_url):
+    wc = WordCount(kafka, tmp_state_dir, seed=13, partitions=PARTITIONS)
+    wc.produce(2000)
+    _, _, ends, _ = wc.run()
+    empty_state_dir(wc, tmp_path, "cold")
+    listener = SnapshotListener()
+    app, _, _, _ = wc.run(listener, **snapshot_config(store_url))
+    assert listener.downloads == []
+    assert listener.starts() == {p: (0, ends[p]) for p in range(PARTITIONS)}
+    assert app.metrics()["restore_download_bytes_total"] == 0
+
+
+@pytest.mark.parametrize("lag,downloads", [(1_000_000, False), (10, True)])
+def test_local_state_within_the_recovery_lag_is_not_replaced(kafka, tmp_state_dir, tmp_path, store_url, objects,
+                                                             lag, downloads):
+    wc = WordCount(kafka, tmp_state_dir, seed=14, partitions=PARTITIONS)
+    wc.produce(2000)
+    wc.run()
+    local = kafka.ends(wc.changelog)
+    aside = tmp_path / "state-copy"
+    shutil.copytree(tmp_state_dir, aside)
+    wc.run(produce_while_running=1000)
+    snap = publish(wc, objects, tmp_path, "a")
+    assert all(snap[p] - local[p] > 10 for p in range(PARTITIONS))
+
+    # The old local state is behind the snapshot by less than (lag 1e6) or more than (lag 10) the lag.
+    shutil.rmtree(tmp_state_dir)
+    shutil.copytree(aside, tmp_state_dir)
+    listener = SnapshotListener()
+    app, _, ends, _ = wc.run(listener, acceptable_recovery_lag=lag, **snapshot_config(store_url))
+    if downloads:
+        assert listener.downloaded() == snap
+        assert listener.starts() == {p: (snap[p], ends[p]) for p in range(PARTITIONS) if snap[p] < ends[p]}
+    else:
+        assert listener.downloads == []
+        assert app.metrics()["restore_download_bytes_total"] == 0
+        assert listener.starts() == {p: (local[p], ends[p]) for p in range(PARTITIONS)}
+
+
+def test_an_unreachable_store_at_start_falls_back_to_the_changelog(kafka, tmp_state_dir, tmp_path, caplog):
+    wc = WordCount(kafka, tmp_state_dir, seed=15, partitions=PARTITIONS)
+    wc.produce(1000)
+    _, _, ends, _ = wc.run()
+    empty_state_dir(wc, tmp_path, "cold")
+    listener = SnapshotListener()
+    nobody = {"endpoint": f"http://127.0.0.1:{free_port()}", "region": "us-east-1", "allow_http": True}
+    with caplog.at_level(logging.WARNING, logger="hotstate"):
+        wc.run(listener, snapshot_store="s3://nowhere/prefix", snapshot_store_options=nobody)
+    assert listener.downloads == []
+    assert listener.starts() == {p: (0, ends[p]) for p in range(PARTITIONS)}
+    assert "restoring from the changelog" in caplog.text
