@@ -19,7 +19,8 @@ import pytest
 from hotstate.snapshot import (ObjectStore, Outcome, PartitionPaths, Restorer, SnapshotRequest, Snapshotter,
                                take_checkpoint)
 from hotstate.state.rocksdb_store import RocksDBBackend
-from kafka_helpers import RecordingListener, WordCount
+import hotstate
+from kafka_helpers import RecordingListener, WordCount, build_word_count, wait_for
 
 _SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
 if _SNAPSHOT_TESTS not in sys.path:
@@ -197,11 +198,16 @@ def test_no_snapshot_replays_the_whole_changelog(kafka, tmp_state_dir, tmp_path,
     wc.produce(2000)
     _, _, ends, _ = wc.run()
     empty_state_dir(wc, tmp_path, "cold")
+    # What a process that died mid-download left in the staging directory is removed at start.
+    leftover = wc.state_dir / wc.app_id / ".snapshot-staging" / ".snapshot-word-counts-0-dead" / "000009.sst"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"partial")
     listener = SnapshotListener()
     app, _, _, _ = wc.run(listener, **snapshot_config(store_url))
     assert listener.downloads == []
     assert listener.starts() == {p: (0, ends[p]) for p in range(PARTITIONS)}
     assert app.metrics()["restore_download_bytes_total"] == 0
+    assert not leftover.parent.exists()
 
 
 @pytest.mark.parametrize("lag,downloads", [(1_000_000, False), (10, True)])
@@ -243,3 +249,60 @@ def test_an_unreachable_store_at_start_falls_back_to_the_changelog(kafka, tmp_st
     assert listener.downloads == []
     assert listener.starts() == {p: (0, ends[p]) for p in range(PARTITIONS)}
     assert "restoring from the changelog" in caplog.text
+
+
+class StandbyEvents(hotstate.StandbyUpdateListener):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.starts: list[tuple[int, int]] = []
+
+    def on_update_start(self, partition, store_name, starting_offset):  # noqa: ANN001
+        with self.lock:
+            self.starts.append((partition.partition, starting_offset))
+
+    def on_batch_loaded(self, *args):  # noqa: ANN002
+        pass
+
+    def on_update_suspended(self, *args):  # noqa: ANN002
+        pass
+
+
+@pytest.mark.timeout(180)
+def test_a_standby_starting_from_nothing_bootstraps_from_the_snapshot(kafka, tmp_state_dir, tmp_path):
+    url, options = f"file://{tmp_path / 'snapshots'}", {}
+    objects = ObjectStore.open(url, options)
+    wc = WordCount(kafka, tmp_state_dir, seed=16, partitions=PARTITIONS)
+    wc.produce(2000)
+    wc.run()
+    snap = publish(wc, objects, tmp_path, "a")
+    _, _, ends, _ = wc.run(produce_while_running=200)
+
+    common = dict(num_standby_replicas=1, session_timeout_ms=6000, snapshot_store=url, snapshot_store_options=options)
+    a = wc.app(**common)
+    restore_b, standby_b = SnapshotListener(), StandbyEvents()
+    b = build_word_count(kafka.bootstrap, wc.app_id, tmp_path / "b", wc.source, wc.sink, listener=restore_b,
+                         **common, commit_interval_ms=100)
+    b.set_standby_listener(standby_b)
+    a.start()
+    try:
+        a.wait_until_running(timeout_s=60)
+        b.start()
+        # b has no state: its standby (a warm-up) of a task of a's starts from the snapshot, not from offset 0.
+        wait_for(lambda: standby_b.starts, "b to start a standby", 60)
+        p, offset = standby_b.starts[0]
+        assert offset == snap[p], (standby_b.starts, snap)
+        assert b.metrics()["restore_download_bytes_total"] > 0
+        # A task b got as active from nothing downloaded too (the listener hears actives only).
+        assert restore_b.downloaded() == {q: snap[q] for q in restore_b.downloaded()}
+        assert p not in restore_b.downloaded()
+
+        def standby_offset() -> int | None:
+            return next((t.stores[STORE].changelog_offset for t in b.tasks()
+                         if t.standby and t.stores[STORE].changelog.partition == p), None)
+
+        # It then tails the changelog to its end (the tail written after the snapshot).
+        wait_for(lambda: standby_offset() == ends[p] or p in {int(t.id[2:]) for t in b.tasks() if not t.standby},
+                 "b's standby store to reach the changelog end (or to become active)", 60, detail=standby_offset)
+    finally:
+        a.close()
+        b.close()
