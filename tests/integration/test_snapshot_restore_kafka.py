@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import threading
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hotstate.snapshot import (ObjectStore, Outcome, PartitionPaths, Restorer, S
                                take_checkpoint)
 from hotstate.state.rocksdb_store import RocksDBBackend
 import hotstate
+from hotstate.observe.prometheus import MetricsServer
 from kafka_helpers import RecordingListener, WordCount, build_word_count, wait_for
 
 _SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
@@ -147,6 +149,13 @@ def test_cold_restore_downloads_the_snapshot_and_replays_only_the_tail(kafka, tm
     m = app.metrics()
     assert m["restore_download_bytes_total"] == sum(d[3] for d in listener.downloads) > 0
     assert m["restore_records_total"] == sum(ends[p] - snap[p] for p in range(PARTITIONS))
+    server = MetricsServer(wc.app_id, app.metrics, 0, host="127.0.0.1")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    finally:
+        server.close()
+    assert f'hotstate_restore_download_bytes_total{{app_id="{wc.app_id}"}} {float(m["restore_download_bytes_total"])}' in text
+    assert f'hotstate_restore_download_rate{{app_id="{wc.app_id}"}}' in text
     # The staging directory is on the state dir's filesystem and left empty.
     staging = wc.state_dir / wc.app_id / ".snapshot-staging"
     assert staging.is_dir() and not any(staging.iterdir())

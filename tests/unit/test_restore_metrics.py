@@ -126,3 +126,38 @@ def test_progress_draws_records_rate_and_eta():
     assert "0_0/counts" in text and "250,000/1,000,000" in text and "25%" in text
     assert "0_1/counts" in text and "done" in text
     assert "all stores" in text
+
+
+def test_progress_shows_download_bytes_then_the_tail_records():
+    m = Metrics()
+
+    class App:
+        def metrics(self):
+            return m.snapshot()
+
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=False)
+    progress = RestoreProgress(App(), console=console, refresh_s=60)
+    progress.update()
+    m.snapshots.add_downloaded(12_345_678)  # a snapshot downloaded, then the tail replayed
+    m.restores["0_0/counts"] = StoreRestoreMetrics(1_000, 4_000, changelog="c[0]")
+    with progress:
+        pass
+    text = out.getvalue()
+    assert "snapshot download" in text and "12.3 MB downloaded" in text and "/s" in text
+    assert "1,000/5,000 records" in text and "rec/s" in text
+    assert text.index("snapshot download") < text.index("0_0/counts")
+
+
+def test_progress_has_no_download_line_without_a_download():
+    m = Metrics()
+    m.restores["0_0/counts"] = StoreRestoreMetrics(10, 0, ended_at_s=1.0, changelog="c[0]")
+
+    class App:
+        def metrics(self):
+            return m.snapshot()
+
+    out = io.StringIO()
+    with RestoreProgress(App(), console=Console(file=out, width=160, force_terminal=False), refresh_s=60):
+        pass
+    assert "snapshot download" not in out.getvalue() and "10/10 records" in out.getvalue()

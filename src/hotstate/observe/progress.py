@@ -1,5 +1,6 @@
-"""Live restore progress in a terminal (rich): a bar per store partition with records, rate and ETA, and a
-line for the whole instance.
+"""Live restore progress in a terminal (rich): a line for snapshot bytes downloaded (restore by download,
+issue #9; shown once a download started), then a bar per store partition with the changelog records
+replayed (after a download: only the tail), rate and ETA, and a line for the whole instance.
 
     with RestoreProgress(app):
         app.start()
@@ -16,6 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 _TOTAL = "all stores"
+_DOWNLOAD = "snapshot download"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
 
 
 def _eta(seconds: float | None) -> str:
@@ -38,7 +48,7 @@ class RestoreProgress:
             TextColumn("{task.description}", justify="left"),
             BarColumn(bar_width=30),
             TaskProgressColumn(),
-            TextColumn("{task.fields[records]:>25} records  {task.fields[rate]:>9} rec/s  {task.fields[eta]}"),
+            TextColumn("{task.fields[records]:>33}  {task.fields[rate]:>15}  {task.fields[eta]}"),
             console=console, transient=transient, refresh_per_second=max(1.0, 1 / refresh_s))
         self._rows: dict[str, TaskID] = {}
         self._stop = threading.Event()
@@ -62,6 +72,12 @@ class RestoreProgress:
     def update(self) -> None:
         """Redraws from one metrics snapshot (the thread calls it; callable directly too)."""
         snap = self._app.metrics()
+        downloaded = snap.get("restore_download_bytes_total", 0)
+        if downloaded:
+            if _DOWNLOAD not in self._rows:
+                self._rows[_DOWNLOAD] = self._progress.add_task(_DOWNLOAD, total=None, records="", rate="", eta="")
+            self._progress.update(self._rows[_DOWNLOAD], completed=downloaded, records=f"{_bytes(downloaded)} downloaded",
+                                  rate=f"{_bytes(snap.get('restore_download_rate', 0.0))}/s")
         restores: dict[str, dict] = snap.get("restores", {})
         order = sorted(restores, key=lambda k: (restores[k]["state"] != "RESTORING", k))
         done_total = left_total = 0
@@ -75,7 +91,7 @@ class RestoreProgress:
                     continue
                 self._rows[name] = self._progress.add_task(name, total=None, records="", rate="", eta="")
             self._progress.update(self._rows[name], completed=done, total=done + left,
-                                  records=f"{done:,}/{done + left:,}", rate=f"{r['restore_records_rate']:,.0f}",
+                                  records=f"{done:,}/{done + left:,} records", rate=f"{r['restore_records_rate']:,.0f} rec/s",
                                   eta="done" if r["state"] == "RESTORED" else _eta(r["restore_eta_s"]))
         if restores:
             rate = snap.get("restore_records_rate", 0.0)
@@ -83,5 +99,5 @@ class RestoreProgress:
                 self._rows[_TOTAL] = self._progress.add_task(f"[bold]{_TOTAL}", total=None, records="", rate="",
                                                                eta="")
             self._progress.update(self._rows[_TOTAL], completed=done_total, total=done_total + left_total,
-                                  records=f"{done_total:,}/{done_total + left_total:,}", rate=f"{rate:,.0f}",
+                                  records=f"{done_total:,}/{done_total + left_total:,} records", rate=f"{rate:,.0f} rec/s",
                                   eta="done" if not left_total else _eta(left_total / rate if rate > 0 else None))
