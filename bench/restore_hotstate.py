@@ -72,10 +72,12 @@ def main() -> None:
         records = sum(s.restored_records for t in app.tasks() for s in t.stores.values())
         store = app.store("store")
         wrong = sum(1 for k, v in sample.items() if store.get(k) != v)
+        download_bytes = app.metrics()["restore_download_bytes_total"]
     finally:
         app.close()
     print(json.dumps({"seconds": seconds, "restore_seconds": window.last_end - window.first_start,
-                      "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records, "sample_checked": len(sample), "sample_wrong": wrong}))
+                      "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records, "sample_checked": len(sample), "sample_wrong": wrong,
+                      "download_bytes": download_bytes}))
 
 
 if __name__ == "__main__":
