@@ -22,7 +22,7 @@ from hotstate.snapshot import (ObjectStore, Outcome, PartitionPaths, Restorer, S
 from hotstate.state.rocksdb_store import RocksDBBackend
 import hotstate
 from hotstate.observe.prometheus import MetricsServer
-from kafka_helpers import RecordingListener, WordCount, build_word_count, wait_for
+from kafka_helpers import RecordingListener, RestoreEvent, WordCount, build_word_count, wait_for
 
 _SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
 if _SNAPSHOT_TESTS not in sys.path:
@@ -46,6 +46,7 @@ class SnapshotListener(RecordingListener):
         with self._dl_lock:
             self.downloads.append((partition.partition, store_name, snapshot_offset, num_bytes, seconds,
                                    threading.current_thread().name))
+        self._add(RestoreEvent("download", partition.topic, partition.partition, store_name, snapshot_offset))
 
     def downloaded(self) -> dict[int, int]:
         """partition -> snapshot offset; at most one download per partition is expected."""
@@ -142,6 +143,8 @@ def test_cold_restore_downloads_the_snapshot_and_replays_only_the_tail(kafka, tm
     assert ends2 == ends
     assert listener.downloaded() == snap
     assert {d[5] for d in listener.downloads} == {"hotstate-state-updater"}
+    for p in range(PARTITIONS):  # per partition: the download, then the tail's restore
+        assert [e.kind for e in listener.events if e.partition == p and e.kind != "batch"] == ["download", "start", "end"]
     assert listener.starts() == {p: (snap[p], ends[p]) for p in range(PARTITIONS)}
     assert listener.totals() == {p: ends[p] - snap[p] for p in range(PARTITIONS)}
     assert restored == {f"0_{p}": {STORE: ends[p] - snap[p]} for p in range(PARTITIONS)}

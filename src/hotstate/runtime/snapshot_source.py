@@ -59,7 +59,9 @@ class RestorerSource:
             if self._restorer is None:
                 cfg = self._config
                 try:
-                    objects = ObjectStore.open(cfg.snapshot_store, cfg.snapshot_store_options)
+                    # create=False: a restore never makes a file:// store's directory (an unmounted volume
+                    # would look like an empty store); the uploader does.
+                    objects = ObjectStore.open(cfg.snapshot_store, cfg.snapshot_store_options, create=False)
                 except (SnapshotStoreError, OSError) as exc:
                     self._warn.warning("open", "the snapshot store %s cannot be opened (%s); restores read the "
                                        "changelog", redact(str(cfg.snapshot_store)), exc)
