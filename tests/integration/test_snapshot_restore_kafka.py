@@ -144,7 +144,8 @@ def test_cold_restore_downloads_the_snapshot_and_replays_only_the_tail(kafka, tm
     assert listener.downloaded() == snap
     assert {d[5] for d in listener.downloads} == {"hotstate-state-updater"}
     for p in range(PARTITIONS):  # per partition: the download, then the tail's restore
-        assert [e.kind for e in listener.events if e.partition == p and e.kind != "batch"] == ["download", "start", "end"]
+        kinds = [e.kind for e in listener.events if e.partition == p and e.kind != "batch"]
+        assert kinds == ["download", "start", "end"], listener.events
     assert listener.starts() == {p: (snap[p], ends[p]) for p in range(PARTITIONS)}
     assert listener.totals() == {p: ends[p] - snap[p] for p in range(PARTITIONS)}
     assert restored == {f"0_{p}": {STORE: ends[p] - snap[p]} for p in range(PARTITIONS)}
@@ -157,7 +158,8 @@ def test_cold_restore_downloads_the_snapshot_and_replays_only_the_tail(kafka, tm
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
     finally:
         server.close()
-    assert f'hotstate_restore_download_bytes_total{{app_id="{wc.app_id}"}} {float(m["restore_download_bytes_total"])}' in text
+    downloaded = float(m["restore_download_bytes_total"])
+    assert f'hotstate_restore_download_bytes_total{{app_id="{wc.app_id}"}} {downloaded}' in text
     assert f'hotstate_restore_download_rate{{app_id="{wc.app_id}"}}' in text
     # The staging directory is on the state dir's filesystem and left empty.
     staging = wc.state_dir / wc.app_id / ".snapshot-staging"

@@ -76,7 +76,8 @@ class RestoreProgress:
         if downloaded:
             if _DOWNLOAD not in self._rows:
                 self._rows[_DOWNLOAD] = self._progress.add_task(_DOWNLOAD, total=None, records="", rate="", eta="")
-            self._progress.update(self._rows[_DOWNLOAD], completed=downloaded, records=f"{_bytes(downloaded)} downloaded",
+            self._progress.update(self._rows[_DOWNLOAD], completed=downloaded,
+                                  records=f"{_bytes(downloaded)} downloaded",
                                   rate=f"{_bytes(snap.get('restore_download_rate', 0.0))}/s")
         restores: dict[str, dict] = snap.get("restores", {})
         order = sorted(restores, key=lambda k: (restores[k]["state"] != "RESTORING", k))
@@ -91,7 +92,8 @@ class RestoreProgress:
                     continue
                 self._rows[name] = self._progress.add_task(name, total=None, records="", rate="", eta="")
             self._progress.update(self._rows[name], completed=done, total=done + left,
-                                  records=f"{done:,}/{done + left:,} records", rate=f"{r['restore_records_rate']:,.0f} rec/s",
+                                  records=f"{done:,}/{done + left:,} records",
+                                  rate=f"{r['restore_records_rate']:,.0f} rec/s",
                                   eta="done" if r["state"] == "RESTORED" else _eta(r["restore_eta_s"]))
         if restores:
             rate = snap.get("restore_records_rate", 0.0)
@@ -99,5 +101,6 @@ class RestoreProgress:
                 self._rows[_TOTAL] = self._progress.add_task(f"[bold]{_TOTAL}", total=None, records="", rate="",
                                                                eta="")
             self._progress.update(self._rows[_TOTAL], completed=done_total, total=done_total + left_total,
-                                  records=f"{done_total:,}/{done_total + left_total:,} records", rate=f"{rate:,.0f} rec/s",
+                                  records=f"{done_total:,}/{done_total + left_total:,} records",
+                                  rate=f"{rate:,.0f} rec/s",
                                   eta="done" if not left_total else _eta(left_total / rate if rate > 0 else None))
