@@ -10,7 +10,9 @@
 3. Writes the tail: ``--tail-fraction`` x N updates of existing keys.
 4. Same run, each a child process with an EMPTY state dir: a cold restore with ``snapshot_store`` set
    (download + tail) and one without (full replay of N records + the tail). Times are start -> RUNNING.
-The sampled keys (some updated by the tail) are checked in both. Needs the local broker. Prints JSON lines.
+The sampled keys (some updated by the tail) are checked in both. Needs the local broker. Prints JSON lines:
+``seconds`` start -> RUNNING; ``download_seconds`` summed over the store partitions' downloads;
+``restore_window_seconds`` first ``on_restore_start`` -> last ``on_restore_end``.
 """
 from __future__ import annotations
 
@@ -150,7 +152,8 @@ def _restore(args, names, state_dir: Path, sample_file: Path, final: dict, confi
     if res.get("sample_wrong"):
         raise AssertionError(f"{label}: {res['sample_wrong']} of {res['sample_checked']} sampled keys are wrong")
     return {"row": label, "seconds": round(res["seconds"], 3), "records_replayed": res["records"],
-            "download_bytes": res.get("download_bytes"), "cpu_seconds": round(res["cpu_seconds"], 2),
+            "download_bytes": res.get("download_bytes"), "download_seconds": res.get("download_seconds"),
+            "restore_window_seconds": round(res["restore_seconds"], 3), "cpu_seconds": round(res["cpu_seconds"], 2),
             "sample_checked": res["sample_checked"]}
 
 
