@@ -20,6 +20,9 @@ class StoreBackend(Protocol):
     persistent: bool
     # A read found the store's files damaged (it raised StoreCorruptedError): wipe it and restore.
     corrupted: bool
+    # Snapshots (issue #9): True if ``checkpoint`` can copy the store's files; False for a store without
+    # files (in memory), which is never snapshotted.
+    supports_checkpoint: bool
 
     def get(self, key: bytes) -> bytes | None:
         """StoreCorruptedError if the store's files are damaged, StoreClosedError once it is closed."""
@@ -53,6 +56,12 @@ class StoreBackend(Protocol):
 
     def wipe(self) -> None:
         """Delete all state (the store is unusable until reopened)."""
+        ...
+
+    def checkpoint(self, into: str) -> None:
+        """Copies the store's files into the new directory ``into`` (hard links where possible; its parent is
+        created): exactly the state and changelog offset of the last ``write``. Call it on the thread that
+        writes the store, between writes. NotImplementedError if ``supports_checkpoint`` is False."""
         ...
 
 

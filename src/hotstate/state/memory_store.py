@@ -10,6 +10,7 @@ from .backend import Entry, check_offset_forward
 class MemoryBackend:
     persistent = False
     corrupted = False  # nothing on disk to damage
+    supports_checkpoint = False  # no files: never snapshotted (it restores from its changelog)
 
     def __init__(self, name: str):
         self.name = name
@@ -56,3 +57,6 @@ class MemoryBackend:
     def wipe(self) -> None:
         self._data.clear()
         self._offset = None
+
+    def checkpoint(self, into: str) -> None:
+        raise NotImplementedError(f"store {self.name} lives in memory: it has no files to snapshot")

@@ -17,11 +17,13 @@ import shutil
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from rocksdict import AccessType, DbClosedError, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import HotstateError, StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError
+from ..snapshot.checkpoint import take_checkpoint
 from .backend import OFFSET, Entry, check_offset_forward
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ def _restore_options() -> Options:
 
 class RocksDBBackend:
     persistent = True
+    supports_checkpoint = True
     # Restores of at least this many records use the bulk-load options (see begin_restore).
     BULK_RESTORE_RECORDS_MIN = 100_000
 
@@ -348,6 +351,22 @@ class RocksDBBackend:
     def wipe(self) -> None:
         self.close()
         wipe_path(self.path)
+
+    def checkpoint(self, into: str) -> None:
+        """A RocksDB checkpoint (``snapshot.checkpoint.take_checkpoint``): the memtables are flushed, the SST
+        files hard-linked, the small files copied; both column families, so the changelog offset too.
+        Restore writes not yet durable are made durable first (as ``write`` does)."""
+        if self._restoring or self._bulk:
+            self.end_restore()
+        db = self._db
+        if db is None:
+            raise _closed(self.name)
+        try:
+            take_checkpoint(db, Path(into))
+        except FileExistsError:
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name, self.path, f"a checkpoint into {into} failed") from exc
 
 
 def _flushed(cf: Rdict) -> bool:
