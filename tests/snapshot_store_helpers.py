@@ -5,6 +5,7 @@ create (If-None-Match: *), so fencing is tested against it. Shared by tests/snap
 (their conftest.py import the fixtures)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -100,3 +101,52 @@ def store_url(request, tmp_path):
         return f"file://{tmp_path / 'snapshots'}", {}
     server = request.getfixturevalue("moto")
     return f"s3://{BUCKET}/{uuid.uuid4().hex}", server.options()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks of what an app published (the integration and chaos tests).
+
+def listings(objects, app_id: str, store: str, partitions: int) -> dict:
+    """partition -> PartitionListing (manifests newest first) of one store of an app."""
+    from hotstate.snapshot import Catalog, PartitionPaths
+
+    catalog = Catalog(objects)
+    return {p: catalog.list_partition(PartitionPaths(app_id, store, p)) for p in range(partitions)}
+
+
+def check_manifests_whole(objects, app_id: str, store: str, partitions: int) -> dict:
+    """Every manifest is readable and every object it names is there with its size; returns the listings
+    (without the manifests a running app's GC deleted between the list and the read)."""
+    found = listings(objects, app_id, store, partitions)
+    for p, listing in found.items():
+        gone = {ref.name for ref in listing.manifests if ref.manifest is None and objects.head(ref.name) is None}
+        if gone:
+            found[p] = listing = dataclasses.replace(listing, manifests=tuple(
+                ref for ref in listing.manifests if ref.name not in gone))
+        for ref in listing.manifests:
+            assert ref.manifest is not None, f"{ref.name} is unusable: {ref.problem}"
+            for f in ref.manifest.files:
+                info = listing.files.get(f.object)
+                assert info is not None, f"{ref.name} names {f.object}, which is missing"
+                assert info.size == f.size, f"{f.object} is {info.size} bytes, {ref.name} says {f.size}"
+    return found
+
+
+def open_snapshot(path) -> tuple[int | None, dict[bytes, bytes]]:
+    """(changelog offset, key -> value) of a downloaded hotstate RocksDB snapshot, opened with rocksdict."""
+    import struct
+
+    from rocksdict import AccessType, Options, Rdict
+
+    from hotstate.state.rocksdb_store import META_CF
+
+    db = Rdict(str(path), Options(raw_mode=True), column_families={META_CF: Options(raw_mode=True)},
+               access_type=AccessType.read_only())
+    meta = db.get_column_family(META_CF)
+    try:
+        raw = meta.get(b"changelog_offset")
+        data = {k: v for k, v in db.items()}
+    finally:
+        meta.close()
+        db.close()
+    return (None if raw is None else struct.unpack(">q", raw)[0]), data

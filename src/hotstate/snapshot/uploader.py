@@ -214,8 +214,7 @@ class Snapshotter:
                 del self._claims[claim]
             self._cond.notify_all()
         if dropped is not None:
-            self._finish(SnapshotResult(dropped.request, Outcome.CANCELLED, attempts=dropped.attempts,
-                                        error="the task left this instance"))
+            self._cancelled(dropped)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stops the thread (a snapshot being uploaded stops after the request in flight) and deletes the
@@ -293,8 +292,7 @@ class Snapshotter:
                                         error="the uploader closed while shipping it"))
             return
         except _Cancelled:
-            self._finish(SnapshotResult(req, Outcome.CANCELLED, attempts=pending.attempts,
-                                        error="the task left this instance"))
+            self._cancelled(pending)
             return
         except SnapshotStoreError as exc:
             self._retry_later(pending, exc)
@@ -329,6 +327,13 @@ class Snapshotter:
                 newer.attempts, newer.backoff_s = pending.attempts, pending.backoff_s
         self._finish(SnapshotResult(req, Outcome.REPLACED if newer is not None else Outcome.FAILED,
                                     attempts=pending.attempts, error=str(exc)))
+
+    def _cancelled(self, pending: _Pending) -> None:
+        req = pending.request
+        log.info("snapshot of %s[%d] at offset %d dropped: the task left this instance", req.store_name,
+                 req.changelog_partition, req.changelog_offset)
+        self._finish(SnapshotResult(req, Outcome.CANCELLED, attempts=pending.attempts,
+                                    error="the task left this instance"))
 
     def _finish(self, result: SnapshotResult) -> None:
         shutil.rmtree(result.request.checkpoint_dir, ignore_errors=True)
