@@ -22,8 +22,8 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from hotstate.snapshot import ObjectStore, Outcome, Restorer, SnapshotRequest, Snapshotter, take_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "snapshot"))
-from snapshot_support import MotoServer, free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from snapshot_store_helpers import MotoServer, free_port  # noqa: E402
 
 
 def build_store(path: Path, keys: int, value_bytes: int) -> Rdict:

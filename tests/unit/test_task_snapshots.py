@@ -4,6 +4,7 @@ cannot be opened never stops the caller. The real-broker proofs are tests/integr
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from hotstate import serde
@@ -60,7 +61,7 @@ def _manifests(tmp_path, partition=0) -> list[tuple[int, int]]:
     return sorted((m.epoch, m.offset) for m in listing.manifests)
 
 
-def test_checkpoints_follow_commits_of_the_tasks_input_at_most_once_per_interval(make_app, tmp_path):
+def test_checkpoints_follow_commits_that_covered_the_state_at_most_once_per_interval(make_app, tmp_path):
     app, snaps, clock, generation = _setup(make_app, tmp_path)
     snaps.start()
     task = _task(app, tmp_path)
@@ -69,7 +70,7 @@ def test_checkpoints_follow_commits_of_the_tasks_input_at_most_once_per_interval
     store = task.stores["c"].backend
     store.write([(b"a", b"1")], 5)
     task.stores["m"].backend.write([(b"x", b"1")], 3)
-    snaps.after_commit([])  # a commit that committed no input of this task: nothing
+    snaps.after_commit([])  # a commit that committed no input of this task: its state is not known committed
     assert snaps.snapshotter is not None and snaps._metrics.checkpoints_total == 0
     snaps.after_commit([task])  # the first: at once
     assert snaps.snapshotter.wait_idle(30)
@@ -79,7 +80,7 @@ def test_checkpoints_follow_commits_of_the_tasks_input_at_most_once_per_interval
     clock.now += 0.5
     snaps.after_commit([task])  # within the interval
     clock.now += 0.6
-    snaps.after_commit([task])
+    snaps.after_commit([])  # a later commit without input of the task: offset 6 is still the covered one
     assert snaps.snapshotter.wait_idle(30)
     assert _manifests(tmp_path) == [(7, 5), (7, 6)]
     clock.now += 5
@@ -146,5 +147,70 @@ def test_a_store_that_cannot_be_opened_leaves_the_app_running_and_is_tried_again
     assert len(attempts) == 3 and snaps.snapshotter is not None
     assert snaps.snapshotter.wait_idle(30)
     assert _manifests(tmp_path) == [(7, 5)]
+    snaps.close()
+    task.stores["c"].backend.close()
+
+
+def test_state_no_commit_covered_is_never_checkpointed(make_app, tmp_path):
+    """At-least-once: a transient failure of the offset commit still writes the stores; until a later commit
+    covers that state, no checkpoint of it is taken, however much time passes."""
+    app, snaps, clock, generation = _setup(make_app, tmp_path)
+    snaps.start()
+    task = _task(app, tmp_path)
+    snaps.task_assigned(task)
+    store = task.stores["c"].backend
+    store.write([(b"a", b"1")], 5)
+    snaps.after_commit([task])  # covered at 5, shipped
+    assert snaps.snapshotter.wait_idle(30)
+    store.write([(b"a", b"2")], 8)  # written by a commit whose offsets were not committed
+    for _ in range(3):
+        clock.now += 5
+        snaps.after_commit([])
+    assert snaps._metrics.checkpoints_total == 1
+    snaps.after_commit([task])  # the next commit covers it
+    assert snaps.snapshotter.wait_idle(30)
+    assert _manifests(tmp_path) == [(7, 5), (7, 8)]
+    snaps.close()
+    store.close()
+
+
+def test_a_big_memtable_is_flushed_in_the_background_and_checkpointed_at_a_later_commit(make_app, tmp_path):
+    app, snaps, clock, generation = _setup(make_app, tmp_path)
+    snaps.start()
+    task = _task(app, tmp_path)
+    snaps.task_assigned(task)
+    store = task.stores["c"].backend
+    store.write([(b"k%06d" % i, b"x" * 200) for i in range(10_000)], 10_000)  # ~2 MB in the memtable
+    snaps.after_commit([task])
+    assert snaps._metrics.checkpoints_total == 0, "the first call only starts a background flush"
+    deadline = clock.now + 3000
+    while snaps._metrics.checkpoints_total == 0:  # later commits, without input of the task
+        assert clock.now < deadline
+        clock.now += 0.1
+        time.sleep(0.005)
+        snaps.after_commit([])
+    assert snaps.snapshotter.wait_idle(30)
+    assert _manifests(tmp_path) == [(7, 10_000)]
+    snaps.close()
+    store.close()
+
+
+def test_a_restoring_task_is_left_to_the_state_updater(make_app, tmp_path):
+    app, snaps, clock, generation = _setup(make_app, tmp_path)
+    snaps.start()
+    task = _task(app, tmp_path)
+    snaps.task_assigned(task)
+    task.stores["c"].backend.write([(b"k%06d" % i, b"x" * 200) for i in range(10_000)], 10_000)
+    snaps.after_commit([task])  # covered; the checkpoint waits for a background flush
+    task.transition(TaskState.SUSPENDED)
+    task.transition(TaskState.RESTORING)  # e.g. an exactly-once commit of unknown outcome
+    for _ in range(20):
+        time.sleep(0.05)
+        clock.now += 1
+        snaps.after_commit([])
+    assert snaps._metrics.checkpoints_total == 0, "the store of a RESTORING task belongs to the state updater"
+    task.transition(TaskState.RUNNING)
+    snaps.after_commit([])
+    assert snaps._metrics.checkpoints_total == 1
     snaps.close()
     task.stores["c"].backend.close()

@@ -9,12 +9,16 @@ each leaves: docs/architecture.md, "Snapshots in the runtime"):
    directory that cannot be created) is opened again at most once per ``snapshot_interval_ms``; the app runs
    on without snapshots meanwhile.
 1. ``task_assigned``: the ownership of a new active task: the group generation now and the wall-clock time.
-2. ``after_commit(tasks)``: ``tasks`` are those whose input the commit that just returned committed (the group
-   offsets under at-least-once, the transaction under exactly_once_v2; ``Committer.commit``), so their stores
-   hold committed state at their changelog offsets. Each store that has files, whose offset moved since its
-   last checkpoint and whose last checkpoint in this ownership is ``snapshot_interval_ms`` old (or that has
-   none: the first comes with the task's first such commit) is checkpointed into a new directory and
-   submitted. The checkpoint is the only cost to this thread (measured in docs/architecture.md).
+2. ``after_commit(tasks)``, after every commit that went through: ``tasks`` are those whose input it
+   committed (the group offsets under at-least-once, the transaction under exactly_once_v2;
+   ``Committer.commit``), so their stores now hold committed state: each store's offset is remembered as
+   *covered*. A store of a RUNNING task whose offset is still the covered one (unchanged since), that has
+   files, holds state not shipped yet and whose last checkpoint in this ownership is ``snapshot_interval_ms``
+   old (or that has none: the first comes with the task's first covering commit) is checkpointed into a new
+   directory and submitted. With much data still in the memtable the backend first flushes it in the
+   background (``checkpoint`` returns False) and the checkpoint follows at a later commit, as long as the
+   store is unchanged or covered again. The checkpoint is the only cost to this thread (measured in
+   docs/architecture.md, "Snapshots in the runtime").
 3. ``task_closed``: the uploader forgets the partition: its queued checkpoint is dropped and the one in
    flight publishes nothing (a task that left this instance must not publish).
 4. ``close``: the uploader stops within a bounded wait; queued checkpoints are deleted.
@@ -36,7 +40,7 @@ from ..observe.rate_limited import RateLimitedLog
 from ..snapshot import ObjectStore, Ownership, SnapshotRequest, Snapshotter, remove_checkpoints
 from ..snapshot.gc import LISTING_VALID_S
 from ..state.state_dir import StateDirectory
-from .task import Task
+from .task import Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class TaskSnapshots:
         self.root = Path(state_dir.root) / CHECKPOINTS_DIR
         self.snapshotter: Snapshotter | None = None
         self._next_open = 0.0
-        self._ownership: dict[str, Ownership] = {}  # task id -> this instance's ownership of it
+        self._ownership: dict[str, tuple[Task, Ownership]] = {}  # task id -> this instance's ownership of it
+        self._covered: dict[tuple[str, str], int] = {}  # (task, store) -> offset a commit made committed state
         self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (task, store) -> (taken at, changelog offset)
         self._seq = 0
         self._errors = RateLimitedLog(log, every_s=max(1.0, self._interval_s), clock=clock)
@@ -103,33 +108,36 @@ class TaskSnapshots:
         if generation < 0:  # not expected: an assignment comes with a generation
             log.warning("task %s: assigned without a group generation; its stores are not snapshotted", task.id)
             return
-        self._ownership[task.id] = Ownership(generation, self._wall())
+        self._ownership[task.id] = (task, Ownership(generation, self._wall()))
 
     def task_closed(self, task: Task) -> None:
         self._ownership.pop(task.id, None)
         for name, store in task.stores.items():
             self._last.pop((task.id, name), None)
+            self._covered.pop((task.id, name), None)
             if self.snapshotter is not None and store.backend.supports_checkpoint:
                 self.snapshotter.forget(name, store.changelog.partition)
 
     # ---- 2 ----
     def after_commit(self, tasks: list[Task]) -> None:
-        if not tasks or not self._open():
+        for task in tasks:
+            if task.id in self._ownership:
+                for name, store in task.stores.items():
+                    offset = store.backend.changelog_offset() if store.backend.supports_checkpoint else None
+                    if offset is not None:
+                        self._covered[(task.id, name)] = offset
+        if not self._covered or not self._open():
             return
         now = self._clock()
-        for task in tasks:
-            ownership = self._ownership.get(task.id)
-            if ownership is None:
+        for (tid, name), covered in list(self._covered.items()):
+            task, ownership = self._ownership[tid]
+            if task.state is not TaskState.RUNNING:  # restoring: the state updater owns its stores now
                 continue
-            for name, store in task.stores.items():
-                backend = store.backend
-                if not backend.supports_checkpoint:
-                    continue
-                offset = backend.changelog_offset()
-                last = self._last.get((task.id, name))
-                if offset is None or (last is not None and (last[1] == offset or now - last[0] < self._interval_s)):
-                    continue
-                self._take(task, name, offset, ownership, now)
+            offset = task.stores[name].backend.changelog_offset()
+            last = self._last.get((tid, name))
+            if offset != covered or (last is not None and (last[1] == offset or now - last[0] < self._interval_s)):
+                continue
+            self._take(task, name, offset, ownership, now)
 
     def _take(self, task: Task, name: str, offset: int, ownership: Ownership, now: float) -> None:
         store = task.stores[name]
@@ -137,7 +145,8 @@ class TaskSnapshots:
         into = self.root / f"{task.id}-{name}-{self._seq}"
         started = time.perf_counter()
         try:
-            store.backend.checkpoint(str(into))
+            if not store.backend.checkpoint(str(into)):
+                return  # flushing in the background first: tried again after the next commit
         except Exception as exc:  # e.g. a full disk: the app goes on; the next interval tries again
             self._last[(task.id, name)] = (now, -1)
             self._errors.warning(("checkpoint", name), "task %s: no snapshot of store %s this time, its checkpoint "

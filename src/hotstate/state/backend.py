@@ -58,10 +58,13 @@ class StoreBackend(Protocol):
         """Delete all state (the store is unusable until reopened)."""
         ...
 
-    def checkpoint(self, into: str) -> None:
+    def checkpoint(self, into: str) -> bool:
         """Copies the store's files into the new directory ``into`` (hard links where possible; its parent is
-        created): exactly the state and changelog offset of the last ``write``. Call it on the thread that
-        writes the store, between writes. NotImplementedError if ``supports_checkpoint`` is False."""
+        created): exactly the state and changelog offset of the last ``write``; True. Or, when much written
+        data is still only in memory (writing it to files is what makes a checkpoint slow), starts writing it in
+        the background and returns False, creating nothing: call again later (after the next write or not).
+        Call it on the thread that writes the store, between writes. NotImplementedError if
+        ``supports_checkpoint`` is False."""
         ...
 
 

@@ -58,5 +58,5 @@ class MemoryBackend:
         self._data.clear()
         self._offset = None
 
-    def checkpoint(self, into: str) -> None:
+    def checkpoint(self, into: str) -> bool:
         raise NotImplementedError(f"store {self.name} lives in memory: it has no files to snapshot")
