@@ -195,6 +195,9 @@ class Snapshotter:
                 if old is not None:
                     replaced = old
                     pending.ready_at, pending.attempts, pending.backoff_s = old.ready_at, old.attempts, old.backoff_s
+                    # It has waited since the first one: a partition replaced at every commit must not fall
+                    # behind the others for ever (they are served oldest first).
+                    pending.first_queued = old.first_queued
                 self._pending[request.key] = pending
                 self._cond.notify_all()
         if replaced is not None:
