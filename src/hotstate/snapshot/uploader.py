@@ -2,7 +2,8 @@
 
 The caller takes a checkpoint at a commit boundary (``checkpoint.take_checkpoint``) and hands it over with
 ``submit``, which only queues it (one pending checkpoint per store partition: a newer one replaces an older
-one still waiting, whose directory is deleted). The thread then, per snapshot (numbered steps; what a
+one still waiting, whose directory is deleted, and keeps its place: partitions are served oldest-waiting
+first). The thread then, per snapshot (numbered steps; what a
 crash right after each leaves is in docs/architecture.md, "Snapshots"):
 
 1. hash the checkpoint's files (sha256; cached per file, SST files never change) -> content-addressed names;
