@@ -2,6 +2,12 @@
 and a cold download of its files, to a file:// directory and to a moto_server process on loopback.
 
     .venv/bin/python bench/snapshot.py [--keys 1000000] [--value-bytes 200] [--targets file,moto] [--json]
+    .venv/bin/python bench/snapshot.py --checkpoint-after-writes [--json]
+
+The second form measures what a checkpoint of a hotstate RocksDB store costs its caller (the stream thread)
+after 0 to 48 MB of writes since the last one: called directly (it flushes the memtable itself) and after
+a background flush (what ``RocksDBBackend.checkpoint`` arranges; docs/architecture.md, "Snapshots in the
+runtime"). Median and max of 3 each.
 
 Values are random bytes (incompressible), so N x value bytes is about the SST bytes shipped. moto keeps
 objects in memory in one Python process: its numbers are moto's, not S3's (the issue's restore benchmark
@@ -22,8 +28,8 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from hotstate.snapshot import ObjectStore, Outcome, Restorer, SnapshotRequest, Snapshotter, take_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "snapshot"))
-from snapshot_support import MotoServer, free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from snapshot_store_helpers import MotoServer, free_port  # noqa: E402
 
 
 def build_store(path: Path, keys: int, value_bytes: int) -> Rdict:
@@ -62,6 +68,54 @@ def ship_and_fetch(objects: ObjectStore, cp: Path, work: Path, concurrency: int)
             "download_s": round(fetched.seconds, 2), "download_MB_s": round(fetched.num_bytes / fetched.seconds / 1e6, 1)}
 
 
+def checkpoint_after_writes(work: Path, value_bytes: int = 200) -> dict:
+    import statistics
+
+    from hotstate.state.rocksdb_store import RocksDBBackend, _flushed
+
+    b = RocksDBBackend("bench", str(work / "db"))
+    offset = 0
+
+    def write_mb(mb: float) -> None:
+        nonlocal offset
+        n = int(mb * 1e6 / (value_bytes + 16))
+        blob = os.urandom(value_bytes * 1000)
+        for start in range(0, n, 1000):
+            entries = [(b"key-%012d" % ((start + j) * 7919 % 2_000_000), blob[j * value_bytes:(j + 1) * value_bytes])
+                       for j in range(min(1000, n - start))]
+            offset += len(entries)
+            b.write(entries, offset)
+
+    rows = {}
+    try:
+        write_mb(100)
+        assert b.checkpoint(str(work / "first")) is False  # flushes in the background
+        while not b.checkpoint(str(work / "first")):
+            time.sleep(0.01)
+        for mb in (0, 1, 4, 16, 48):
+            direct, ahead = [], []
+            for i in range(3):
+                write_mb(mb)
+                b.CHECKPOINT_FLUSH_AHEAD_BYTES = 1 << 40  # never defer: the caller pays the flush
+                started = time.perf_counter()
+                assert b.checkpoint(str(work / f"d{mb}-{i}"))
+                direct.append(time.perf_counter() - started)
+                write_mb(mb)
+                b._db.flush(False)
+                while not _flushed(b._db):
+                    time.sleep(0.01)
+                started = time.perf_counter()
+                assert b.checkpoint(str(work / f"a{mb}-{i}"))
+                ahead.append(time.perf_counter() - started)
+                shutil.rmtree(work / f"d{mb}-{i}"), shutil.rmtree(work / f"a{mb}-{i}")
+            rows[f"{mb}MB"] = {"direct_ms": [round(statistics.median(direct) * 1000, 1), round(max(direct) * 1000, 1)],
+                               "after_background_flush_ms": [round(statistics.median(ahead) * 1000, 1),
+                                                             round(max(ahead) * 1000, 1)]}
+    finally:
+        b.close()
+    return {"checkpoint_after_writes (median, max)": rows, "load_avg_1m": round(os.getloadavg()[0], 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=1_000_000)
@@ -69,8 +123,15 @@ def main() -> None:
     ap.add_argument("--targets", default="file,moto")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--checkpoint-after-writes", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hotstate-snapbench-"))
+    if args.checkpoint_after_writes:
+        try:
+            print(json.dumps(checkpoint_after_writes(work, args.value_bytes), indent=None if args.json else 2))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     rows = {}
     try:
         started = time.perf_counter()

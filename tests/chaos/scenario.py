@@ -34,11 +34,14 @@ STORE = "word-counts"
 class Runner:
     """One run of alos_runner.py; its stdout events are collected by a reader thread."""
 
-    def __init__(self, kafka, app_id, state_dir, source, sink, stderr_path: Path, guarantee: str = "at_least_once"):
+    def __init__(self, kafka, app_id, state_dir, source, sink, stderr_path: Path, guarantee: str = "at_least_once",
+                 extra_args: list[str] | tuple[str, ...] = ()):
+        """``extra_args``: more options of wordcount_runner.py (e.g. ``--snapshot-store URL``)."""
         self.stderr = open(stderr_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, str(RUNNER), "--bootstrap", kafka.bootstrap, "--app-id", app_id,
-             "--state-dir", str(state_dir), "--source", source, "--sink", sink, "--guarantee", guarantee],
+             "--state-dir", str(state_dir), "--source", source, "--sink", sink, "--guarantee", guarantee,
+             *extra_args],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
         self.events: list[dict] = []
         self._cond = threading.Condition()

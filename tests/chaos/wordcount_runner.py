@@ -1,9 +1,12 @@
 """The word-count app as a process that the chaos tests kill with SIGKILL (or stop with SIGSTOP).
 
     python wordcount_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T [--guarantee G]
+        [--snapshot-store URL --snapshot-options JSON --snapshot-interval-ms N --snapshot-put-delay-ms N]
 
 Builds the app with the public API (commit_interval_ms=100, the given processing guarantee, at_least_once
-by default) and calls ``app.run()``.
+by default; with ``--snapshot-store`` it publishes store snapshots there) and calls ``app.run()``.
+``--snapshot-put-delay-ms`` slows every file upload of the snapshot uploader by that much (a test hook: the
+uploader is then always busy, with a checkpoint in flight and the next one queued).
 It reports on stdout, one JSON object a line:
 
 - ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
@@ -66,11 +69,27 @@ def monitor(app: hotstate.App) -> None:
         time.sleep(0.02)
 
 
+def slow_uploads(delay_s: float) -> None:
+    from hotstate.snapshot.objects import ObjectStore
+
+    put_file = ObjectStore.put_file
+
+    def slow(self, name, path):
+        time.sleep(delay_s)
+        return put_file(self, name, path)
+
+    ObjectStore.put_file = slow
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     for name in ("bootstrap", "app-id", "state-dir", "source", "sink"):
         ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--guarantee", default="at_least_once")
+    ap.add_argument("--snapshot-store")
+    ap.add_argument("--snapshot-options", default="{}")
+    ap.add_argument("--snapshot-interval-ms", type=int, default=300_000)
+    ap.add_argument("--snapshot-put-delay-ms", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
@@ -84,7 +103,12 @@ def main() -> None:
         # A killed member stays in the group until its session times out; keep restarts quick.
         session_timeout_ms=6000,
         consumer_config={"heartbeat.interval.ms": 1000},
+        snapshot_store=args.snapshot_store,
+        snapshot_store_options=json.loads(args.snapshot_options),
+        snapshot_interval_ms=args.snapshot_interval_ms,
     )
+    if args.snapshot_put_delay_ms:
+        slow_uploads(args.snapshot_put_delay_ms / 1000)
     counts = (app.stream(args.source, key_serde=serde.STRING, value_serde=serde.STRING)
                  .group_by_key()
                  .count(store=STORE))

@@ -1,6 +1,7 @@
 """Fixtures for tests against the real broker from ``scripts/kafka``: ``bootstrap`` (session; starts the
 broker, fails loudly if it cannot), ``admin``, ``kafka`` (topics / produce / read / watermarks, cleaned up
-after the test) and ``tmp_state_dir``. They live in tests/kafka_helpers.py, shared by integration and chaos."""
+after the test) and ``tmp_state_dir``. They live in tests/kafka_helpers.py, shared by integration and chaos.
+``moto`` and ``store_url`` (snapshot stores: a directory and a moto S3 server): tests/snapshot_store_helpers.py."""
 from __future__ import annotations
 
 import sys
@@ -11,3 +12,4 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from kafka_helpers import admin, bootstrap, kafka, tmp_state_dir  # noqa: E402,F401
+from snapshot_store_helpers import moto, store_url  # noqa: E402,F401

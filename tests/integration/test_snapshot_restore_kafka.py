@@ -7,12 +7,10 @@ fresh-enough local state are covered too."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import threading
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,8 @@ _SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
 if _SNAPSHOT_TESTS not in sys.path:
     sys.path.insert(0, _SNAPSHOT_TESTS)
 
-from snapshot_support import MotoServer, corrupt, free_port  # noqa: E402
+from snapshot_support import corrupt  # noqa: E402
+from snapshot_store_helpers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -80,34 +79,6 @@ def publish(wc: WordCount, objects: ObjectStore, tmp_path: Path, tag: str) -> di
         s.close()
     assert [r.outcome for r in results] == [Outcome.PUBLISHED] * PARTITIONS, results
     return offsets
-
-
-@pytest.fixture(scope="module")
-def moto():
-    """A real S3 server (moto_server from moto[server]) as its own process, as in tests/snapshot/conftest.py."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="AKIAHOTSTATETESTKEY0", AWS_SECRET_ACCESS_KEY="test-" + uuid.uuid4().hex,
-                      AWS_DEFAULT_REGION="us-east-1")
-    server = MotoServer(free_port())
-    server.start()
-    server.create_bucket("hotstate-snapshots")
-    try:
-        yield server
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_url(request, tmp_path):
-    """(url, options) of an empty snapshot store: a directory, or a fresh prefix on the moto server."""
-    if request.param == "file":
-        return f"file://{tmp_path / 'snapshots'}", {}
-    return f"s3://hotstate-snapshots/{uuid.uuid4().hex}", request.getfixturevalue("moto").options()
 
 
 @pytest.fixture

@@ -1,68 +1,12 @@
-"""Helpers of the snapshot tests: the moto server process, RocksDB stores with data, checkpoints."""
+"""Helpers of the snapshot tests: RocksDB stores with data, checkpoints, requests. The moto server and the
+``store_url`` fixture are in tests/snapshot_store_helpers.py (shared with the integration tests)."""
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from rocksdict import Options, Rdict
 
 from hotstate.snapshot import SnapshotRequest, take_checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    """``moto_server`` as its own process on 127.0.0.1:port."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def options(self) -> dict:
-        return {"endpoint": self.endpoint, "region": "us-east-1", "allow_http": True}
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        exe = Path(sys.executable).parent / "moto_server"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto_server did not listen on port {self.port} within {timeout_s} s")
-
-    def create_bucket(self, name: str) -> None:
-        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
-        urllib.request.urlopen(req, timeout=10).close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 def open_db(path: Path) -> Rdict:

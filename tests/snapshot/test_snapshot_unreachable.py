@@ -10,7 +10,8 @@ import pytest
 
 from hotstate.errors import SnapshotStoreError
 from hotstate.snapshot import ObjectStore, Outcome, Restorer, Snapshotter, take_checkpoint
-from snapshot_support import MotoServer, free_port, open_db, request, write_keys
+from snapshot_store_helpers import MotoServer, free_port
+from snapshot_support import open_db, request, write_keys
 
 SECRET = "unreachable-test-secret-8c1f0e2a9b"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -226,3 +227,70 @@ def test_rocksdb_malformed_offset_raises_store_corrupted(tmp_path):
 
 def test_rocksdb_meta_column_family_name():
     assert META_CF == "hotstate_meta"
+
+
+def test_rocksdb_checkpoint_holds_the_state_and_offset_of_the_last_write(tmp_path):
+    b = RocksDBBackend("s", str(tmp_path / "s"))
+    b.write([(b"a", b"1"), (b"b", b"2")], 10)
+    assert b.checkpoint(str(tmp_path / "cp" / "one")) is True
+    b.write([(b"a", None), (b"c", b"3")], 12)  # after the checkpoint: not in it
+    b.close()
+    copy = RocksDBBackend("s", str(tmp_path / "cp" / "one"))
+    try:
+        assert copy.changelog_offset() == 10
+        assert list(copy.range(None, None)) == [(b"a", b"1"), (b"b", b"2")]
+    finally:
+        copy.close()
+
+
+def test_rocksdb_checkpoint_into_an_existing_directory_is_refused(tmp_path):
+    b = RocksDBBackend("s", str(tmp_path / "s"))
+    try:
+        b.write([(b"a", b"1")], 1)
+        (tmp_path / "cp").mkdir()
+        with pytest.raises(FileExistsError):
+            b.checkpoint(str(tmp_path / "cp"))
+    finally:
+        b.close()
+
+
+def test_rocksdb_checkpoint_during_a_restore_holds_the_restored_state(tmp_path):
+    b = RocksDBBackend("s", str(tmp_path / "s"))
+    b.restore([(b"k%d" % i, b"v") for i in range(100)], 100)  # no WAL
+    assert b.checkpoint(str(tmp_path / "cp"))
+    b.close()
+    copy = RocksDBBackend("s", str(tmp_path / "cp"))
+    try:
+        assert copy.changelog_offset() == 100 and copy.approximate_num_entries() >= 90
+        assert copy.get(b"k99") == b"v"
+    finally:
+        copy.close()
+
+
+def test_memory_backend_declares_it_has_nothing_to_checkpoint(tmp_path):
+    b = MemoryBackend("m")
+    b.write([(b"a", b"1")], 1)
+    assert b.supports_checkpoint is False and RocksDBBackend.supports_checkpoint is True
+    with pytest.raises(NotImplementedError, match="lives in memory"):
+        b.checkpoint(str(tmp_path / "cp"))
+    assert not (tmp_path / "cp").exists()
+
+
+def test_rocksdb_checkpoint_of_a_big_memtable_flushes_it_in_the_background_first(tmp_path):
+    b = RocksDBBackend("s", str(tmp_path / "s"))
+    try:
+        b.write([(b"k%06d" % i, b"x" * 200) for i in range(10_000)], 10_000)  # ~2 MB in the memtable
+        assert b.checkpoint(str(tmp_path / "cp")) is False  # started a flush, created nothing
+        assert not (tmp_path / "cp").exists()
+        b.write([(b"late", b"1")], 10_001)  # a commit meanwhile: part of the checkpoint once taken
+        deadline = time.monotonic() + 30
+        while not b.checkpoint(str(tmp_path / "cp")):
+            assert time.monotonic() < deadline, "the background flush never finished"
+            time.sleep(0.01)
+    finally:
+        b.close()
+    copy = RocksDBBackend("s", str(tmp_path / "cp"))
+    try:
+        assert copy.changelog_offset() == 10_001 and copy.get(b"late") == b"1" and copy.get(b"k009999") == b"x" * 200
+    finally:
+        copy.close()

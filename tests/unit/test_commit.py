@@ -102,7 +102,7 @@ def test_commit_steps_in_order(make_app):
     h, events, committer, metrics = setup(make_app, next_offsets={(CL, 0): 40})
     for w in ("a", "b", "a"):
         h.pipe(w, "")
-    committer.commit([h.task])
+    assert committer.commit([h.task]) == [h.task]  # its input is committed: its state may be snapshotted
     assert events == [
         ("flush",),  # outputs first: the changelog never runs ahead of the output
         ("produce", CL, 0, b"a", i64(2)),   # one changelog record per dirty key, latest value
@@ -131,7 +131,7 @@ def test_deletes_reach_the_changelog_as_tombstones(make_app):
 
 def test_nothing_to_commit_does_nothing(make_app):
     h, events, committer, metrics = setup(make_app)
-    committer.commit([h.task])
+    assert committer.commit([h.task]) == []  # no input of it committed now: nothing to snapshot
     assert events == [("flush",)]
     assert h.task.stores["c"].backend.changelog_offset() is None
 
@@ -170,8 +170,9 @@ def test_offset_commit_failure_is_logged_and_retried_next_time(make_app, caplog)
     h, events, committer, _ = setup(make_app, consumer_fails=True)
     h.pipe("a", "")
     with caplog.at_level(logging.WARNING):
-        committer.commit([h.task])
+        shippable = committer.commit([h.task])
     assert h.task.stores["c"].backend.changelog_offset() == 1  # stores were written before
+    assert shippable == [], "state whose input offsets are not committed must never be snapshotted"
     assert h.task.committed_offset is None and h.task.needs_commit()
     assert "processed again" in caplog.text
     assert committer._metrics.commits_total == 0  # commit_total counts only commits Kafka took

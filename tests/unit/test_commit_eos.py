@@ -271,3 +271,27 @@ def test_a_commit_transaction_call_that_never_returns_is_an_unknown_outcome(monk
         assert len(made) == 1 and c.producer is made[0]
     finally:
         stuck.release.set()
+
+
+class _Task:
+    """What the committer reads of a task (no stores)."""
+
+    def __init__(self, tid, next_offset):
+        from hotstate.records import TopicPartition
+        self.id, self.stores, self.input = tid, {}, TopicPartition("in", int(tid.split("_")[1]))
+        self.next_offset, self.committed_offset = next_offset, None
+
+    def needs_commit(self):
+        return self.next_offset is not None and self.next_offset != self.committed_offset
+
+
+def test_a_committed_transaction_returns_the_tasks_whose_input_it_committed():
+    log = []
+    c, _ = committer(log)
+    busy, idle = _Task("0_0", 5), _Task("0_1", None)
+    assert c.commit([busy, idle]) == [], "no transaction: nothing committed now"
+    c.begin()
+    assert c.commit([busy, idle]) == [busy]
+    assert log[-1] == "commit"
+    c.begin()
+    assert c.commit([busy, idle]) == [], "a transaction without new input of either task"

@@ -73,3 +73,21 @@ def test_an_unusable_checkpoint_is_dropped_and_the_thread_goes_on(tmp_path, capl
     assert [r.outcome for r in s.drain_results()] == [Outcome.PUBLISHED]
     s.close()
     db.close()
+
+
+def test_a_partition_whose_checkpoint_is_replaced_again_and_again_keeps_its_place_in_the_queue(tmp_path):
+    """Partitions are shipped oldest-waiting first. A newer checkpoint replacing a queued one keeps the place
+    of the first: otherwise a partition submitted after the others at every commit waits for ever while they
+    keep getting replaced (seen on the real broker: two partitions went unshipped for 20 s)."""
+    db = _db(tmp_path)
+    s = Snapshotter(ObjectStore.open(f"file://{tmp_path}/store"), "app")  # started below: all queued first
+    s.submit(_req(take_checkpoint(db, tmp_path / "p0-a").path, 10, partition=0))
+    s.submit(_req(take_checkpoint(db, tmp_path / "p1-a").path, 10, partition=1))
+    s.submit(_req(take_checkpoint(db, tmp_path / "p0-b").path, 20, partition=0))  # the next commit: p0 again
+    s.start()
+    assert s.wait_idle(30)
+    shipped = [(r.request.changelog_partition, r.request.changelog_offset) for r in s.drain_results()
+               if r.outcome is Outcome.PUBLISHED]
+    assert shipped == [(0, 20), (1, 10)], "p0 has waited longest"
+    s.close()
+    db.close()

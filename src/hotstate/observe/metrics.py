@@ -7,7 +7,9 @@ Restore metrics use Kafka Streams' names (KIP-869): per instance ``active_restor
 last ``RATE_WINDOW_S`` seconds. Standbys: ``standby_records_lag`` per standby task (changelog end - store
 offset, summed over its stores; refreshed about once a second). Snapshots (issue #9): per store partition
 ``snapshots_total``, ``snapshot_upload_bytes_total``, ``snapshot_last_offset``, ``snapshot_age_seconds``;
-per instance ``restore_download_bytes_total`` and ``restore_download_rate`` (bytes per second).
+per instance ``restore_download_bytes_total`` and ``restore_download_rate`` (bytes per second), and what
+taking the checkpoints cost the stream thread: ``snapshot_checkpoints_total``,
+``snapshot_checkpoint_seconds_total``, ``snapshot_checkpoint_seconds_max``.
 """
 from __future__ import annotations
 
@@ -111,6 +113,10 @@ class SnapshotMetrics:
 
     partitions: dict[str, SnapshotPartitionMetrics] = field(default_factory=dict)
     snapshots_fenced_total: int = 0  # snapshots not published: a newer owner (epoch) published already
+    # Checkpoints the stream thread took (runtime/snapshots.py), and the time they took it: its only cost.
+    checkpoints_total: int = 0
+    checkpoint_seconds_total: float = 0.0
+    checkpoint_seconds_max: float = 0.0
     restore_download_bytes_total: int = 0
     restore_download_rate: RateWindow = field(default_factory=RateWindow)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -120,6 +126,11 @@ class SnapshotMetrics:
         if found is None:
             found = self.partitions[key] = SnapshotPartitionMetrics(changelog=changelog)
         return found
+
+    def add_checkpoint(self, seconds: float) -> None:
+        self.checkpoints_total += 1
+        self.checkpoint_seconds_total += seconds
+        self.checkpoint_seconds_max = max(self.checkpoint_seconds_max, seconds)
 
     def add_downloaded(self, num_bytes: int) -> None:
         with self.lock:
@@ -133,6 +144,9 @@ class SnapshotMetrics:
             "snapshots_total": sum(p["snapshots_total"] for p in parts.values()),
             "snapshot_upload_bytes_total": sum(p["snapshot_upload_bytes_total"] for p in parts.values()),
             "snapshots_fenced_total": self.snapshots_fenced_total,
+            "snapshot_checkpoints_total": self.checkpoints_total,
+            "snapshot_checkpoint_seconds_total": round(self.checkpoint_seconds_total, 6),
+            "snapshot_checkpoint_seconds_max": round(self.checkpoint_seconds_max, 6),
             "restore_download_bytes_total": self.restore_download_bytes_total,
             "restore_download_rate": round(self.restore_download_rate.rate(self.restore_download_bytes_total), 1),
             "snapshots": parts,

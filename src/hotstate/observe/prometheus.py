@@ -30,6 +30,9 @@ _INSTANCE = [
     ("restore_download_bytes_total", "counter", "Snapshot bytes downloaded by restores"),
     ("restore_download_rate", "gauge", "Snapshot bytes downloaded per second (last 10 s)"),
     ("snapshots_fenced_total", "counter", "Snapshots not published because a newer owner had published"),
+    ("snapshot_checkpoints_total", "counter", "Store checkpoints the stream thread took for snapshots"),
+    ("snapshot_checkpoint_seconds_total", "counter", "Time the stream thread spent taking store checkpoints"),
+    ("snapshot_checkpoint_seconds_max", "gauge", "Longest store checkpoint the stream thread took"),
 ]
 _SNAPSHOT = [
     ("snapshots_total", "counter", "Snapshots published for this store partition"),

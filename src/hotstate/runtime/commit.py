@@ -48,6 +48,11 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
 and the input offsets committed (at-least-once) or the transaction committed (exactly-once). See
 docs/architecture.md.
+
+``commit`` returns the tasks whose input it committed: their stores now hold committed state (covered by
+the group's committed offsets, or by a committed transaction) at their changelog offsets, which is the only
+state a snapshot may ship (runtime/snapshots.py). Under at-least-once a transient failure of step 3 still
+writes the stores (step 4), and then no task is returned.
 """
 from __future__ import annotations
 
@@ -246,18 +251,20 @@ class Committer:
     def abort(self) -> None:
         """Drop what the open transaction holds (a no-op without transactions)."""
 
-    def commit(self, tasks: list[Task]) -> None:
+    def commit(self, tasks: list[Task]) -> list[Task]:
+        """Returns the tasks whose input this commit committed (see the module docstring)."""
         raise NotImplementedError
 
 
 class AtLeastOnceCommitter(Committer):
-    def commit(self, tasks: list[Task]) -> None:
+    def commit(self, tasks: list[Task]) -> list[Task]:
         pending = self.pending(tasks)
         dirty = any(entries for stores in pending.values() for _, entries in stores)
         if not self._has_generation():  # its offsets would be refused: send nothing, not even step 1
             if dirty or self.input_offsets(tasks):
                 self._migrated(tasks, "this instance has no generation in the group right now (it is rejoining)")
-            return
+            return []
+        committing = [t for t in tasks if t.needs_commit()]
         if dirty:
             self.flush()  # 0
         self.send_changelogs(tasks, pending)  # 1
@@ -266,6 +273,7 @@ class AtLeastOnceCommitter(Committer):
         self.write_stores(tasks, pending)  # 4
         if committed:  # commit_total counts commits whose input offsets Kafka took
             self._metrics.commits_total += 1
+        return committing if committed else []
 
     def commit_offsets(self, tasks: list[Task]) -> bool:
         """False when a transient failure left the offsets uncommitted."""
@@ -373,10 +381,11 @@ class ExactlyOnceCommitter(Committer):
                 self._in_transaction = False
                 self._tracker.take_errors()
 
-    def commit(self, tasks: list[Task]) -> None:
+    def commit(self, tasks: list[Task]) -> list[Task]:
         if not self._in_transaction:
-            return
+            return []
         pending = self.pending(tasks)
+        with_input = [t for t in tasks if t.needs_commit()]
         committing = False
         try:
             self.send_changelogs(tasks, pending)  # 1
@@ -412,6 +421,7 @@ class ExactlyOnceCommitter(Committer):
         self.mark_committed(tasks)
         self.write_stores(tasks, pending)  # 5
         self._metrics.commits_total += 1
+        return with_input
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         return self._call_bounded(fn, self._call_bound_s, what)

@@ -393,6 +393,12 @@ class GroupMembership:
                                        meta.offset if meta is not None and meta.offset >= 0 else OFFSET_INVALID))
         return out
 
+    def generation(self) -> int:
+        """The group generation this member is in right now (-1 when it has none). Read on the processing
+        thread while it applies an assignment, it is the generation of that assignment (snapshots' fencing
+        epoch, runtime/snapshots.py)."""
+        return int(self._member.group_metadata().generation_id)
+
     def has_generation(self) -> bool:
         """False when this member knows its offsets would be refused (it is out of the group or rejoining)."""
         gm = self._member.group_metadata()

@@ -1,6 +1,7 @@
 """The processing thread: poll, hand restored tasks back, process, commit on the interval.
 
-It owns the main consumer, the producer and the task manager; the state updater runs beside it.
+It owns the main consumer, the producer and the task manager; the state updater runs beside it, and, with
+``snapshot_store`` set, the snapshot uploader (runtime/snapshots.py: checkpoints are taken here, after commits).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..observe.listener import RestoreListener, StandbyUpdateListener
 from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
 from .membership import GroupMembership
+from .snapshots import TaskSnapshots
 from .commit import AtLeastOnceCommitter, Committer, DeliveryTracker, ExactlyOnceCommitter
 from .snapshot_source import RestorerSource, prepare_staging_dir
 from .state_updater import StateUpdater
@@ -100,13 +102,19 @@ class StreamThread(threading.Thread):
                                              transaction_timeout_s=cfg.transaction_timeout_ms / 1000)
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
+        snapshots = None
+        if cfg.snapshot_store is not None:
+            snapshots = TaskSnapshots(cfg, self._state_dir, self._metrics.snapshots, membership.generation,
+                                      instance_id=cfg.group_instance_id)
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer,
-                         membership, committed_offsets=membership.committed)
+                         membership, committed_offsets=membership.committed, snapshots=snapshots)
         self.task_manager = tm
         clean = True
         try:
             if isinstance(committer, ExactlyOnceCommitter):
                 committer.init()
+            if snapshots is not None:
+                snapshots.start()
             updater.start()
             membership.join(tm)
             self._loop(consumer, tm, membership)
@@ -115,7 +123,7 @@ class StreamThread(threading.Thread):
             log.exception("stream thread failed")
             self._on_error(exc)
         finally:
-            self._shutdown([consumer, ends_consumer], tm, updater, membership, clean)
+            self._shutdown([consumer, ends_consumer], tm, updater, membership, clean, snapshots)
 
     def _loop(self, consumer, tm: TaskManager, membership: GroupMembership) -> None:
         cfg = self._config
@@ -143,13 +151,15 @@ class StreamThread(threading.Thread):
             self._on_state(tm.all_running())
 
     def _shutdown(self, consumers: list, tm: TaskManager, updater: StateUpdater, membership: GroupMembership,
-                  clean: bool) -> None:
+                  clean: bool, snapshots: TaskSnapshots | None = None) -> None:
         try:
             tm.shutdown(clean)
         except BaseException as exc:
             log.exception("closing tasks failed")
             self._on_error(exc)
         finally:
+            if snapshots is not None:
+                snapshots.close()  # bounded; its checkpoints are hard links, the stores need not stay open
             updater.shutdown(timeout_s=30)
             membership.close()  # leaves the group (unless static): the tasks move at once
             for consumer in consumers:

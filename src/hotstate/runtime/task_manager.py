@@ -28,6 +28,7 @@ from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
+from .snapshots import TaskSnapshots
 from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .bad_records import BadRecords
@@ -40,12 +41,14 @@ class TaskManager:
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
                  producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
                  membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None,
-                 committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None):
+                 committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None,
+                 snapshots: TaskSnapshots | None = None):
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
         ``open_backend(store_name, path)``: opens every persistent store (default: the factory registered for
-        the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk)."""
+        the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
+        ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py)."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -57,6 +60,7 @@ class TaskManager:
         self._membership = membership
         self._open_backend = open_backend
         self._read_committed = committed_offsets or (lambda tps, timeout: consumer.committed(tps, timeout=timeout))
+        self._snapshots = snapshots
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
@@ -83,6 +87,8 @@ class TaskManager:
             task.transition(TaskState.RESTORING)
             self.tasks[task.id] = task
             self._by_input[(tp.topic, tp.partition)] = task
+            if self._snapshots is not None:
+                self._snapshots.task_assigned(task)
             self._updater.add(task)
         self.assignment_received = True
         if partitions:
@@ -212,6 +218,8 @@ class TaskManager:
         if task.state is TaskState.RESTORING:
             self._updater.remove(task.id).result(timeout=self._config.broker_timeout_ms / 1000 + 30)
         self._remember_disk_offsets(task)
+        if self._snapshots is not None:
+            self._snapshots.task_closed(task)  # before its stores close: nothing of it is published from now on
         if task.state is not TaskState.SUSPENDED:
             task.transition(TaskState.SUSPENDED)
         if not clean and task.dirty_records():
@@ -438,7 +446,7 @@ class TaskManager:
     def commit(self) -> None:
         running = [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
         try:
-            self._committer.commit(running)
+            committed = self._committer.commit(running)
         except TransactionAborted:
             self._producer = self._committer.producer  # the committer replaced it (see commit.py)
             self.rewind(running)
@@ -449,6 +457,9 @@ class TaskManager:
             self.recover_from_fencing()
         except TaskMigrated as exc:
             self._lose_all(exc)
+        else:
+            if self._snapshots is not None:
+                self._snapshots.after_commit(committed)
 
     def _lose_all(self, exc: TaskMigrated) -> None:
         """At-least-once: the group refused this member's offsets. Its stores may lack changelog records it just

@@ -130,13 +130,35 @@ class Catalog:
         return ManifestRef(info.name, epoch, offset, info, manifest)
 
 
-def claim_epoch(catalog: Catalog, paths: PartitionPaths, generation: int) -> int:
+class OwnershipLost(Exception):
+    """``claim_epoch``: a manifest of the claimed generation or a newer epoch was created after this ownership
+    began. Another instance owns the task now: this one must publish nothing for it."""
+
+
+def claim_epoch(catalog: Catalog, paths: PartitionPaths, generation: int, owned_since_s: float | None = None) -> int:
     """The fencing epoch for a new ownership of a store partition: ``generation`` (the group generation at
-    which the task was assigned), raised above the newest published epoch if that is higher (a group that
-    was deleted restarts its generations). Call it once when the task is assigned to this instance (it lists
-    the store: not on the processing thread) and keep the value for that ownership; a stale owner must
-    never call it, or it would un-fence itself. SnapshotStoreError if the store cannot be listed."""
+    which the task was assigned), raised above the newest published epoch if that is not lower (a group that
+    was deleted restarts its generations; a static member may rejoin at the same generation). Claim it once
+    per ownership and keep it. SnapshotStoreError if the store cannot be listed.
+
+    A stale owner must never raise its epoch, or it would un-fence itself: ``owned_since_s`` (wall clock,
+    when this ownership began) tells the two apart. Raising is allowed only above manifests created before
+    the ownership began (left by an earlier owner or an earlier life of the group); a manifest of epoch >=
+    ``generation`` created since means a newer owner published meanwhile: OwnershipLost. Without
+    ``owned_since_s`` the caller must claim while it surely still owns the task (docs/formats.md)."""
     if generation < 0:
         raise ValueError(f"generation={generation} must be >= 0")
-    newest = catalog.list_partition(paths).newest
-    return generation if newest is None or newest.epoch < generation else newest.epoch + 1
+    listing = catalog.list_partition(paths)
+    newest = listing.newest
+    if newest is None or newest.epoch < generation:
+        return generation
+    if owned_since_s is not None:
+        for ref in listing.manifests:  # newest first
+            if ref.epoch < generation:
+                break
+            created = ref.manifest.created_at if ref.manifest is not None else ref.info.last_modified
+            if created.timestamp() >= owned_since_s:
+                raise OwnershipLost(
+                    f"{ref.name} (epoch {ref.epoch}) was created after this instance got the task at generation "
+                    f"{generation}: another instance owns it now")
+    return newest.epoch + 1

@@ -104,6 +104,9 @@ class RestoreTarget(Protocol):
 class StoreBackend(RestoreTarget, Protocol):
     # A read found the store's files damaged (it raised StoreCorruptedError): wipe it and restore.
     corrupted: bool
+    # Snapshots (issue #9): True if ``checkpoint`` can copy the store's files; False for a store without
+    # files (in memory), which is never snapshotted.
+    supports_checkpoint: bool
 
     def get(self, key: bytes) -> bytes | None:
         """StoreCorruptedError if the store's files are damaged, StoreClosedError once it is closed."""
@@ -123,6 +126,15 @@ class StoreBackend(RestoreTarget, Protocol):
 
     def wipe(self) -> None:
         """Delete all state (the store is unusable until reopened)."""
+        ...
+
+    def checkpoint(self, into: str) -> bool:
+        """Copies the store's files into the new directory ``into`` (hard links where possible; its parent is
+        created): exactly the state and changelog offset of the last ``write``; True. Or, when much written
+        data is still only in memory (writing it to files is what makes a checkpoint slow), starts writing it in
+        the background and returns False, creating nothing: call again later (after the next write or not).
+        Call it on the thread that writes the store, between writes. NotImplementedError if
+        ``supports_checkpoint`` is False."""
         ...
 
 

@@ -14,6 +14,7 @@ from .backend import Entry, SimpleRestoreTarget, check_offset_forward
 class MemoryBackend(SimpleRestoreTarget):
     persistent = False
     corrupted = False  # nothing on disk to damage
+    supports_checkpoint = False  # no files: never snapshotted (it restores from its changelog)
 
     def __init__(self, name: str):
         self.name = name
@@ -67,3 +68,6 @@ class MemoryBackend(SimpleRestoreTarget):
 
     def wipe(self) -> None:
         self.reset()
+
+    def checkpoint(self, into: str) -> bool:
+        raise NotImplementedError(f"store {self.name} lives in memory: it has no files to snapshot")

@@ -20,11 +20,13 @@ import shutil
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from rocksdict import AccessType, DbClosedError, MemtableFactory, Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import HotstateError, StateDirError, StoreClosedError, StoreCorruptedError, StoreIOError
+from ..snapshot.checkpoint import take_checkpoint
 from .backend import OFFSET, Entry, check_offset_forward
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,11 @@ def _restore_options() -> Options:
 
 class RocksDBBackend:
     persistent = True
+    supports_checkpoint = True
     # Restores of at least this many records use the bulk-load options (see begin_restore).
     BULK_RESTORE_RECORDS_MIN = 100_000
+    # checkpoint: with more than this in the memtables, flush in the background first (see checkpoint).
+    CHECKPOINT_FLUSH_AHEAD_BYTES = 1024 * 1024
 
     def __init__(self, name: str, path: str, on_corruption: Callable[[str], None] | None = None):
         """``on_corruption(message)``: called (on whatever thread found it) when a read finds the store's
@@ -123,6 +128,7 @@ class RocksDBBackend:
         self._restoring = False  # some restore writes (WAL off) may not be flushed yet
         self._bulk = False  # open with the bulk-load options
         self._flush_step = 0  # request_restore_flush: 1 data being flushed, 2 offset being flushed
+        self._checkpoint_flushing = False  # checkpoint started a background flush
         self._db = self._meta = self._meta_handle = None
         try:
             os.makedirs(path, exist_ok=True)
@@ -362,6 +368,7 @@ class RocksDBBackend:
         self._close_handles()
         self._restoring = self._bulk = False
         self._flush_step = 0
+        self._checkpoint_flushing = False
         wipe_path(self.path)
 
     def _open_empty(self) -> None:
@@ -395,6 +402,34 @@ class RocksDBBackend:
             raise
         self._offset = offset
         self.corrupted = False
+
+    def checkpoint(self, into: str) -> bool:
+        """A RocksDB checkpoint (``snapshot.checkpoint.take_checkpoint``) of both column families, so the
+        changelog offset too: the memtables are flushed, the SST files hard-linked, the small files copied.
+        The flush is the slow part (measured: ~0.7 s for 48 MB written since the last one, against ~10 ms after
+        a background flush), so with more than ``CHECKPOINT_FLUSH_AHEAD_BYTES`` in the memtables this only
+        starts a background flush and returns False; the call after it has finished takes the checkpoint,
+        whatever was written meanwhile. Restore writes not yet durable are made durable first."""
+        if self._restoring or self._bulk:
+            self.end_restore()
+        db = self._db
+        if db is None:
+            raise _closed(self.name)
+        try:
+            if self._checkpoint_flushing:
+                if not _flushed(db):
+                    return False
+            elif int(db.property_int_value("rocksdb.size-all-mem-tables") or 0) > self.CHECKPOINT_FLUSH_AHEAD_BYTES:
+                db.flush(False)
+                self._checkpoint_flushing = True
+                return False
+            self._checkpoint_flushing = False
+            take_checkpoint(db, Path(into))
+            return True
+        except FileExistsError:
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name, self.path, f"a checkpoint into {into} failed") from exc
 
 
 def _flushed(cf: Rdict) -> bool:
