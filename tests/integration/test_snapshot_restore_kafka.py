@@ -20,7 +20,8 @@ from hotstate.snapshot import (ObjectStore, Outcome, PartitionPaths, Restorer, S
 from hotstate.state.rocksdb_store import RocksDBBackend
 import hotstate
 from hotstate.observe.prometheus import MetricsServer
-from kafka_helpers import RecordingListener, RestoreEvent, WordCount, build_word_count, wait_for
+from kafka_helpers import (RecordingListener, RestoreEvent, WordCount, build_word_count, wait_for, wait_processed,
+                           wait_store_offsets_at_end)
 
 _SNAPSHOT_TESTS = str(Path(__file__).resolve().parents[1] / "snapshot")
 if _SNAPSHOT_TESTS not in sys.path:
@@ -291,3 +292,52 @@ def test_a_standby_starting_from_nothing_bootstraps_from_the_snapshot(kafka, tmp
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_an_app_restores_from_the_snapshots_another_instance_published(kafka, tmp_state_dir, tmp_path, store_url,
+                                                                      objects, guarantee):
+    """End to end, no snapshot published by hand: a running app publishes snapshots of its stores (the upload
+    side), then an instance on an empty disk restores by downloading the newest one and replaying only the
+    changelog written after it (the download side); its counts are exact and its store equals the changelog."""
+    wc = WordCount(kafka, tmp_state_dir, seed=14, partitions=PARTITIONS)
+    wc.produce(3000)
+    config = snapshot_config(store_url, snapshot_interval_ms=200, processing_guarantee=guarantee)
+    app = wc.app(**config)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        wait_processed(app, wc.produced)
+        wc.check_store(app)
+        markers = 1 if guarantee == "exactly_once_v2" else 0
+        stored = {p: end - markers for p, end in
+                  wait_store_offsets_at_end(kafka, app, wc.store, wc.changelog, markers=markers,
+                                            source=wc.source).items()}
+
+        def published() -> dict[int, int]:
+            out = {}
+            for p in range(PARTITIONS):
+                listing = Restorer(objects, wc.app_id).catalog.list_partition(PartitionPaths(wc.app_id, STORE, p))
+                if listing.readable:
+                    out[p] = listing.readable[0].manifest.changelog_offset
+            return out
+
+        # Each partition's newest snapshot holds the store at its offset now (no input is pending).
+        wait_for(lambda: published() == stored, "a snapshot of each store at its offset", 60, 0.2,
+                 detail=lambda: (published(), stored))
+    finally:
+        assert app.close(timeout_s=30)
+    wc.all_committed()
+    snap = published()
+    _, _, tail_ends, _ = wc.run(produce_while_running=300)  # more input, snapshots off (at-least-once): the tail
+    assert all(tail_ends[p] > snap[p] for p in range(PARTITIONS)), (snap, tail_ends)
+
+    empty_state_dir(wc, tmp_path, "cold")
+    listener = SnapshotListener()
+    _, _, ends2, restored = wc.run(listener, **snapshot_config(store_url))
+    assert ends2 == tail_ends
+    assert listener.downloaded() == snap
+    # Only the tail's records are replayed (under exactly-once the snapshot's offset is followed by the
+    # commit marker of its transaction, which holds no record).
+    assert restored == {f"0_{p}": {STORE: tail_ends[p] - snap[p] - markers} for p in range(PARTITIONS)}
+    assert kafka.read_table(wc.changelog) == dict(wc.expected)

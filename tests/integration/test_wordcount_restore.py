@@ -32,7 +32,7 @@ def test_counts_across_partitions_in_store_output_and_changelog(kafka, tmp_state
         wait_processed(app, 4000)
         assert app.metrics()["records_processed_total"] == 4000
         wc.check_store(app)
-        wait_store_offsets_at_end(kafka, app, STORE, wc.changelog)
+        wait_store_offsets_at_end(kafka, app, STORE, wc.changelog, source=wc.source)
     finally:
         assert app.close()
     # Every partition had work: this really is a multi-partition test.
@@ -68,7 +68,7 @@ def test_clean_restart_restores_nothing(kafka, tmp_state_dir):
         wc.produce(1500)  # more input, processed by this run
         wait_processed(app, 1500)
         wc.check_store(app)
-        ends2 = wait_store_offsets_at_end(kafka, app, STORE, wc.changelog)
+        ends2 = wait_store_offsets_at_end(kafka, app, STORE, wc.changelog, source=wc.source)
     finally:
         assert app.close()
     wc.all_committed()
