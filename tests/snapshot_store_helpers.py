@@ -106,6 +106,15 @@ def store_url(request, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Checks of what an app published (the integration and chaos tests).
 
+@pytest.fixture
+def objects(store_url):
+    """The ObjectStore of ``store_url``."""
+    from hotstate.snapshot import ObjectStore
+
+    url, options = store_url
+    return ObjectStore.open(url, options)
+
+
 def listings(objects, app_id: str, store: str, partitions: int) -> dict:
     """partition -> PartitionListing (manifests newest first) of one store of an app."""
     from hotstate.snapshot import Catalog, PartitionPaths

@@ -31,6 +31,14 @@ OUTAGE_WAIT_S = 240.0  # how long the feeder waits for its records to be acknowl
 STORE = "word-counts"
 
 
+def owned(runner: "Runner", since: int = 0) -> set[int]:
+    """The partitions the runner's last report (from event ``since`` on) says it owns (RUNNING tasks)."""
+    for e in reversed(runner.events[since:]):
+        if e["ev"] in ("running", "offsets"):
+            return {int(p) for p in e["offsets"]}
+    return set()
+
+
 class Runner:
     """One run of alos_runner.py; its stdout events are collected by a reader thread."""
 

@@ -16,17 +16,11 @@ import pytest
 
 from hotstate.snapshot import ObjectStore
 from kafka_helpers import wait_for, words
-from scenario import PARTITIONS, STORE, Feeder, Runner
+from scenario import PARTITIONS, STORE, Feeder, Runner, owned
 from snapshot_store_helpers import BUCKET, check_manifests_whole
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
 
-
-def owned(runner: Runner, since: int = 0) -> set[int]:
-    for e in reversed(runner.events[since:]):
-        if e["ev"] in ("running", "offsets"):
-            return {int(p) for p in e["offsets"]}
-    return set()
 
 
 def by_writer(objects, app_id: str) -> dict[int, list[tuple[int, int, int]]]:

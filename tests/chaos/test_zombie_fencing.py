@@ -11,17 +11,10 @@ import time
 import pytest
 
 from kafka_helpers import wait_for, words
-from scenario import PARTITIONS, Feeder, Runner, exactly_once_violations, output_sequences
+from scenario import PARTITIONS, Feeder, Runner, owned, exactly_once_violations, output_sequences
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
 
-
-def owned(runner: Runner, since: int = 0) -> set[int]:
-    """The partitions the runner's last report (from event ``since`` on) says it owns (RUNNING tasks)."""
-    for e in reversed(runner.events[since:]):
-        if e["ev"] in ("running", "offsets"):
-            return {int(p) for p in e["offsets"]}
-    return set()
 
 
 def test_sigstopped_zombie_commits_nothing_and_rejoins(kafka, tmp_path):

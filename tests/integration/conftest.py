@@ -12,4 +12,4 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from kafka_helpers import admin, bootstrap, kafka, tmp_state_dir  # noqa: E402,F401
-from snapshot_store_helpers import moto, store_url  # noqa: E402,F401
+from snapshot_store_helpers import moto, objects, store_url  # noqa: E402,F401

@@ -82,12 +82,6 @@ def publish(wc: WordCount, objects: ObjectStore, tmp_path: Path, tag: str) -> di
     return offsets
 
 
-@pytest.fixture
-def objects(store_url):
-    url, options = store_url
-    return ObjectStore.open(url, options)
-
-
 def snapshot_config(store_url, **extra) -> dict:
     url, options = store_url
     return {"snapshot_store": url, "snapshot_store_options": options, **extra}

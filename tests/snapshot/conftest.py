@@ -10,4 +10,4 @@ for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from snapshot_store_helpers import moto, store_url  # noqa: E402,F401
+from snapshot_store_helpers import moto, objects, store_url  # noqa: E402,F401

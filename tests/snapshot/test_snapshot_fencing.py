@@ -12,12 +12,6 @@ from snapshot_support import checkpoint, open_db, request, write_keys
 APP = "app"
 
 
-@pytest.fixture
-def objects(store_url):
-    url, options = store_url
-    return ObjectStore.open(url, options)
-
-
 def _ship(s, req):
     s.submit(req)
     assert s.wait_idle(60)

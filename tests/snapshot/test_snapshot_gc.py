@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hotstate.snapshot import Catalog, GarbageCollector, ObjectStore, Outcome, PartitionPaths, Snapshotter
+from hotstate.snapshot import Catalog, GarbageCollector, Outcome, PartitionPaths, Snapshotter
 from snapshot_support import checkpoint, open_db, request, write_keys
 
 APP = "app"
@@ -33,12 +33,6 @@ class Clocks:
     def advance(self, s):
         self.mono += s
         self.wall += s
-
-
-@pytest.fixture
-def objects(store_url):
-    url, options = store_url
-    return ObjectStore.open(url, options)
 
 
 @pytest.fixture

@@ -18,12 +18,6 @@ PATHS = PartitionPaths(APP, "counts", 0)
 
 
 @pytest.fixture
-def objects(store_url):
-    url, options = store_url
-    return ObjectStore.open(url, options)
-
-
-@pytest.fixture
 def db(tmp_path):
     db = open_db(tmp_path / "db")
     write_keys(db, 0, 1000)

@@ -8,7 +8,7 @@ import logging
 import orjson
 import pytest
 
-from hotstate.snapshot import ObjectStore, Outcome, PartitionPaths, Restorer, Snapshotter
+from hotstate.snapshot import Outcome, PartitionPaths, Restorer, Snapshotter
 from snapshot_support import checkpoint, contents, corrupt, open_db, request, write_keys
 
 APP = "app"
@@ -24,12 +24,6 @@ def ship(s: Snapshotter, req) -> list:
     s.submit(req)
     assert s.wait_idle(60), "the uploader did not finish"
     return s.drain_results()
-
-
-@pytest.fixture
-def objects(store_url):
-    url, options = store_url
-    return ObjectStore.open(url, options)
 
 
 @pytest.fixture
