@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from hotstate.observe.metrics import Metrics
 from hotstate.runtime.commit import (DeliveryTracker, ExactlyOnceCommitter, ProducerFenced, TransactionAborted,
-                                     TransactionOutcomeUnknown, is_fenced)
+                                     TransactionalProducerStuck, TransactionOutcomeUnknown, is_fenced)
 
 
 class FakeTxnProducer:
@@ -239,59 +239,20 @@ def commit_in_thread(c, task, within_s):
     return out[0]
 
 
-def test_a_send_offsets_call_that_never_returns_is_given_up_and_the_transaction_aborted(monkeypatch):
+@pytest.mark.parametrize("hang_at", ["send_offsets", "commit"])
+def test_a_transactional_call_that_never_returns_stops_the_app_instead_of_hanging(monkeypatch, hang_at):
+    """Bounded by the transaction's timeout (+ grace), then a fatal TransactionalProducerStuck: no new producer
+    is started beside the stuck one, and the stores are not written."""
     log = []
-    c, stuck, made = hanging_committer(log, "send_offsets", monkeypatch)
+    c, stuck, made = hanging_committer(log, hang_at, monkeypatch)
     c.begin()
     task = one_task()
     try:
         exc = commit_in_thread(c, task, within_s=5)
-        assert isinstance(exc, TransactionAborted), exc
-        # The stuck producer was replaced: the new one's init_transactions fences it and aborts its transaction.
-        assert len(made) == 1 and c.producer is made[0]
-        assert log[-2:] == ["purge", "init"]
+        assert isinstance(exc, TransactionalProducerStuck), exc
+        assert "restart" in str(exc)
+        assert made == [] and c.producer is stuck
         assert task.committed_offset == 1
-        # The next transaction runs on the new producer.
-        c.begin()
-        c.commit([task])
-        assert task.committed_offset == 5 and log[-1] == "commit"
+        assert log.count("commit") == (1 if hang_at == "commit" else 0)
     finally:
         stuck.release.set()
-
-
-def test_a_commit_transaction_call_that_never_returns_is_an_unknown_outcome(monkeypatch):
-    log = []
-    c, stuck, made = hanging_committer(log, "commit", monkeypatch)
-    c.begin()
-    task = one_task()
-    try:
-        exc = commit_in_thread(c, task, within_s=5)
-        assert isinstance(exc, TransactionOutcomeUnknown), exc
-        assert log.count("commit") == 1  # not committed again on the stuck producer
-        assert len(made) == 1 and c.producer is made[0]
-    finally:
-        stuck.release.set()
-
-
-class _Task:
-    """What the committer reads of a task (no stores)."""
-
-    def __init__(self, tid, next_offset):
-        from hotstate.records import TopicPartition
-        self.id, self.stores, self.input = tid, {}, TopicPartition("in", int(tid.split("_")[1]))
-        self.next_offset, self.committed_offset = next_offset, None
-
-    def needs_commit(self):
-        return self.next_offset is not None and self.next_offset != self.committed_offset
-
-
-def test_a_committed_transaction_returns_the_tasks_whose_input_it_committed():
-    log = []
-    c, _ = committer(log)
-    busy, idle = _Task("0_0", 5), _Task("0_1", None)
-    assert c.commit([busy, idle]) == [], "no transaction: nothing committed now"
-    c.begin()
-    assert c.commit([busy, idle]) == [busy]
-    assert log[-1] == "commit"
-    c.begin()
-    assert c.commit([busy, idle]) == [], "a transaction without new input of either task"
