@@ -25,3 +25,13 @@ def backend(request, tmp_path):
     b = MemoryBackend("s") if request.param == "memory" else RocksDBBackend("s", str(tmp_path / "db"))
     yield b
     b.close()
+
+
+@pytest.fixture
+def closing():
+    """A list of tasks the test opened; their stores' backends are closed at the end."""
+    tasks = []
+    yield tasks
+    for t in tasks:
+        for s in t.stores.values():
+            s.backend.close()

@@ -272,15 +272,6 @@ def staging(tmp_path):
     return path
 
 
-@pytest.fixture
-def closing():
-    tasks = []
-    yield tasks
-    for t in tasks:
-        for s in t.stores.values():
-            s.backend.close()
-
-
 def test_a_snapshot_is_adopted_and_only_the_tail_is_replayed(tmp_path, staging, history, closing):
     records = changelog_records(10)
     task = make_task("rocksdb", tmp_path)

@@ -154,15 +154,6 @@ def backend_kind(request):
     return request.param
 
 
-@pytest.fixture
-def closing():
-    tasks = []
-    yield tasks
-    for t in tasks:
-        for s in t.stores.values():
-            s.backend.close()
-
-
 # ---- tailing ----
 
 def test_tails_from_the_stored_offset_and_follows_the_changelog(backend_kind, tmp_path, closing):
