@@ -162,6 +162,9 @@ class Metrics:
     dropped_records_total: int = 0
     dead_letter_records_total: int = 0  # records produced to dead_letter_topic
     dropped_null_key: int = 0
+    # Kafka Streams' dropped-records for late records: per task, one per (record, closed window) dropped by a
+    # windowed aggregation. Written by the stream thread only.
+    dropped_late_records: dict[str, int] = field(default_factory=dict)
     commits_total: int = 0
     store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
     rebalances_total: int = 0  # assignments this instance received (every rebalance it took part in)
@@ -178,6 +181,9 @@ class Metrics:
     # Written by the snapshot uploader and restorer (hotstate.snapshot).
     snapshots: SnapshotMetrics = field(default_factory=SnapshotMetrics)
 
+    def record_late_drop(self, task_id: str) -> None:
+        self.dropped_late_records[task_id] = self.dropped_late_records.get(task_id, 0) + 1
+
     def snapshot(self) -> dict:
         restores = {k: v.snapshot() for k, v in list(self.restores.items())}
         restoring = {k: v for k, v in restores.items() if v["state"] == "RESTORING"}
@@ -187,6 +193,7 @@ class Metrics:
             "dropped_records_total": self.dropped_records_total,
             "dead_letter_records_total": self.dead_letter_records_total,
             "dropped_records_null_key_total": self.dropped_null_key,
+            "dropped_late_records_total": dict(list(self.dropped_late_records.items())),  # task id -> count
             "commit_total": self.commits_total,
             "rebalances_total": self.rebalances_total,
             "store_corruptions_total": self.store_corruptions_total,

@@ -2,7 +2,7 @@
 is set. Every scrape reads a fresh snapshot; nothing is kept twice.
 
 Names: ``hotstate_`` + the snapshot's name; per store partition the labels ``task``, ``store`` and
-``changelog``. Every series carries ``app_id``.
+``changelog``; per task (``hotstate_task_dropped_late_records_total``) the label ``task``. Every series carries ``app_id``.
 """
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ class _SnapshotCollector(Collector):
             family = _family(kind, f"hotstate_{key}", doc, ["app_id"])
             family.add_metric([self._app_id], float(snap.get(key) or 0))
             yield family
+        late = CounterMetricFamily("hotstate_task_dropped_late_records",
+                                   "Records a windowed aggregation dropped for a closed window (per window)",
+                                   labels=["app_id", "task"])
+        for task, n in sorted(snap.get("dropped_late_records_total", {}).items()):
+            late.add_metric([self._app_id, task], float(n))
+        yield late
         restores = snap.get("restores", {})
         for key, kind, doc in _STORE:
             family = _family(kind, f"hotstate_store_{_PROM_NAMES.get(key, key)}", doc, ["app_id", "task", "store", "changelog"])

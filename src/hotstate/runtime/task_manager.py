@@ -26,6 +26,7 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
+from ..state.window_store import WindowStore
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
 from .snapshots import TaskSnapshots
@@ -258,21 +259,21 @@ class TaskManager:
         kind = backend_kind(spec.kind)
         if not kind.persistent:
             def reopen() -> Any:
-                return kind.open(spec.name, None, None)
+                return kind.open(spec.name, None, None, **spec.backend_options())
             if kept is not None:
                 log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
                          kept.changelog_offset())
                 overlay = Overlay(kept)
-                return TaskStore(spec, changelog, kept, overlay, KeyValueStore(spec, overlay), reopen)
+                return TaskStore(spec, changelog, kept, overlay, _view(spec, overlay), reopen)
         else:
             path = self._state_dir.store_path(tid, spec.name)
             report = self._corruption_reports.put
             open_backend = self._open_backend
 
             def reopen() -> Any:
-                if open_backend is not None:
+                if open_backend is not None and not spec.windowed:
                     return open_backend(spec.name, path)
-                return kind.open(spec.name, path, lambda msg: report(tid))
+                return kind.open(spec.name, path, lambda msg: report(tid), **spec.backend_options())
         try:
             backend = reopen()
         except StoreCorruptedError as exc:
@@ -280,7 +281,7 @@ class TaskManager:
             wipe_path(self._state_dir.store_path(tid, spec.name))
             backend = reopen()
         overlay = Overlay(backend)
-        return TaskStore(spec, changelog, backend, overlay, KeyValueStore(spec, overlay), reopen)
+        return TaskStore(spec, changelog, backend, overlay, _view(spec, overlay), reopen)
 
     # ---- the loop's steps ----
     def handle_restored(self) -> None:
@@ -295,6 +296,7 @@ class TaskManager:
             if self.tasks.get(task.id) is not task:
                 continue  # revoked meanwhile
             task.transition(TaskState.RUNNING)
+            task.resume_stream_time()
             resume.append(KTopicPartition(task.input.topic, task.input.partition))
             log.info("task %s: RUNNING (restored %s)", task.id,
                      {n: s.restored_records for n, s in task.stores.items()})
@@ -354,6 +356,7 @@ class TaskManager:
             ctx.timestamp = msg.timestamp()[1]
             ctx.headers = msg.headers()
             try:
+                task.start_record(ctx, key, value)
                 source.process(key, value, ctx)
             except (ProducerFenced, RecordTooLargeError):
                 raise
@@ -544,3 +547,6 @@ class TaskManager:
         if error is not None:
             raise error
 
+
+def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | WindowStore:
+    return WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)
