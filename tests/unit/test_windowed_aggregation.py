@@ -4,8 +4,6 @@ with random timestamps out of order within and beyond grace, and commits at rand
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,41 +12,9 @@ from hypothesis import strategies as st
 import hotstate
 from hotstate import serde, windows
 from unit_support import Harness
+from window_reference import Reference
 
 OUT = "per-window-out"
-
-
-@dataclass
-class Reference:
-    """Kafka Streams' windowed aggregation, written the plain way: every window start is found by brute force,
-    stream time is the running maximum, a window is closed once end + grace <= stream time."""
-
-    size: int
-    advance: int
-    grace: int
-    retention: int
-    stream_time: int = -1
-    values: dict = field(default_factory=dict)  # (key, start) -> aggregate
-    times: dict = field(default_factory=dict)  # (key, start) -> event time of its last update
-    emitted: list = field(default_factory=list)  # (key, start, end, value, timestamp)
-    dropped: int = 0
-
-    def process(self, key, ts, update):
-        self.stream_time = max(self.stream_time, ts)
-        for start in range(0, ts + 1, self.advance):
-            if not start <= ts < start + self.size:
-                continue
-            end = start + self.size
-            if end + self.grace <= self.stream_time:
-                self.dropped += 1
-                continue
-            w = (key, start)
-            self.values[w] = update(self.values.get(w))
-            self.times[w] = max(ts, self.times.get(w, ts))
-            self.emitted.append((key, start, end, self.values[w], self.times[w]))
-
-    def live(self) -> dict:
-        return {w: v for w, v in self.values.items() if w[1] > self.stream_time - self.retention}
 
 
 def build(make_app, w, kind="memory", op="count"):
