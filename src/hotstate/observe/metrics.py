@@ -62,6 +62,8 @@ class StoreRestoreMetrics:
 
     restore_records_total: int = 0
     restore_remaining_records: int = 0
+    # Changelog offsets the retention-aware restore seeked past (windowed stores: their records were expired).
+    restore_skipped_records_total: int = 0
     started_at_s: float = 0.0
     ended_at_s: float | None = None
     changelog: str = ""
@@ -75,6 +77,7 @@ class StoreRestoreMetrics:
             "changelog": self.changelog,
             "state": "RESTORED" if done else "RESTORING",
             "restore_records_total": self.restore_records_total,
+            "restore_skipped_records_total": self.restore_skipped_records_total,
             "restore_remaining_records": remaining,
             "restore_records_rate": round(rate, 1),
             "restore_eta_s": 0.0 if done else (round(remaining / rate, 1) if rate > 0 else None),
@@ -169,6 +172,7 @@ class Metrics:
     store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
     rebalances_total: int = 0  # assignments this instance received (every rebalance it took part in)
     restore_records_total: int = 0
+    restore_skipped_records_total: int = 0  # written by the state updater: see StoreRestoreMetrics
     restores: dict[str, StoreRestoreMetrics] = field(default_factory=dict)  # "<task>/<store>" -> metrics
     started_at_s: float = field(default_factory=time.monotonic)
     # Written by the state updater.
@@ -198,6 +202,7 @@ class Metrics:
             "rebalances_total": self.rebalances_total,
             "store_corruptions_total": self.store_corruptions_total,
             "restore_records_total": self.restore_records_total,
+            "restore_skipped_records_total": self.restore_skipped_records_total,
             "active_restoring_tasks": self.active_restoring_tasks,
             "standby_updating_tasks": self.standby_updating_tasks,
             "standby_records_lag": dict(self.standby_records_lag),

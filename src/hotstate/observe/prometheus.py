@@ -23,6 +23,7 @@ _INSTANCE = [
     ("dead_letter_records_total", "counter", "Records produced to dead_letter_topic"),
     ("commit_total", "counter", "Commits"),
     ("restore_records_total", "counter", "Changelog records restored into local stores"),
+    ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows a restore seeked past"),
     ("active_restoring_tasks", "gauge", "Active tasks restoring their stores"),
     ("standby_updating_tasks", "gauge", "Standby tasks updating their stores"),
     ("restore_records_rate", "gauge", "Changelog records restored per second (last 10 s)"),
@@ -43,6 +44,7 @@ _SNAPSHOT = [
 ]
 _STORE = [
     ("restore_records_total", "counter", "Changelog records restored into this store partition"),
+    ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows this restore seeked past"),
     ("restore_remaining_records", "gauge", "Changelog offsets left to restore"),
     ("restore_records_rate", "gauge", "Records restored per second into this store partition (last 10 s)"),
     ("restore_eta_s", "gauge", "Seconds until this store partition is restored, at the current rate"),
