@@ -1,6 +1,7 @@
 """The retention-aware restore on the real broker: a windowed changelog whose oldest records are expired (but
 kept by the broker: its retention.ms is a day longer) is restored from a wiped state dir by seeking past them;
-the store's windows equal the reference, and the listener and metrics say what was skipped."""
+the store's windows equal the reference, and the listener and metrics say what was skipped. A standby of a
+windowed store starts tailing at the first live record the same way."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,20 @@ import pytest
 
 import hotstate
 from hotstate import serde, windows
-from kafka_helpers import RecordingListener, wait_processed
+from hotstate.config import Config
+from hotstate.dsl.nodes import SourceNode
+from hotstate.dsl.topology import SubTopology
+from hotstate.kafka import clients
+from hotstate.observe.listener import SuspendReason
+from hotstate.observe.metrics import Metrics
+from hotstate.records import TopicPartition
+from hotstate.runtime.state_updater import StateUpdater
+from hotstate.runtime.task import Task, TaskStore
+from hotstate.state.overlay import Overlay
+from hotstate.state.store import StoreSpec
+from hotstate.state.window_rocksdb import WindowRocksDBBackend
+from hotstate.state.window_store import WindowStore, window_key, window_value
+from kafka_helpers import RecordingListener, wait_for, wait_processed
 from window_reference import Reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -93,3 +107,53 @@ def test_a_wiped_restore_seeks_past_the_expired_records(kafka, tmp_state_dir, gu
         assert task.stores[STORE].backend.changelog_offset() == end
     finally:
         assert app.close()
+
+
+def test_a_standby_of_a_windowed_store_starts_tailing_at_the_first_live_record(kafka, tmp_path):
+    """The state updater's standby mode on a hand-written windowed changelog (90% of it expired, every record
+    stamped with its event time): the standby passes over the expired offsets, holds exactly the live windows
+    and moves its stored offset to the end."""
+    changelog = kafka.create_topic(partitions=1, prefix="win-standby-changelog",
+                                   config={"cleanup.policy": "compact,delete", "retention.ms": str(86_400_000 * 2)})
+    base = int(time.time() * 1000) // 1000 * 1000
+    ref = Reference(SIZE, SIZE, 0, SIZE)
+    producer = kafka.producer()
+    for i in range(2_000):  # one changelog record per update, as a windowed count writes them
+        user, ts = USERS[i % len(USERS)], base + i * 10
+        ref.process(user, ts, lambda old: 1 if old is None else old + 1)
+        start = ts // SIZE * SIZE
+        value = window_value(ref.times[(user, start)], struct.pack(">q", ref.values[(user, start)]))
+        producer.produce(changelog, value, window_key(user.encode(), start), partition=0, timestamp=ts)
+    assert producer.flush(30) == 0
+    end = kafka.ends(changelog)[0]
+
+    spec = StoreSpec(STORE, serde.STRING, serde.INT64, "window-rocksdb", SIZE)
+    path = str(tmp_path / "0_0" / STORE)
+
+    def reopen():
+        return WindowRocksDBBackend(STORE, path, SIZE)
+
+    backend = reopen()
+    overlay = Overlay(backend)
+    task = Task(SubTopology(0, SourceNode("in", serde.BYTES, serde.BYTES)), 0,
+                {STORE: TaskStore(spec, TopicPartition(changelog, 0), backend, overlay, WindowStore(spec, overlay),
+                                  reopen)})
+    cfg = Config.from_kwargs(app_id=kafka.app_id("win-standby"), bootstrap_servers=kafka.bootstrap)
+    metrics = Metrics()
+    updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), None, metrics,
+                           ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg),
+                           tail_consumer_factory=lambda: clients.tail_consumer(cfg))
+    updater.start()
+    try:
+        updater.add_standby(task)
+        wait_for(lambda: updater.standby_lags() == {task.id: 0}, "the standby to catch up", 30)
+        assert updater.standby_offsets() == {task.id: end}
+        assert metrics.restore_skipped_records_total >= 0.9 * end
+        held = {(k, s): v for k, s, v in task.stores[STORE].view.fetch_all(0, 2**62)}
+        assert held == ref.live()
+        assert backend.stream_time() == ref.stream_time
+    finally:
+        assert updater.remove_standby(task.id, SuspendReason.MIGRATED).result(timeout=30) is task
+        updater.shutdown(10)
+        backend.close()
+

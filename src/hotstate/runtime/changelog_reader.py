@@ -319,17 +319,11 @@ class ChangelogReader(StandbyReading):
         start = self._download(p, r)
         store.restored_records = 0
         p.end_offset = r.end
-        skipped = 0
-        if store.windowed and start < r.end:
-            live = self._live_start(p, start, r)
-            skipped = live - start
-            if skipped:
-                self._metrics.restore_skipped_records_total += skipped
-                log.info("task %s: store %s skips changelog offsets [%d, %d) of %s: their windows are expired",
-                         task.id, store.spec.name, start, live, store.changelog)
-                if live >= r.end:  # every record is expired: the store is current once it knows it
-                    store.backend.write([], r.end)
-            start = live
+        live = self._live_start(p, start, r)
+        skipped = live - start
+        if skipped and live >= r.end:  # every record is expired: the store is current once it knows it
+            store.backend.write([], r.end)
+        start = live
         if start >= r.end:
             log.info("task %s: store %s is current at changelog offset %d of %s (nothing to restore)",
                      task.id, store.spec.name, start, store.changelog)
@@ -345,21 +339,28 @@ class ChangelogReader(StandbyReading):
         return KTopicPartition(store.changelog.topic, store.changelog.partition, start)
 
     def _live_start(self, p: ChangelogPartition, start: int, r: _Range) -> int:
-        """The retention-aware restore (live_restore.py): where a windowed store's restore starts. Any failure
-        to find out means reading from ``start``, as without it."""
-        if self._tail_consumer_factory is None:
+        """The retention-aware restore (live_restore.py): where reading a windowed store's changelog starts,
+        active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
+        ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""
+        store = p.store
+        if not store.windowed or start >= r.end or self._tail_consumer_factory is None:
             return start
-        tp = p.store.changelog
+        tp = store.changelog
         timeout_s = self._config.broker_timeout_ms / 1000
         try:
             if self._tail_consumer is None:
                 self._tail_consumer = self._tail_consumer_factory()
             newest = newest_committed_timestamp(self._tail_consumer, tp.topic, tp.partition, r.low, r.end)
-            return live_start(p.store, start, r.end, newest, self._end_offsets(), timeout_s)
+            live = live_start(store, start, r.end, newest, self._end_offsets(), timeout_s)
         except Exception as exc:
-            log.warning("task %s store %s: finding the first live record of %s failed (%r); restoring from %d",
-                        p.task.id, p.store.spec.name, tp, exc, start)
+            log.warning("task %s store %s: finding the first live record of %s failed (%r); reading from %d",
+                        p.task.id, store.spec.name, tp, exc, start)
             return start
+        if live > start:
+            self._metrics.restore_skipped_records_total += live - start
+            log.info("task %s (%s): store %s skips changelog offsets [%d, %d) of %s: their windows are expired",
+                     p.task.id, p.mode.value, store.spec.name, start, live, tp)
+        return live
 
     def _fail_active(self, task: Task, exc: BaseException) -> None:
         """Stop restoring the task and report it failed (the processing thread raises its error)."""
