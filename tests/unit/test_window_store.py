@@ -105,7 +105,19 @@ def reference_live(records: list[tuple[str, int, int, int]], retention: int) -> 
     return {w: v for w, v in latest.items() if w[1] > st - retention}, st
 
 
-def test_restore_through_the_contract_skips_and_purges_expired_windows(wbackend):
+def test_queries_refuse_bad_bounds_with_a_clear_error(wbackend):
+    store = view(wbackend)
+    with pytest.raises(ValueError, match="from_ms='0' is invalid"):
+        store.fetch("a", "0", 10)
+    with pytest.raises(ValueError, match="to_ms=None is invalid"):
+        store.fetch_all(0, None)
+    assert store.fetch("a", 10, 0) == []  # an empty range is not an error
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_restore_through_the_contract_skips_and_purges_expired_windows(wbackend, bulk):
+    if bulk:  # RocksDB's bulk-load options (a reopen at begin_restore and at end_restore); memory has none
+        wbackend.BULK_RESTORE_RECORDS_MIN = 1
     rng = random.Random(11)
     records = []
     for i in range(3_000):

@@ -146,3 +146,14 @@ def test_a_windowed_store_spec_keeps_the_users_kind_and_refuses_others(make_app)
         hotstate.StoreSpec("kv", retention_ms=5)
     with pytest.raises(hotstate.ConfigError, match="needs retention_ms"):
         hotstate.StoreSpec("w", kind="window-memory")
+
+
+def test_to_takes_the_users_serde_for_windowed_keys(make_app):
+    app = make_app()
+    by_text = serde.of(lambda w: f"{w.key}@{w.start_ms}-{w.end_ms}".encode(), lambda b: b.decode(), "text")
+    (app.stream("clicks", key_serde=serde.STRING, value_serde=serde.INT64).group_by_key()
+        .windowed_by(windows.hopping(100, 50, 0)).count(store="n")
+        .to_stream().to(OUT, key_serde=by_text, value_serde=serde.INT64))
+    h = Harness(app, "clicks")
+    h.pipe("k", 1, timestamp=120)
+    assert [s.key for s in h.sent] == [b"k@50-150", b"k@100-200"]

@@ -52,6 +52,13 @@ def expired(start_ms: int, stream_time_ms: int | None, retention_ms: int) -> boo
     return stream_time_ms is not None and start_ms <= stream_time_ms - retention_ms
 
 
+def check_time_range(from_ms: object, to_ms: object) -> None:
+    """Bad query bounds get a clear error (ValueError) instead of a failure deep in the byte encoding."""
+    for name, value in (("from_ms", from_ms), ("to_ms", to_ms)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is invalid: give a time in milliseconds (an int)")
+
+
 def live_from(stream_time_ms: int | None, retention_ms: int) -> int | None:
     """The smallest window start still served, or None when every start is (nothing written yet)."""
     return None if stream_time_ms is None else stream_time_ms - retention_ms + 1
@@ -130,6 +137,7 @@ class WindowStore:
 
     def fetch(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any]]:
         """[(window start, value)] of ``key``'s live windows whose start is in [from_ms, to_ms], by start."""
+        check_time_range(from_ms, to_ms)
         kb = self._ks.serialize(key)
         lo_ms = from_ms
         bound = live_from(self.stream_time(), self.retention_ms)
@@ -149,6 +157,7 @@ class WindowStore:
     def fetch_all(self, from_ms: int, to_ms: int) -> list[tuple[Any, int, Any]]:
         """[(key, window start, value)] of every live window whose start is in [from_ms, to_ms], sorted by
         (window start, key bytes)."""
+        check_time_range(from_ms, to_ms)
         bound = live_from(self.stream_time(), self.retention_ms)
         lo_ms = from_ms if bound is None else max(from_ms, bound)
         found = []
@@ -189,6 +198,7 @@ class ReadOnlyWindowStore:
     def fetch(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any]]:
         """[(window start, value)] of ``key``'s windows whose start is in [from_ms, to_ms], sorted by start;
         windows older than the store's retention (relative to its stream time) are not served."""
+        check_time_range(from_ms, to_ms)
         out = [entry for store in self._stores for entry in store.fetch(key, from_ms, to_ms)]
         out.sort(key=lambda e: e[0])
         return out
@@ -196,6 +206,7 @@ class ReadOnlyWindowStore:
     def fetch_all(self, from_ms: int, to_ms: int) -> list[tuple[Any, int, Any]]:
         """[(key, window start, value)] of every window whose start is in [from_ms, to_ms], sorted by window
         start (then by the key's bytes within a task)."""
+        check_time_range(from_ms, to_ms)
         out = [entry for store in self._stores for entry in store.fetch_all(from_ms, to_ms)]
         out.sort(key=lambda e: e[1])
         return out
