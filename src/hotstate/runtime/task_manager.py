@@ -47,8 +47,9 @@ class TaskManager:
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
-        ``open_backend(store_name, path)``: opens every persistent store (default: the factory registered for
-        the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
+        ``open_backend(store_name, path)``: opens every persistent key-value store (default: the factory registered
+        for the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
+        Windowed stores always open through their kind's factory (it needs their retention).
         ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py)."""
         self._config = config
         self._topology = topology
