@@ -138,7 +138,8 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
-        for name in ("num_standby_replicas", "acceptable_recovery_lag", "windowstore_changelog_additional_retention_ms"):
+        for name in ("num_standby_replicas", "acceptable_recovery_lag",
+                     "windowstore_changelog_additional_retention_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be an integer >= 0")

@@ -120,7 +120,8 @@ def test_kill_9_of_an_exactly_once_windowed_count_keeps_every_window_exact(kafka
             # The changelog (what the store restores from; nothing has expired) holds every window's final count.
             final = {}
             for m in kafka.read_all(kafka.changelog(app_id, "word-counts")):
-                final[(m.key()[:-8].decode(), struct.unpack(">q", m.key()[-8:])[0])] = struct.unpack(">q", m.value()[8:])[0]
+                window = (m.key()[:-8].decode(), struct.unpack(">q", m.key()[-8:])[0])
+                final[window] = struct.unpack(">q", m.value()[8:])[0]
             assert final == {w: v for r in refs.values() for w, v in r.values.items()}
         finally:
             runner.terminate()

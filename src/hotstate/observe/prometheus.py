@@ -2,7 +2,8 @@
 is set. Every scrape reads a fresh snapshot; nothing is kept twice.
 
 Names: ``hotstate_`` + the snapshot's name; per store partition the labels ``task``, ``store`` and
-``changelog``; per task (``hotstate_task_dropped_late_records_total``) the label ``task``. Every series carries ``app_id``.
+``changelog``; per task (``hotstate_task_dropped_late_records_total``) the label ``task``. Every series
+carries ``app_id``.
 """
 from __future__ import annotations
 

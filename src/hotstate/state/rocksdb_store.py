@@ -155,7 +155,8 @@ class RocksDBBackend:
     def _open(self, opts: Options) -> tuple[bytes | None, bytes | None]:
         """Opens the database; returns the stored format and raw offset."""
         try:
-            self._db = Rdict(self.path, opts, column_families={cf: Options(raw_mode=True) for cf in self.COLUMN_FAMILIES})
+            families = {cf: Options(raw_mode=True) for cf in self.COLUMN_FAMILIES}
+            self._db = Rdict(self.path, opts, column_families=families)
             self._meta_handle = self._db.get_column_family_handle(META_CF)
             self._meta = self._db.get_column_family(META_CF)
             return self._meta.get(_FORMAT_KEY), self._meta.get(_OFFSET_KEY)
