@@ -73,7 +73,7 @@ from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .changelog_partition import CONSUME_WAIT_S, ChangelogPartition, ChangelogState, Mode, ReaderTask
-from .live_restore import live_start, newest_committed_timestamp
+from .live_restore import TAIL_OFFSETS, live_start, newest_committed_timestamp
 from .standby_reading import StandbyReading
 from .task import Task, TaskStore
 
@@ -343,8 +343,8 @@ class ChangelogReader(StandbyReading):
         active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
         ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""
         store = p.store
-        if not store.windowed or start >= r.end or self._tail_consumer_factory is None:
-            return start
+        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= TAIL_OFFSETS:
+            return start  # a short tail (a clean restart's) is read, not looked up: the lookup costs more
         tp = store.changelog
         timeout_s = self._config.broker_timeout_ms / 1000
         try:
