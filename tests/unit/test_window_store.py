@@ -197,3 +197,24 @@ def test_rocksdb_window_store_snapshot_is_adopted_with_its_stream_time(tmp_path)
         assert set(stored(other)) == {(b"b", 900), (b"c", 1_100)}
     finally:
         other.close()
+
+
+def test_fetch_all_reads_the_time_range_only_and_merges_the_overlay(wbackend):
+    wbackend.write([entry(k, s, s, n) for n, (k, s) in enumerate([("a", 0), ("b", 100), ("a", 200), ("c", 300)])], 4)
+    assert [(k[:-8], v[8:]) for k, v in wbackend.windows_between(100, 250)] == [(b"b", i64(1)), (b"a", i64(2))]
+    assert list(wbackend.windows_between(301, 10_000)) == []
+    store = view(wbackend)
+    store.put("b", 100, None, timestamp_ms=310)  # deleted in the overlay
+    store.put("a", 200, 9, timestamp_ms=310)  # changed in the overlay
+    store.put("d", 150, 4, timestamp_ms=310)  # new in the overlay
+    assert store.fetch_all(100, 300) == [("d", 150, 4), ("a", 200, 9), ("c", 300, 3)]
+
+
+def test_queries_on_a_closed_window_store_raise_store_closed(wbackend):
+    from hotstate.errors import StoreClosedError
+    wbackend.write([entry("a", 0, 5, 1)], 1)
+    store = view(wbackend)
+    store.mark_closed()
+    for query in (lambda: store.fetch("a", 0, 10), lambda: store.fetch_all(0, 10), lambda: store.get("a", 0)):
+        with pytest.raises(StoreClosedError):
+            query()

@@ -156,6 +156,11 @@ class WindowBackend(StoreBackend, Protocol):
 
     def stream_time(self) -> int | None: ...
 
+    def windows_between(self, from_ms: int, to_ms: int) -> Iterator[tuple[bytes, bytes]]:
+        """(store key, store value) of every window whose start is in [from_ms, to_ms] (expired ones not yet
+        purged included), ordered by (start, key bytes); reads only those windows. StoreClosedError once closed."""
+        ...
+
 
 class ListRestoreBatch:
     """A restore batch for backends without a native one: collects entries for ``restore``."""

@@ -5,7 +5,7 @@ orders the windows for purging. Like every in-memory store it restores from its 
 from __future__ import annotations
 
 import heapq
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .backend import Entry, check_offset_forward
 from .memory_store import MemoryBackend
@@ -55,6 +55,16 @@ class WindowMemoryBackend(MemoryBackend):
         heap, data = self._by_start, self._data
         while heap and heap[0][0] <= cutoff:
             data.pop(heapq.heappop(heap)[1], None)
+
+    def windows_between(self, from_ms: int, to_ms: int) -> Iterator[tuple[bytes, bytes]]:
+        found = []
+        for key, value in list(self._data.items()):
+            start = TIME.unpack_from(key, len(key) - TIME_BYTES)[0]
+            if from_ms <= start <= to_ms:
+                found.append((start, key[:-TIME_BYTES], key, value))
+        found.sort(key=lambda e: (e[0], e[1]))
+        for _, _, key, value in found:
+            yield key, value
 
     def reset(self) -> None:
         super().reset()

@@ -19,12 +19,13 @@ stream time on, skip windows already expired, and write the index beside the dat
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from rocksdict import WriteBatch, WriteOptions
 
+from ..errors import HotstateError
 from .backend import Entry
-from .rocksdb_store import META_CF, RocksDBBackend, _flushed, classify
+from .rocksdb_store import META_CF, RocksDBBackend, _closed, _flushed, classify
 from .window_store import TIME, TIME_BYTES, value_timestamp
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,35 @@ class WindowRocksDBBackend(RocksDBBackend):
     # ---- the windowed contract ----
     def stream_time(self) -> int | None:
         return self._stream_time
+
+    def windows_between(self, from_ms: int, to_ms: int) -> Iterator[tuple[bytes, bytes]]:
+        """Walks the time index from ``from_ms`` (at least 0) to ``to_ms`` and reads each window's value; a
+        window deleted between the two reads (a purge on the writing thread) is left out."""
+        db, index = self._db, self._time
+        if db is None or index is None:
+            raise _closed(self.name)
+        from_ms = max(from_ms, 0)
+        if to_ms < from_ms:
+            return
+        try:
+            it = index.iter()
+            it.seek(TIME.pack(from_ms))
+            while it.valid():
+                index_key = it.key()
+                if TIME.unpack_from(index_key)[0] > to_ms:
+                    break
+                it.next()
+                key = index_key[TIME_BYTES:] + index_key[:TIME_BYTES]
+                value = db.get(key)
+                if value is not None:
+                    yield key, value
+                if self._db is None:
+                    raise _closed(self.name)
+            it.status()
+        except HotstateError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc, "a scan of the time index failed") from exc
 
     # ---- writes ----
     def _window_batch(self, entries: Iterable[Entry] = ()) -> WindowRestoreBatch:

@@ -160,13 +160,18 @@ class WindowStore:
         check_time_range(from_ms, to_ms)
         bound = live_from(self.stream_time(), self.retention_ms)
         lo_ms = from_ms if bound is None else max(from_ms, bound)
-        found = []
-        for raw_key, raw in self._scan(None, None):
-            kb, start = split_window_key(raw_key)
-            if lo_ms <= start <= to_ms:
-                found.append((start, kb, raw))
-        found.sort(key=lambda e: (e[0], e[1]))
-        return [(self._ks.deserialize(kb), start, self._vs.deserialize(raw[TIME_BYTES:])) for start, kb, raw in found]
+        if lo_ms > to_ms:
+            return []
+        dirty = self._overlay.entries()  # a copy: the processing thread may write on meanwhile
+        committed = self._read(lambda: list(self._backend().windows_between(lo_ms, to_ms)))
+        found: dict[bytes, bytes | None] = dict(committed)
+        for raw_key, raw in dirty:
+            if lo_ms <= split_window_key(raw_key)[1] <= to_ms:
+                found[raw_key] = raw  # the overlay wins; None: deleted
+        if self._closed:
+            raise StoreClosedError.of(self.name)
+        windows = sorted((split_window_key(k)[1], k[:-TIME_BYTES], v) for k, v in found.items() if v is not None)
+        return [(self._ks.deserialize(kb), start, self._vs.deserialize(raw[TIME_BYTES:])) for start, kb, raw in windows]
 
     def _scan(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         if self._closed:
