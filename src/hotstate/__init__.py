@@ -1,5 +1,5 @@
 """hotstate: stateful stream processing on Apache Kafka whose state never makes you wait."""
-from . import serde
+from . import serde, windows
 from .app import App, AppState, StoreInfo, TaskInfo
 from .config import Config
 from .errors import (BrokerUnavailableError, ConfigError, DeserializationError, HotstateError, ProcessingError,
@@ -10,6 +10,7 @@ from .observe.listener import RestoreListener, StandbyUpdateListener, SuspendRea
 from .records import Record, TopicPartition
 from .runtime.task import TaskState
 from .state.store import StoreSpec
+from .windows import Windowed
 
 __all__ = [
     "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError",
@@ -17,6 +18,6 @@ __all__ = [
     "RecordTooLargeError", "RestoreListener", "StateDirError", "StoreClosedError", "StoreCorruptedError",
     "StoreInfo", "StoreIOError",
     "StandbyUpdateListener", "StoreSpec", "SuspendReason", "TaskInfo", "TaskState", "TopicPartition",
-    "TopologyError", "serde",
+    "TopologyError", "Windowed", "serde", "windows",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import serde as _serde
 from .config import Config
@@ -18,12 +18,14 @@ from .errors import HotstateError, IllegalStateTransition, TopologyError
 from .kafka.admin import Admin, ChangelogSpec
 from .observe.listener import RestoreListener, StandbyUpdateListener
 from .observe.metrics import Metrics
-from .records import TopicPartition
+from .records import Record, TopicPartition
 from .runtime.stream_thread import StreamThread
 from .runtime.task import TaskState
 from .serde import Serde
 from .state.state_dir import StateDirectory
+from .state.store import StoreSpec
 from .state.store import ReadOnlyStore
+from .state.window_store import ReadOnlyWindowStore
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +99,23 @@ class App:
         self._metrics_server: Any = None
 
     # ---- building ----
-    def stream(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES) -> Stream:
-        """A stream of the records of ``topic`` (which must exist when the app starts)."""
+    def stream(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES,
+               timestamp_extractor: Callable[[Record, int], int] | None = None) -> Stream:
+        """A stream of the records of ``topic`` (which must exist when the app starts).
+
+        ``timestamp_extractor(record, partition_time_ms) -> int``: each record's event time in milliseconds
+        (>= 0), from its deserialized key and value (Kafka Streams' TimestampExtractor); ``partition_time_ms``
+        is the task's stream time so far (-1 before its first record). None: the record's Kafka timestamp.
+        The event time drives windows and stream time and is the timestamp of the records sent downstream.
+        An extractor that raises or answers something else than an int >= 0 fails the record (the processing
+        exception handler decides)."""
         self._require(AppState.CREATED, "stream()")
         check_serde(key_serde, "key_serde")
         check_serde(value_serde, "value_serde")
-        source = SourceNode(topic, key_serde, value_serde)
+        if timestamp_extractor is not None and not callable(timestamp_extractor):
+            raise TopologyError("timestamp_extractor must be None or a callable (record, partition_time_ms) -> int, "
+                                f"got {type(timestamp_extractor).__name__}")
+        source = SourceNode(topic, key_serde, value_serde, timestamp_extractor)
         sub = self._topology.add_source(source)
         return Stream(self._topology, sub, source, key_serde, value_serde)
 
@@ -169,11 +182,21 @@ class App:
         sinks = sorted({t for sub in self._topology.subtopologies for t in sub.sink_topics})
         if sinks:
             admin.require_topics(sinks, "sink")
-        specs = [ChangelogSpec(self.config.changelog_topic(name), sources[sub.source.topic])
-                 for sub in self._topology.subtopologies for name in sub.stores]
+        specs = [self._changelog_spec(spec, sources[sub.source.topic])
+                 for sub in self._topology.subtopologies for spec in sub.stores.values()]
         admin.ensure_changelogs(specs)
         if dlq is not None:
             admin.ensure_dead_letter_topic(dlq, max(sources.values()))
+
+    def _changelog_spec(self, spec: StoreSpec, partitions: int) -> ChangelogSpec:
+        """A windowed store's changelog is compacted and deleted by time (Kafka Streams' windowed changelogs):
+        ``retention.ms`` = the store's retention + ``windowstore_changelog_additional_retention_ms``."""
+        topic = self.config.changelog_topic(spec.name)
+        if not spec.windowed:
+            return ChangelogSpec(topic, partitions)
+        assert spec.retention_ms is not None
+        return ChangelogSpec(topic, partitions, "compact,delete",
+                             spec.retention_ms + self.config.windowstore_changelog_additional_retention_ms)
 
     def wait_until_running(self, timeout_s: float = 60) -> None:
         """Blocks until every assigned active task is RUNNING. Raises the app's error if it failed, and
@@ -270,15 +293,19 @@ class App:
             out.append(TaskInfo(task.id, [task.input], TaskState.RUNNING, stores, standby=True, lag=lags.get(task.id)))
         return sorted(out, key=lambda t: (t.standby, t.id))
 
-    def store(self, name: str) -> ReadOnlyStore:
-        """A read-only view of store ``name`` over this instance's RUNNING tasks."""
-        if name not in self._topology.store_specs():
-            raise KeyError(f"no store named {name!r}; stores: {sorted(self._topology.store_specs())}")
+    def store(self, name: str) -> ReadOnlyStore | ReadOnlyWindowStore:
+        """A read-only view of store ``name`` over this instance's RUNNING tasks: ``get`` / ``all`` for a
+        key-value store, ``fetch`` / ``fetch_all`` for a windowed one."""
+        specs = self._topology.store_specs()
+        if name not in specs:
+            raise KeyError(f"no store named {name!r}; stores: {sorted(specs)}")
         tm = self._thread.task_manager if self._thread else None
-        views = []
+        views: list[Any] = []
         if tm is not None:
             views = [t.stores[name].view for t in list(tm.tasks.values())
                      if t.state is TaskState.RUNNING and name in t.stores]
+        if specs[name].windowed:
+            return ReadOnlyWindowStore(name, views)
         return ReadOnlyStore(name, views)
 
     def metrics(self) -> dict:

@@ -101,6 +101,10 @@ class Config:
     # How often each active task's stores are snapshotted, and how many manifests are kept per store partition.
     snapshot_interval_ms: int = 300_000
     snapshot_retain: int = 3
+    # Windowed stores' changelogs keep records this long past the store's retention (their retention.ms is the
+    # sum), so clock drift between hotstate and the broker does not delete records still live (Kafka Streams'
+    # windowstore.changelog.additional.retention.ms).
+    windowstore_changelog_additional_retention_ms: int = 86_400_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id) or self.app_id.startswith("."):
@@ -134,7 +138,8 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")
-        for name in ("num_standby_replicas", "acceptable_recovery_lag"):
+        for name in ("num_standby_replicas", "acceptable_recovery_lag",
+                     "windowstore_changelog_additional_retention_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be an integer >= 0")

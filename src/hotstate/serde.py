@@ -2,7 +2,8 @@
 
 Built-ins: ``STRING`` (UTF-8), ``BYTES`` (as is), ``INT64`` (8-byte big-endian signed, like Kafka's
 ``LongSerializer``), ``JSON``. A user-defined serde subclasses :class:`Serde` or is built with
-:func:`of`. ``None`` always maps to ``None`` (a tombstone), whatever the serde.
+:func:`of`. :func:`time_windowed` wraps a key serde for :class:`hotstate.Windowed` keys in Kafka Streams'
+time-windowed format. ``None`` always maps to ``None`` (a tombstone), whatever the serde.
 """
 from __future__ import annotations
 
@@ -89,6 +90,39 @@ class _FnSerde(Serde):
 def of(serialize: Callable[[Any], bytes], deserialize: Callable[[bytes], Any], name: str = "custom") -> Serde:
     """A serde from two functions."""
     return _FnSerde(serialize, deserialize, name)
+
+
+class _TimeWindowed(Serde):
+    def __init__(self, inner: Serde, window_size_ms: int):
+        self.inner, self.window_size_ms = inner, window_size_ms
+        self.name = f"time_windowed({inner!r}, {window_size_ms})"
+
+    def serialize(self, value: Any) -> bytes:
+        from .windows import Windowed
+        if not isinstance(value, Windowed):
+            raise TypeError(f"a time-windowed serde expects a hotstate.Windowed, got {type(value).__name__}")
+        return self.inner.serialize(value.key) + _INT64.pack(value.start_ms)
+
+    def deserialize(self, data: bytes) -> Any:
+        from .windows import Windowed
+        if len(data) < 8:
+            raise ValueError(f"a time-windowed key has at least 8 bytes (the window start), got {len(data)}")
+        start = _INT64.unpack_from(data, len(data) - 8)[0]
+        return Windowed(self.inner.deserialize(data[:-8]), start, start + self.window_size_ms)
+
+    def __repr__(self) -> str:
+        return f"serde.{self.name}"
+
+
+def time_windowed(inner: Serde, window_size_ms: int) -> Serde:
+    """Keys of windowed results (:class:`hotstate.Windowed`) as Kafka Streams' ``TimeWindowedSerializer`` writes
+    them: the inner serde's bytes followed by the window start, 8 bytes big-endian. The bytes hold no window
+    end: reading takes it as ``start + window_size_ms`` (``TimeWindowedDeserializer``)."""
+    if not isinstance(inner, Serde):
+        raise TypeError(f"time_windowed needs a hotstate serde for the key, got {type(inner).__name__}")
+    if not isinstance(window_size_ms, int) or isinstance(window_size_ms, bool) or window_size_ms <= 0:
+        raise ValueError(f"window_size_ms={window_size_ms!r} is invalid: it must be a positive integer")
+    return _TimeWindowed(inner, window_size_ms)
 
 
 STRING: Serde = _String()

@@ -1,9 +1,15 @@
 """Fixtures for the unit tests (no broker)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:  # helpers shared with the integration tests (window_reference.py)
+    sys.path.insert(0, _TESTS)
 
 import hotstate
 from hotstate.state.memory_store import MemoryBackend

@@ -85,7 +85,8 @@ def test_an_abortable_failure_replaces_the_producer_and_asks_for_a_rewind():
     c.begin()
     from hotstate.records import TopicPartition
     task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True})()
+                          "committed_offset": 1, "needs_commit": lambda self: True,
+                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
     with pytest.raises(TransactionAborted):
         c.commit([task])
     # A new producer's init_transactions aborts the transaction on the coordinator (see commit.py).
@@ -132,7 +133,8 @@ def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_
                              Metrics(), 1.0, producer_factory=lambda: FakeTxnProducer(log, fail_at="send_offsets",
                                                                                        error=stale))
     task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True})()
+                          "committed_offset": 1, "needs_commit": lambda self: True,
+                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
     for _ in range(ExactlyOnceCommitter.RECREATE_MAX + 3):
         c.begin()
         with pytest.raises(TransactionAborted):
@@ -144,7 +146,8 @@ def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_
 def _task():
     from hotstate.records import TopicPartition
     return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True})()
+                          "committed_offset": 1, "needs_commit": lambda self: True,
+                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
 
 
 @pytest.mark.parametrize("error", [KafkaError(KafkaError._TIMED_OUT, "no answer", retriable=True),
@@ -218,7 +221,8 @@ def hanging_committer(log, hang_at, monkeypatch):
 def one_task():
     from hotstate.records import TopicPartition
     return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True})()
+                          "committed_offset": 1, "needs_commit": lambda self: True,
+                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
 
 
 def commit_in_thread(c, task, within_s):

@@ -225,6 +225,14 @@ def test_high_availability_defaults_are_kafka_streams_defaults():
     assert make(num_standby_replicas=2, acceptable_recovery_lag=0).num_standby_replicas == 2
 
 
+def test_windowstore_changelog_additional_retention_is_kafka_streams_default_and_validated():
+    assert make().windowstore_changelog_additional_retention_ms == 86_400_000
+    assert make(windowstore_changelog_additional_retention_ms=0).windowstore_changelog_additional_retention_ms == 0
+    for bad in (-1, "1000", 1.5):
+        with pytest.raises(ConfigError, match="windowstore_changelog_additional_retention_ms"):
+            make(windowstore_changelog_additional_retention_ms=bad)
+
+
 def test_exactly_once_commit_interval_must_be_below_the_transaction_timeout():
     """A transaction stays open for a commit interval; the broker aborts one older than transaction_timeout_ms,
     so every commit of a longer interval would fail."""

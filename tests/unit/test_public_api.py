@@ -8,7 +8,7 @@ EXPECTED = [
     "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Record",
     "RecordTooLargeError", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreClosedError",
     "StoreCorruptedError", "StoreInfo", "StoreIOError", "SuspendReason",
-    "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "serde",
+    "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "Windowed", "serde", "windows",
 ]
 
 

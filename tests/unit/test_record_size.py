@@ -115,6 +115,8 @@ class RefusingProducer(FakeTxnProducer):
 
 
 class FakeStore:
+    windowed = False  # a key-value store: its changelog records take the producer's time
+
     def __init__(self, entries):
         self.changelog = TopicPartition(CHANGELOG, 1)
         self.overlay = type("O", (), {"entries": lambda _self: entries})()

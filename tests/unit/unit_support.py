@@ -12,15 +12,21 @@ from hotstate.runtime.task import ProcessorContext, Task, TaskState, TaskStore
 from hotstate.state.memory_store import MemoryBackend
 from hotstate.state.overlay import Overlay
 from hotstate.state.store import KeyValueStore, StoreSpec
+from hotstate.state.window_memory import WindowMemoryBackend
+from hotstate.state.window_store import WindowStore
 
 
 def memory_task_store(spec: StoreSpec, changelog: TopicPartition) -> TaskStore:
-    """A TaskStore built the way TaskManager._open_store builds one, on a MemoryBackend."""
+    """A TaskStore built the way TaskManager._open_store builds one, on a MemoryBackend (a WindowMemoryBackend
+    for a windowed store)."""
     def reopen() -> MemoryBackend:
+        if spec.windowed:
+            return WindowMemoryBackend(spec.name, spec.retention_ms)
         return MemoryBackend(spec.name)
     backend = reopen()
     overlay = Overlay(backend)
-    return TaskStore(spec, changelog, backend, overlay, KeyValueStore(spec, overlay), reopen)
+    view = WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)
+    return TaskStore(spec, changelog, backend, overlay, view, reopen)
 
 
 def memory_task(app: hotstate.App, topic: str, partition: int = 0) -> Task:
@@ -56,11 +62,12 @@ class Harness:
         ctx.bind(task)
         ctx.topic, ctx.partition, ctx.offset = task.input.topic, task.input.partition, self._offset
         ctx.timestamp, ctx.headers = timestamp, headers
+        task.start_record(ctx, key, value)
         task.sub.source.process(key, value, ctx)
         task.next_offset = self._offset + 1
         self._offset += 1
 
-    def store(self, name: str) -> KeyValueStore:
+    def store(self, name: str) -> Any:
         return self.task.stores[name].view
 
     def commit(self) -> dict[str, list]:
@@ -74,6 +81,7 @@ class Harness:
                 s.backend.write(entries, nxt)
                 self._changelog_offsets[name] = nxt
                 s.overlay.clear()
+        self.task.mark_committed()
         return out
 
 

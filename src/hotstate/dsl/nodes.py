@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable
 from .. import serde as _serde
 from ..records import Record
 from ..serde import Serde
+from ..windows import Windowed
 
 
 class Node:
@@ -23,11 +24,25 @@ class Node:
 
 
 class SourceNode(Node):
-    __slots__ = ("topic", "key_serde", "value_serde")
+    """``timestamp_extractor(record, partition_time_ms) -> int``: the record's event time (None: its Kafka
+    timestamp); ``partition_time_ms`` is the task's stream time so far (-1 before the first record)."""
 
-    def __init__(self, topic: str, key_serde: Serde, value_serde: Serde):
+    __slots__ = ("topic", "key_serde", "value_serde", "timestamp_extractor")
+
+    def __init__(self, topic: str, key_serde: Serde, value_serde: Serde,
+                 timestamp_extractor: Callable[[Record, int], int] | None = None):
         super().__init__()
         self.topic, self.key_serde, self.value_serde = topic, key_serde, value_serde
+        self.timestamp_extractor = timestamp_extractor
+
+    def extract_timestamp(self, record: Record, partition_time_ms: int) -> int:
+        """The extractor's answer, checked: an int >= 0, or ValueError (the record then goes to the
+        processing exception handler, as a failure of user code)."""
+        ts = self.timestamp_extractor(record, partition_time_ms)  # type: ignore[misc]
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+            raise ValueError(f"timestamp_extractor returned {ts!r} for {record!r}: an event time is an int >= 0 "
+                             "(milliseconds since the epoch)")
+        return ts
 
     def process(self, key: Any, value: Any, ctx: Any) -> None:
         self.forward(key, value, ctx)
@@ -127,6 +142,52 @@ class AggregateNode(Node):
         new = self.update(key, value, store.get(key))
         store.put(key, new)
         self.forward(key, new, ctx)
+
+
+class WindowAggregateNode(Node):
+    """Windowed count / aggregate / reduce (Kafka Streams' KStreamWindowAggregate): for each window containing
+    the record's timestamp, ``agg = update(key, value, old_agg_or_None)``, stored with the window's event time
+    (the larger of the record's and the window's previous one), forwarded as ``Windowed(key, start, end)``
+    with that event time as the output record's timestamp.
+
+    A window is closed once ``end + grace <= stream time`` (the task's, this record included): the record is
+    dropped for that window and counted in ``dropped_late_records_total`` once per window dropped, as Kafka
+    Streams' dropped-records sensor counts. A negative timestamp is an error (ValueError: the processing
+    exception handler decides)."""
+
+    __slots__ = ("store_name", "windows", "update")
+
+    def __init__(self, store_name: str, windows: Any, update: Callable[[Any, Any, Any], Any]):
+        super().__init__()
+        self.store_name, self.windows, self.update = store_name, windows, update
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        if key is None:
+            ctx.metrics.dropped_null_key += 1
+            return
+        ts = ctx.timestamp
+        if ts is None or ts < 0:
+            raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
+                             "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
+        windows = self.windows
+        close_ms = ctx.stream_time - windows.grace_ms
+        store = ctx.store(self.store_name)
+        for start in windows.window_starts(ts):
+            end = start + windows.size_ms
+            if end <= close_ms:
+                ctx.metrics.record_late_drop(ctx.task_id)
+                continue
+            old = store.get_with_timestamp(key, start)
+            if old is None:
+                new, new_ts = self.update(key, value, None), ts
+            else:
+                new, new_ts = self.update(key, value, old[0]), max(ts, old[1])
+            store.put(key, start, new, new_ts)
+            ctx.timestamp = new_ts
+            try:
+                self.forward(Windowed(key, start, end), new, ctx)
+            finally:
+                ctx.timestamp = ts
 
 
 class SinkNode(Node):

@@ -1,7 +1,7 @@
 """Stream, GroupedStream and Table builders (Kafka Streams' KStream / KGroupedStream / KTable)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import serde as _serde
 from ..errors import TopologyError
@@ -11,6 +11,9 @@ from ..state.store import ROCKSDB, StoreSpec
 from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PeekNode,
                     ProcessNode, SinkNode)
 from .topology import SubTopology, Topology
+
+if TYPE_CHECKING:
+    from .windowed import TimeWindowedStream
 
 
 def check_serde(serde: object, what: str) -> None:
@@ -132,6 +135,12 @@ class GroupedStream:
         if vs is None:
             raise TopologyError("reduce() needs a known value serde: reduce before changing the value type")
         return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
+
+
+    def windowed_by(self, windows: Any) -> "TimeWindowedStream":
+        """Aggregates per time window: ``windows`` from :mod:`hotstate.windows` (``tumbling``, ``hopping``)."""
+        from .windowed import TimeWindowedStream
+        return TimeWindowedStream(self._stream, windows)
 
 
 class Table:

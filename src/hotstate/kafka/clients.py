@@ -76,6 +76,24 @@ def restore_consumer(config: Config) -> Consumer:
     return Consumer(conf)
 
 
+def tail_consumer(config: Config) -> Consumer:
+    """Reads the last few committed records of a windowed changelog for their timestamps (the retention-aware
+    restore, runtime/live_restore.py): ``read_committed``, small fetches, assigned by hand."""
+    return Consumer({
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": f"{config.app_id}-restore-unused",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "fetch.wait.max.ms": 50,
+        "max.partition.fetch.bytes": 1024 * 1024,
+        "client.id": f"{config.app_id}-changelog-tail",
+        "logger": LIBRDKAFKA_LOG,
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+        **config.restore_consumer_config,
+    })
+
+
 def end_offsets_consumer(config: Config) -> Consumer:
     """Asks only for changelog end offsets (high watermarks). ``read_uncommitted`` on purpose: a
     ``read_committed`` consumer is told the last stable offset, which an open transaction (a zombie's)

@@ -2,7 +2,8 @@
 is set. Every scrape reads a fresh snapshot; nothing is kept twice.
 
 Names: ``hotstate_`` + the snapshot's name; per store partition the labels ``task``, ``store`` and
-``changelog``. Every series carries ``app_id``.
+``changelog``; per task (``hotstate_task_dropped_late_records_total``) the label ``task``. Every series
+carries ``app_id``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ _INSTANCE = [
     ("dead_letter_records_total", "counter", "Records produced to dead_letter_topic"),
     ("commit_total", "counter", "Commits"),
     ("restore_records_total", "counter", "Changelog records restored into local stores"),
+    ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows a restore seeked past"),
     ("active_restoring_tasks", "gauge", "Active tasks restoring their stores"),
     ("standby_updating_tasks", "gauge", "Standby tasks updating their stores"),
     ("restore_records_rate", "gauge", "Changelog records restored per second (last 10 s)"),
@@ -43,6 +45,7 @@ _SNAPSHOT = [
 ]
 _STORE = [
     ("restore_records_total", "counter", "Changelog records restored into this store partition"),
+    ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows this restore seeked past"),
     ("restore_remaining_records", "gauge", "Changelog offsets left to restore"),
     ("restore_records_rate", "gauge", "Records restored per second into this store partition (last 10 s)"),
     ("restore_eta_s", "gauge", "Seconds until this store partition is restored, at the current rate"),
@@ -61,6 +64,12 @@ class _SnapshotCollector(Collector):
             family = _family(kind, f"hotstate_{key}", doc, ["app_id"])
             family.add_metric([self._app_id], float(snap.get(key) or 0))
             yield family
+        late = CounterMetricFamily("hotstate_task_dropped_late_records",
+                                   "Records a windowed aggregation dropped for a closed window (per window)",
+                                   labels=["app_id", "task"])
+        for task, n in sorted(snap.get("dropped_late_records_total", {}).items()):
+            late.add_metric([self._app_id, task], float(n))
+        yield late
         restores = snap.get("restores", {})
         for key, kind, doc in _STORE:
             family = _family(kind, f"hotstate_store_{_PROM_NAMES.get(key, key)}", doc, ["app_id", "task", "store", "changelog"])

@@ -73,6 +73,7 @@ from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .changelog_partition import CONSUME_WAIT_S, ChangelogPartition, ChangelogState, Mode, ReaderTask
+from .live_restore import TAIL_OFFSETS, live_start, newest_committed_timestamp
 from .standby_reading import StandbyReading
 from .task import Task, TaskStore
 
@@ -119,13 +120,18 @@ class ChangelogReader(StandbyReading):
     def __init__(self, config: Config, metrics: Metrics, listener: _SafeListener, standby_listener: _SafeListener,
                  on_restored: Callable[[Task], None], on_failed: Callable[[Task, BaseException], None],
                  ends_consumer_factory: Callable[[], Consumer] | None = None,
-                 snapshot_source: SnapshotSource | None = None, staging_dir: str | None = None):
+                 snapshot_source: SnapshotSource | None = None, staging_dir: str | None = None,
+                 tail_consumer_factory: Callable[[], Consumer] | None = None):
         """``on_restored(task)`` / ``on_failed(task, error)``: an active task is done / failed (the updater's
         outbox). ``ends_consumer_factory``: a ``read_uncommitted`` consumer for changelog high watermarks
         (``clients.end_offsets_consumer``); without it the restore consumer is asked. ``staging_dir``: where
         snapshot downloads go (the system's temp dir by default; a directory on the state dir's filesystem
-        makes adopting them a rename)."""
+        makes adopting them a rename). ``tail_consumer_factory``: a ``read_committed`` consumer that reads the
+        last records of windowed changelogs for the retention-aware restore (live_restore.py); without it
+        windowed stores restore from their stored offset like key-value stores."""
         self._config = config
+        self._tail_consumer_factory = tail_consumer_factory
+        self._tail_consumer: Consumer | None = None
         self._metrics = metrics
         self._listener = listener
         self._standby_listener = standby_listener
@@ -313,19 +319,48 @@ class ChangelogReader(StandbyReading):
         start = self._download(p, r)
         store.restored_records = 0
         p.end_offset = r.end
+        live = self._live_start(p, start, r)
+        skipped = live - start
+        if skipped and live >= r.end:  # every record is expired: the store is current once it knows it
+            store.backend.write([], r.end)
+        start = live
         if start >= r.end:
             log.info("task %s: store %s is current at changelog offset %d of %s (nothing to restore)",
                      task.id, store.spec.name, start, store.changelog)
             self._settle(p, ChangelogState.COMPLETED)
             return None
         p.metrics = StoreRestoreMetrics(restore_remaining_records=r.end - start, started_at_s=time.monotonic(),
-                                        changelog=str(store.changelog))
+                                        changelog=str(store.changelog), restore_skipped_records_total=skipped)
         self._metrics.restores[f"{task.id}/{store.spec.name}"] = p.metrics
         p.transition(ChangelogState.RESTORING)
         log.info("task %s: restoring store %s from %s offsets [%d, %d)", task.id, store.spec.name,
                  store.changelog, start, r.end)
         self._listener.on_restore_start(store.changelog, store.spec.name, start, r.end)
         return KTopicPartition(store.changelog.topic, store.changelog.partition, start)
+
+    def _live_start(self, p: ChangelogPartition, start: int, r: _Range) -> int:
+        """The retention-aware restore (live_restore.py): where reading a windowed store's changelog starts,
+        active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
+        ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""
+        store = p.store
+        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= TAIL_OFFSETS:
+            return start  # a short tail (a clean restart's) is read, not looked up: the lookup costs more
+        tp = store.changelog
+        timeout_s = self._config.broker_timeout_ms / 1000
+        try:
+            if self._tail_consumer is None:
+                self._tail_consumer = self._tail_consumer_factory()
+            newest = newest_committed_timestamp(self._tail_consumer, tp.topic, tp.partition, r.low, r.end)
+            live = live_start(store, start, r.end, newest, self._end_offsets(), timeout_s)
+        except Exception as exc:
+            log.warning("task %s store %s: finding the first live record of %s failed (%r); reading from %d",
+                        p.task.id, store.spec.name, tp, exc, start)
+            return start
+        if live > start:
+            self._metrics.restore_skipped_records_total += live - start
+            log.info("task %s (%s): store %s skips changelog offsets [%d, %d) of %s: their windows are expired",
+                     p.task.id, p.mode.value, store.spec.name, start, live, tp)
+        return live
 
     def _fail_active(self, task: Task, exc: BaseException) -> None:
         """Stop restoring the task and report it failed (the processing thread raises its error)."""
@@ -514,6 +549,8 @@ class ChangelogReader(StandbyReading):
             consumer.close()
         if self._ends_consumer is not None and self._ends_consumer is not consumer:
             self._ends_consumer.close()
+        if self._tail_consumer is not None:
+            self._tail_consumer.close()
 
 
 def _safe_end_restore(store: TaskStore) -> None:

@@ -67,6 +67,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, Rejected, is_too_large, record_size
 from ..observe.metrics import Metrics
+from ..state.window_store import value_timestamp
 from .task import Task, TaskStore
 
 log = logging.getLogger(__name__)
@@ -212,13 +213,20 @@ class Committer:
         return {t.id: [(s, s.overlay.entries()) for s in t.stores.values()] for t in tasks}
 
     def send_changelogs(self, tasks: list[Task], pending: Pending) -> None:
+        """A windowed store's records carry their update's event time (the value's 8-byte prefix) as their
+        Kafka timestamp, which the broker's time-based retention and a time-based restore seek go by; other
+        stores' records take the producer's time."""
         producer = self.producer
         for task in tasks:
             for store, entries in pending[task.id]:
                 topic, partition = store.changelog
+                windowed = store.windowed
                 for key, value in entries:
                     try:
-                        produce(producer, topic, value, key, partition=partition)
+                        if windowed and value is not None:
+                            produce(producer, topic, value, key, partition=partition, timestamp=value_timestamp(value))
+                        else:
+                            produce(producer, topic, value, key, partition=partition)
                     except KafkaException as exc:
                         if is_too_large(exc):
                             raise self._tracker.limits.producer_error(topic, partition, key, value) from exc
@@ -250,7 +258,7 @@ class Committer:
     @staticmethod
     def mark_committed(tasks: list[Task]) -> None:
         for task in tasks:
-            task.committed_offset = task.next_offset
+            task.mark_committed()
 
     # ---- protocol ----
     def begin(self) -> None:

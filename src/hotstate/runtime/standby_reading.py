@@ -48,7 +48,7 @@ class StandbyReading:
     """The standby methods of ``ChangelogReader``. They run on the state updater's thread except
     ``standby_lags``, ``standby_offsets`` and ``standby_task_ids`` (any thread). The reader provides the
     consumer, the partitions and the shared steps (``_of``, ``_register``, ``_settle``, ``_plan_range``,
-    ``_download``, ``_actives_restoring``); this class owns the standby tasks and their timers."""
+    ``_download``, ``_live_start``, ``_actives_restoring``); this class owns the standby tasks and their timers."""
 
     # Standby tuning (see the module docstring); class attributes so tests can shorten them.
     STANDBY_FLUSH_INTERVAL_S = 10.0  # a changed standby store is flushed at most this long after its last flush
@@ -127,6 +127,12 @@ class StandbyReading:
         """REGISTERED (-> DOWNLOADING) -> UPDATING."""
         r = self._plan_range(p.task, p.store)
         start = self._download(p, r)
+        live = self._live_start(p, start, r)
+        if live > start:  # expired records passed over (windowed stores): the store's offset moves past them
+            backend = p.store.backend
+            backend.write_restore_batch(backend.restore_batch(), live)
+            p.dirty = True
+            start = live
         p.offset, p.end_offset, p.flushed_at = start, r.end, now
         p.transition(ChangelogState.UPDATING)
         return KTopicPartition(p.tp.topic, p.tp.partition, start)

@@ -94,7 +94,8 @@ class StreamThread(threading.Thread):
         updater = StateUpdater(cfg, lambda: clients.restore_consumer(cfg), self._listener, self._metrics,
                                standby_listener=self._standby_listener,
                                ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg),
-                               snapshot_source=snapshot_source, snapshot_staging_dir=staging_dir)
+                               snapshot_source=snapshot_source, snapshot_staging_dir=staging_dir,
+                               tail_consumer_factory=lambda: clients.tail_consumer(cfg))
         committer: Committer
         # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:

@@ -23,6 +23,7 @@ from ..records import Record, TopicPartition
 from ..state.backend import StoreBackend
 from ..state.overlay import Overlay
 from ..state.store import KeyValueStore, StoreSpec
+from ..state.window_store import WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,13 @@ class TaskStore:
     changelog: TopicPartition
     backend: StoreBackend
     overlay: Overlay
-    view: KeyValueStore
+    view: KeyValueStore | WindowStore
     reopen: Callable[[], StoreBackend]  # a fresh, empty backend after a wipe
     restored_records: int = 0  # by the last restore of this task
+
+    @property
+    def windowed(self) -> bool:
+        return isinstance(self.view, WindowStore)
 
 
 class Task:
@@ -70,6 +75,34 @@ class Task:
         self.state = TaskState.CREATED
         self.next_offset: int | None = None  # input offset to commit: last processed + 1
         self.committed_offset: int | None = None
+        # Stream time (Kafka Streams' task stream time): the largest record timestamp this task has processed,
+        # -1 before the first. A task that starts RUNNING resumes it from its windowed stores (``resume_stream_time``).
+        self.stream_time = -1
+        self.committed_stream_time = -1  # as of the last commit: what a rewind goes back to
+
+    def resume_stream_time(self) -> None:
+        """Stream time survives a restart through the windowed stores, which keep the largest event time they
+        were written with their changelog offset (a restore recomputes it from the changelog)."""
+        for s in self.stores.values():
+            if s.windowed:
+                st = s.backend.stream_time()  # type: ignore[attr-defined]
+                if st is not None and st > self.stream_time:
+                    self.stream_time = st
+        self.committed_stream_time = self.stream_time
+
+    def start_record(self, ctx: "ProcessorContext", key: Any, value: Any) -> None:
+        """Before the source processes a record (``ctx`` bound to this task, ``ctx.timestamp`` the record's Kafka
+        timestamp): the source's timestamp extractor, if any, gives the event time, and stream time moves on to
+        it if it is larger."""
+        source = self.sub.source
+        if source.timestamp_extractor is not None:
+            ctx.timestamp = source.extract_timestamp(ctx.record(key, value), self.stream_time)
+        if ctx.timestamp > self.stream_time:
+            self.stream_time = ctx.timestamp
+
+    def mark_committed(self) -> None:
+        self.committed_offset = self.next_offset
+        self.committed_stream_time = self.stream_time
 
     def transition(self, to: TaskState) -> None:
         if to not in _TRANSITIONS[self.state]:
@@ -84,8 +117,13 @@ class Task:
         return sum(s.overlay.bytes for s in self.stores.values())
 
     def drop_uncommitted(self) -> None:
+        """Drops the writes since the last commit; stream time goes back with them (the records are processed
+        again, and must meet the stream time they met the first time)."""
         for s in self.stores.values():
             s.overlay.clear()
+            if isinstance(s.view, WindowStore):
+                s.view.uncommitted_dropped()
+        self.stream_time = self.committed_stream_time
 
     def needs_commit(self) -> bool:
         return self.next_offset is not None and self.next_offset != self.committed_offset
@@ -132,7 +170,12 @@ class ProcessorContext:
         self._task = task
         self._stores = task.stores
 
-    def store(self, name: str) -> KeyValueStore:
+    @property
+    def stream_time(self) -> int:
+        """The current task's stream time (the largest record timestamp it has processed, this record's included)."""
+        return self._task.stream_time if self._task else -1
+
+    def store(self, name: str) -> KeyValueStore | WindowStore:
         try:
             return self._stores[name].view
         except KeyError:

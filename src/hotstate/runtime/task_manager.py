@@ -26,6 +26,7 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
+from ..state.window_store import WindowStore
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
 from .snapshots import TaskSnapshots
@@ -46,8 +47,9 @@ class TaskManager:
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
-        ``open_backend(store_name, path)``: opens every persistent store (default: the factory registered for
-        the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
+        ``open_backend(store_name, path)``: opens every persistent key-value store (default: the factory registered
+        for the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
+        Windowed stores always open through their kind's factory (it needs their retention).
         ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py)."""
         self._config = config
         self._topology = topology
@@ -257,21 +259,21 @@ class TaskManager:
         kind = backend_kind(spec.kind)
         if not kind.persistent:
             def reopen() -> Any:
-                return kind.open(spec.name, None, None)
+                return kind.open(spec.name, None, None, **spec.backend_options())
             if kept is not None:
                 log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
                          kept.changelog_offset())
                 overlay = Overlay(kept)
-                return TaskStore(spec, changelog, kept, overlay, KeyValueStore(spec, overlay), reopen)
+                return TaskStore(spec, changelog, kept, overlay, _view(spec, overlay), reopen)
         else:
             path = self._state_dir.store_path(tid, spec.name)
             report = self._corruption_reports.put
             open_backend = self._open_backend
 
             def reopen() -> Any:
-                if open_backend is not None:
+                if open_backend is not None and not spec.windowed:
                     return open_backend(spec.name, path)
-                return kind.open(spec.name, path, lambda msg: report(tid))
+                return kind.open(spec.name, path, lambda msg: report(tid), **spec.backend_options())
         try:
             backend = reopen()
         except StoreCorruptedError as exc:
@@ -279,7 +281,7 @@ class TaskManager:
             wipe_path(self._state_dir.store_path(tid, spec.name))
             backend = reopen()
         overlay = Overlay(backend)
-        return TaskStore(spec, changelog, backend, overlay, KeyValueStore(spec, overlay), reopen)
+        return TaskStore(spec, changelog, backend, overlay, _view(spec, overlay), reopen)
 
     # ---- the loop's steps ----
     def handle_restored(self) -> None:
@@ -294,6 +296,7 @@ class TaskManager:
             if self.tasks.get(task.id) is not task:
                 continue  # revoked meanwhile
             task.transition(TaskState.RUNNING)
+            task.resume_stream_time()
             resume.append(KTopicPartition(task.input.topic, task.input.partition))
             log.info("task %s: RUNNING (restored %s)", task.id,
                      {n: s.restored_records for n, s in task.stores.items()})
@@ -354,6 +357,7 @@ class TaskManager:
             ctx.timestamp = msg.timestamp()[1]
             ctx.headers = msg.headers()
             try:
+                task.start_record(ctx, key, value)
                 source.process(key, value, ctx)
             except (ProducerFenced, RecordTooLargeError):
                 raise
@@ -542,3 +546,6 @@ class TaskManager:
         if error is not None:
             raise error
 
+
+def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | WindowStore:
+    return WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)

@@ -11,7 +11,8 @@ store files (a downloaded snapshot) and dropping all state. Every backend implem
 whose only bulk path is ``restore(entries, offset)`` gets the bulk-write half from ``SimpleRestoreTarget``.
 
 The registry (``register_backend`` / ``backend_kind``) maps ``StoreSpec.kind`` to a factory; "rocksdb" and
-"memory" are built in, and windowed or table stores plug in the same way.
+"memory" are built in, and so are the windowed kinds "window-rocksdb" and "window-memory"
+(``WindowBackend``: the same contract, plus a retention and a stream time; state/window_store.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ Entry = tuple[bytes, "bytes | None"]
 
 ROCKSDB = "rocksdb"
 MEMORY = "memory"
+WINDOW_ROCKSDB = "window-rocksdb"
+WINDOW_MEMORY = "window-memory"
 
 
 class RestoreBatch(Protocol):
@@ -138,6 +141,27 @@ class StoreBackend(RestoreTarget, Protocol):
         ...
 
 
+class WindowBackend(StoreBackend, Protocol):
+    """A windowed store's backend (state/window_store.py has the key and value bytes). Everything of
+    ``StoreBackend`` holds, with these additions:
+
+    - Stream time: the largest event time (the 8-byte prefix of a value) it was ever written, by ``write`` or
+      by a restore batch; kept with the changelog offset, in the same atomic write (None: nothing written).
+    - Expiry: a window whose start is at or below ``stream_time() - retention_ms`` is expired. A write or a
+      restore batch never adds an expired window, and the backend purges expired windows after each write
+      (local only: the changelog's own retention deletes its records).
+    """
+
+    retention_ms: int
+
+    def stream_time(self) -> int | None: ...
+
+    def windows_between(self, from_ms: int, to_ms: int) -> Iterator[tuple[bytes, bytes]]:
+        """(store key, store value) of every window whose start is in [from_ms, to_ms] (expired ones not yet
+        purged included), ordered by (start, key bytes); reads only those windows. StoreClosedError once closed."""
+        ...
+
+
 class ListRestoreBatch:
     """A restore batch for backends without a native one: collects entries for ``restore``."""
 
@@ -190,9 +214,9 @@ def check_offset_forward(store: str, current: int | None, new: int) -> None:
 
 # ---- the registry: StoreSpec.kind -> backend ----
 
-# (store name, path of its directory, on_corruption(message)) -> an open backend. A kind that is not
-# persistent gets no path (None) and never reports corruption.
-BackendFactory = Callable[[str, "str | None", "Callable[[str], None] | None"], StoreBackend]
+# (store name, path of its directory, on_corruption(message), **options) -> an open backend. A kind that is not
+# persistent gets no path (None) and never reports corruption. Options: ``retention_ms=`` for windowed kinds.
+BackendFactory = Callable[..., StoreBackend]
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,7 @@ class BackendKind:
     kind: str
     persistent: bool
     open: BackendFactory
+    windowed: bool = False  # its backends are WindowBackends; opened with retention_ms=
 
 
 _KINDS: dict[str, BackendKind] = {}
@@ -235,5 +260,20 @@ def _open_memory(name: str, path: str | None, on_corruption: Callable[[str], Non
     return MemoryBackend(name)
 
 
+def _open_window_rocksdb(name: str, path: str | None, on_corruption: Callable[[str], None] | None,
+                         retention_ms: int) -> StoreBackend:
+    from .window_rocksdb import WindowRocksDBBackend
+    assert path is not None
+    return WindowRocksDBBackend(name, path, retention_ms, on_corruption=on_corruption)
+
+
+def _open_window_memory(name: str, path: str | None, on_corruption: Callable[[str], None] | None,
+                        retention_ms: int) -> StoreBackend:
+    from .window_memory import WindowMemoryBackend
+    return WindowMemoryBackend(name, retention_ms)
+
+
 register_backend(BackendKind(ROCKSDB, persistent=True, open=_open_rocksdb))
 register_backend(BackendKind(MEMORY, persistent=False, open=_open_memory))
+register_backend(BackendKind(WINDOW_ROCKSDB, persistent=True, open=_open_window_rocksdb, windowed=True))
+register_backend(BackendKind(WINDOW_MEMORY, persistent=False, open=_open_window_memory, windowed=True))

@@ -35,6 +35,9 @@ META_CF = "hotstate_meta"
 _OFFSET_KEY = b"changelog_offset"
 _FORMAT_KEY = b"format"
 _FORMAT = b"1"
+# Every store format this module knows (a windowed store's: state/window_rocksdb.py). read_stored_offset reads
+# the offset of any of them; a store opens only its own.
+KNOWN_FORMATS = {_FORMAT, b"window-1"}
 
 # Restore mode's memtables: a store holds at most RESTORE_MEMTABLES_MAX x RESTORE_MEMTABLE_BYTES while it
 # restores (writes wait for a flush beyond that). Small memtables keep the flush threads busy during the
@@ -111,6 +114,9 @@ def _restore_options() -> Options:
 class RocksDBBackend:
     persistent = True
     supports_checkpoint = True
+    FORMAT = _FORMAT  # the `format` this kind of store writes into hotstate_meta (docs/formats.md)
+    # Column families besides `default`, each opened with raw-mode options.
+    COLUMN_FAMILIES: tuple[str, ...] = (META_CF,)
     # Restores of at least this many records use the bulk-load options (see begin_restore).
     BULK_RESTORE_RECORDS_MIN = 100_000
     # checkpoint: with more than this in the memtables, flush in the background first (see checkpoint).
@@ -136,7 +142,7 @@ class RocksDBBackend:
             raise StateDirError(f"store {name}: cannot create {path} ({exc.strerror}); make sure the state_dir "
                                 "is a directory this user can write, with nothing else in the way") from exc
         fmt, raw = self._open(_options())
-        if fmt not in (None, _FORMAT):
+        if fmt not in (None, self.FORMAT):
             self.close()
             raise StoreCorruptedError(f"store {name} at {path} has unknown format {fmt!r}")
         if raw is not None and len(raw) != OFFSET.size:
@@ -149,7 +155,8 @@ class RocksDBBackend:
     def _open(self, opts: Options) -> tuple[bytes | None, bytes | None]:
         """Opens the database; returns the stored format and raw offset."""
         try:
-            self._db = Rdict(self.path, opts, column_families={META_CF: Options(raw_mode=True)})
+            families = {cf: Options(raw_mode=True) for cf in self.COLUMN_FAMILIES}
+            self._db = Rdict(self.path, opts, column_families=families)
             self._meta_handle = self._db.get_column_family_handle(META_CF)
             self._meta = self._db.get_column_family(META_CF)
             return self._meta.get(_FORMAT_KEY), self._meta.get(_OFFSET_KEY)
@@ -239,7 +246,7 @@ class RocksDBBackend:
         check_offset_forward(self.name, self._offset, changelog_offset)
         batch.put(_OFFSET_KEY, OFFSET.pack(changelog_offset), self._meta_handle)
         if self._offset is None:
-            batch.put(_FORMAT_KEY, _FORMAT, self._meta_handle)
+            batch.put(_FORMAT_KEY, self.FORMAT, self._meta_handle)
 
     def write(self, entries: Iterable[Entry], changelog_offset: int) -> None:
         if self._restoring or self._bulk:
@@ -317,7 +324,7 @@ class RocksDBBackend:
                             "ended (found %r); writing it again", self.name, self._offset, raw)
                 batch = WriteBatch(raw_mode=True)
                 batch.put(_OFFSET_KEY, OFFSET.pack(self._offset), self._meta_handle)
-                batch.put(_FORMAT_KEY, _FORMAT, self._meta_handle)
+                batch.put(_FORMAT_KEY, self.FORMAT, self._meta_handle)
                 self._db.write(batch)
 
     def approximate_num_entries(self) -> int:
@@ -393,7 +400,7 @@ class RocksDBBackend:
         try:
             shutil.move(directory, self.path)
             fmt, raw = self._open(_options())
-            if fmt != _FORMAT or raw is None or len(raw) != OFFSET.size or OFFSET.unpack(raw)[0] != offset:
+            if fmt != self.FORMAT or raw is None or len(raw) != OFFSET.size or OFFSET.unpack(raw)[0] != offset:
                 raise StoreCorruptedError(f"store {self.name}: the files adopted from {directory} changed while "
                                           f"they were moved (format {fmt!r}, offset {raw!r}, checked {offset})")
         except BaseException:
@@ -477,7 +484,7 @@ def read_stored_offset(name: str, path: str, attempts: int = 3) -> int | None:
                 db.close()
     else:
         raise classify(last, name, path, "it cannot be opened (read-only)") from last
-    if fmt not in (None, _FORMAT):
+    if fmt is not None and fmt not in KNOWN_FORMATS:
         raise StoreCorruptedError(f"store {name} at {path} has unknown format {fmt!r}")
     if raw is None:
         return None

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from .. import serde as _serde
 from ..errors import StoreClosedError
 from ..serde import Serde
-from .backend import MEMORY, ROCKSDB, backend_kinds  # noqa: F401 (MEMORY: re-exported)
+from .backend import MEMORY, ROCKSDB, WINDOW_MEMORY, WINDOW_ROCKSDB, backend_kind, backend_kinds  # noqa: F401
 from .overlay import Overlay
 
 _STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -16,13 +16,15 @@ _STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """A key-value store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory", or another kind
-    registered with ``state.backend.register_backend``."""
+    """A store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory", or another kind registered
+    with ``state.backend.register_backend``. A windowed aggregation turns "rocksdb" / "memory" into the windowed
+    kinds "window-rocksdb" / "window-memory", which need ``retention_ms`` (the windows' retention)."""
 
     name: str
     key_serde: Serde = _serde.BYTES
     value_serde: Serde = _serde.JSON
     kind: str = ROCKSDB
+    retention_ms: int | None = None
 
     def __post_init__(self) -> None:
         from ..errors import ConfigError
@@ -38,6 +40,22 @@ class StoreSpec:
             if not isinstance(getattr(self, what), Serde):
                 raise ConfigError(f"store {self.name!r}: {what} must be a hotstate serde, "
                                   f"got {type(getattr(self, what)).__name__}")
+        if self.windowed:
+            r = self.retention_ms
+            if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+                raise ConfigError(f"store {self.name!r}: a windowed store (kind={self.kind!r}) needs retention_ms, "
+                                  f"a positive integer; got {r!r}")
+        elif self.retention_ms is not None:
+            raise ConfigError(f"store {self.name!r}: retention_ms is for windowed stores; kind={self.kind!r} is a "
+                              "key-value store")
+
+    @property
+    def windowed(self) -> bool:
+        return backend_kind(self.kind).windowed
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments of the kind's backend factory (``BackendKind.open``)."""
+        return {"retention_ms": self.retention_ms} if self.windowed else {}
 
 
 class KeyValueStore:

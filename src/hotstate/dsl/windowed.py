@@ -1,0 +1,90 @@
+"""Windowed aggregations: ``GroupedStream.windowed_by(windows)`` -> TimeWindowedStream -> WindowedTable
+(Kafka Streams' TimeWindowedKStream and the windowed KTable it builds)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import serde as _serde
+from ..errors import TopologyError
+from ..serde import Serde
+from ..state.backend import MEMORY, ROCKSDB, WINDOW_MEMORY, WINDOW_ROCKSDB
+from ..state.store import StoreSpec
+from ..windows import TimeWindows
+from .nodes import WindowAggregateNode
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+# What a store kind the user names becomes for a windowed aggregation.
+_WINDOWED_KIND = {ROCKSDB: WINDOW_ROCKSDB, MEMORY: WINDOW_MEMORY, WINDOW_ROCKSDB: WINDOW_ROCKSDB,
+                  WINDOW_MEMORY: WINDOW_MEMORY}
+
+
+def window_store_spec(store: str | StoreSpec, key_serde: Serde, value_serde: Serde, windows: TimeWindows) -> StoreSpec:
+    """The windowed store of an aggregation: the user's name and kind ("rocksdb" or "memory", made windowed),
+    the aggregation's serdes, the windows' retention."""
+    if isinstance(store, StoreSpec):
+        kind = _WINDOWED_KIND.get(store.kind)
+        if kind is None:
+            raise TopologyError(f"store {store.name!r}: kind={store.kind!r} cannot hold windows; use 'rocksdb' or "
+                                "'memory'")
+        return StoreSpec(store.name, key_serde, value_serde, kind, windows.retention_ms)
+    if not isinstance(store, str):
+        raise TopologyError(f"store must be a name or a hotstate.StoreSpec, got {type(store).__name__}")
+    return StoreSpec(store, key_serde, value_serde, WINDOW_ROCKSDB, windows.retention_ms)
+
+
+class TimeWindowedStream:
+    """A grouped stream cut into time windows: ``count`` / ``aggregate`` / ``reduce`` per (key, window)."""
+
+    def __init__(self, stream: "Stream", windows: TimeWindows):
+        if not isinstance(windows, TimeWindows):
+            raise TopologyError("windowed_by() takes windows from hotstate.windows (tumbling(...), hopping(...)), "
+                                f"got {type(windows).__name__}")
+        self._stream = stream
+        self.windows = windows
+
+    def _aggregate(self, store: str | StoreSpec, value_serde: Serde,
+                   update: Callable[[Any, Any, Any], Any]) -> "WindowedTable":
+        from .stream import Stream
+        s = self._stream
+        assert s.key_serde is not None
+        spec = window_store_spec(store, s.key_serde, value_serde, self.windows)
+        s._topology.add_store(s._sub, spec)
+        node = WindowAggregateNode(spec.name, self.windows, update)
+        s._node.children.append(node)
+        key_serde = _serde.time_windowed(s.key_serde, self.windows.size_ms)
+        return WindowedTable(Stream(s._topology, s._sub, node, key_serde, value_serde), spec, self.windows)
+
+    def count(self, store: str | StoreSpec) -> "WindowedTable":
+        """Records per key and window; records with a None key are dropped (and counted in a metric)."""
+        return self._aggregate(store, _serde.INT64, lambda k, v, old: 1 if old is None else old + 1)
+
+    def aggregate(self, initializer: Callable[[], Any], aggregator: Callable[[Any, Any, Any], Any],
+                  store: str | StoreSpec, value_serde: Serde = _serde.JSON) -> "WindowedTable":
+        """``aggregator(key, value, aggregate) -> new aggregate`` per window, starting from ``initializer()``."""
+        def update(k: Any, v: Any, old: Any) -> Any:
+            return aggregator(k, v, initializer() if old is None else old)
+        return self._aggregate(store, value_serde, update)
+
+    def reduce(self, reducer: Callable[[Any, Any], Any], store: str | StoreSpec) -> "WindowedTable":
+        """``reducer(aggregate, value) -> new aggregate`` per window; a window's first value is its aggregate."""
+        vs = self._stream.value_serde
+        if vs is None:
+            raise TopologyError("reduce() needs a known value serde: reduce before changing the value type")
+        return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
+
+
+class WindowedTable:
+    """The result of a windowed aggregation: a table keyed by ``hotstate.Windowed(key, start_ms, end_ms)``."""
+
+    def __init__(self, updates: "Stream", store: StoreSpec, windows: TimeWindows):
+        self._updates = updates
+        self.store = store
+        self.windows = windows
+
+    def to_stream(self) -> "Stream":
+        """The stream of the table's updates: one record per change of a window's aggregate, keyed by
+        ``hotstate.Windowed``. Its key serde is ``serde.time_windowed(key serde, size)`` (Kafka Streams'
+        time-windowed key bytes); ``to(topic, key_serde=...)`` takes another serde of Windowed keys."""
+        return self._updates

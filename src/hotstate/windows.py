@@ -1,0 +1,87 @@
+"""Time windows (Kafka Streams' ``TimeWindows``) and the key of a windowed result (``Windowed``).
+
+``tumbling(size_ms, grace_ms)``: windows ``[start, start + size)`` with starts at multiples of the size.
+``hopping(size_ms, advance_ms, grace_ms)``: windows of ``size_ms`` every ``advance_ms``; a record belongs to
+every window that contains its timestamp (``size_ms / advance_ms`` of them, fewer near time 0). Window starts
+are never negative, as in Kafka Streams.
+
+Grace: a window accepts records until stream time (the largest record timestamp its task has seen) reaches
+``end + grace``; a record that arrives later for it is dropped and counted (``dropped_late_records_total``).
+Retention: how long (in stream time) a window stays in its store and is served to queries: a window whose
+``start <= stream time - retention`` is expired. Default, and the least allowed: ``size + grace``, which keeps
+every window that can still change (docs/architecture.md, "Time and windows").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .errors import ConfigError
+
+
+class Windowed(NamedTuple):
+    """The key of a windowed aggregation's result: the grouping key and the window ``[start_ms, end_ms)``."""
+
+    key: Any
+    start_ms: int
+    end_ms: int
+
+
+def _int(name: str, value: object, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        what = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise ConfigError(f"{name}={value!r} is invalid: it must be {what} (milliseconds)")
+    return value
+
+
+@dataclass(frozen=True)
+class TimeWindows:
+    """Fixed-size windows that hop by ``advance_ms`` (tumbling when it equals the size). Build them with
+    :func:`tumbling` or :func:`hopping`."""
+
+    size_ms: int
+    advance_ms: int
+    grace_ms: int
+    retention_ms: int
+
+    def __post_init__(self) -> None:
+        _int("size_ms", self.size_ms, 1)
+        _int("advance_ms", self.advance_ms, 1)
+        _int("grace_ms", self.grace_ms, 0)
+        _int("retention_ms", self.retention_ms, 1)
+        if self.advance_ms > self.size_ms:
+            raise ConfigError(f"advance_ms={self.advance_ms} is invalid: it must not exceed size_ms={self.size_ms} "
+                              "(records between windows would belong to none)")
+        if self.retention_ms < self.size_ms + self.grace_ms:
+            raise ConfigError(f"retention_ms={self.retention_ms} is invalid: it must be at least size_ms + grace_ms "
+                              f"= {self.size_ms + self.grace_ms}, or a window would expire while it still accepts "
+                              "records")
+
+    @property
+    def tumbling(self) -> bool:
+        return self.advance_ms == self.size_ms
+
+    def window_starts(self, timestamp_ms: int) -> range:
+        """The starts of the windows containing ``timestamp_ms`` (>= 0), ascending (Kafka Streams'
+        ``TimeWindows.windowsFor``)."""
+        advance = self.advance_ms
+        first = (max(0, timestamp_ms - self.size_ms + advance) // advance) * advance
+        return range(first, timestamp_ms + 1, advance)
+
+    def end_of(self, start_ms: int) -> int:
+        return start_ms + self.size_ms
+
+
+def tumbling(size_ms: int, grace_ms: int, retention_ms: int | None = None) -> TimeWindows:
+    """Windows of ``size_ms`` that do not overlap, accepting records ``grace_ms`` past their end."""
+    _int("size_ms", size_ms, 1)
+    _int("grace_ms", grace_ms, 0)
+    return TimeWindows(size_ms, size_ms, grace_ms, size_ms + grace_ms if retention_ms is None else retention_ms)
+
+
+def hopping(size_ms: int, advance_ms: int, grace_ms: int, retention_ms: int | None = None) -> TimeWindows:
+    """Windows of ``size_ms`` starting every ``advance_ms`` (``0 < advance_ms <= size_ms``), accepting records
+    ``grace_ms`` past their end."""
+    _int("size_ms", size_ms, 1)
+    _int("grace_ms", grace_ms, 0)
+    return TimeWindows(size_ms, advance_ms, grace_ms, size_ms + grace_ms if retention_ms is None else retention_ms)
