@@ -413,10 +413,8 @@ class Standby(Deployment):
             parts = {f"{tp.topic[-12:]}-{tp.partition}": dict(mode=cp.mode.value, state=cp.state.value,
                                                                offset=cp.offset, end=cp.end_offset, dirty=cp.dirty)
                      for tp, cp in list(reader._partitions.items())}
-            try:
-                positions = [(p.partition, p.offset) for p in reader.consumer.position(reader.consumer.assignment())]
-            except Exception as exc:  # noqa: BLE001 - a diagnostic
-                positions = repr(exc)
+            positions = _bounded(lambda: [(p.partition, p.offset)
+                                          for p in reader.consumer.position(reader.consumer.assignment())])
             out[f"updater{i}"] = dict(alive=u._thread.is_alive(), restoring=list(reader._actives),
                                       partitions=parts, positions=positions,
                                       standby_tasks={k: v.failed for k, v in list(reader._standbys.items())})
@@ -482,6 +480,23 @@ class Restoring(Deployment):
 # ---------------------------------------------------------------------------------------------------------
 # Waiting for recovery.
 
+def _bounded(fn, timeout_s: float = 5.0):
+    """A diagnostic call on a client another thread uses: its result, its error, or "no answer" (it was seen to
+    block the failure message for minutes)."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as exc:  # noqa: BLE001 - a diagnostic
+            out.append(repr(exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return out[0] if out else f"no answer within {timeout_s:g}s"
+
+
 def wait_recovered(deployments: list[Deployment], t_fault: float, timeout_s: float = RECOVERY_TIMEOUT_S) -> None:
     """Polls every deployment until each recovered; sets its ``recovered_at`` (seconds after t_fault)."""
     deadline = time.monotonic() + timeout_s
@@ -496,6 +511,8 @@ def wait_recovered(deployments: list[Deployment], t_fault: float, timeout_s: flo
         if time.monotonic() > deadline:
             detail = {d.name: [(a.state.name, [(t.id, t.standby, t.state.name) for t in a.tasks()]) for a in d.apps]
                       for d in pending}
+            detail["conditions met"] = {d.name: dict(d.condition_at) for d in pending}
+            log.warning("not recovered %ss after the fault: %s", timeout_s, detail)  # before the diagnosis, which asks clients
             for d in pending:
                 if hasattr(d, "diagnose"):
                     detail[f"{d.name} diagnosis"] = d.diagnose()
