@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 KAFKA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "kafka")
-STUCK_S = 40.0
+STUCK_S = 40.0  # --stuck-s
 CALL_TIMEOUT_S = 10.0
 
 
@@ -45,6 +45,9 @@ class Stats:
             self.errors[name] = self.errors.get(name, 0) + 1
 
 
+stuck_s = STUCK_S
+
+
 def call(stats: Stats, what: str, fn, who: int) -> None:
     done, out = threading.Event(), []
 
@@ -58,7 +61,7 @@ def call(stats: Stats, what: str, fn, who: int) -> None:
 
     began = time.monotonic()
     threading.Thread(target=run, daemon=True).start()
-    if not done.wait(STUCK_S):
+    if not done.wait(stuck_s):
         with stats.lock:
             stats.stuck += 1
             stats.stuck_now += 1
@@ -121,7 +124,15 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=8)
     ap.add_argument("--handling", choices=["recreate", "abort"], default="recreate")
     ap.add_argument("--config", type=json.loads, default={}, help="extra librdkafka settings (JSON)")
+    ap.add_argument("--hotstate-settings", action="store_true",
+                    help="add hotstate's transactional producer settings (clients.TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS)")
+    ap.add_argument("--stuck-s", type=float, default=STUCK_S, help="a call this long inside librdkafka is STUCK")
     args = ap.parse_args()
+    global stuck_s
+    stuck_s = args.stuck_s
+    if args.hotstate_settings:
+        from hotstate.kafka.clients import TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS
+        args.config = {**TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS, **args.config}
     bootstrap = f"127.0.0.1:{args.port}"
     topic = "txn-stuck-" + uuid.uuid4().hex[:6]
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -212,9 +212,9 @@ def hanging_committer(log, hang_at, monkeypatch):
         return made[-1]
 
     stuck = HangingProducer(log, hang_at)
-    # The calls' own timeout is long (as in the app: 60 s); the transaction's timeout bounds the wait.
-    c = ExactlyOnceCommitter(FakeConsumer(), stuck, DeliveryTracker(set()), Metrics(), 60.0,
-                             producer_factory=factory, transaction_timeout_s=0.1)
+    # The calls' own timeout (60 s in the app) bounds the wait.
+    c = ExactlyOnceCommitter(FakeConsumer(), stuck, DeliveryTracker(set()), Metrics(), 0.1,
+                             producer_factory=factory)
     return c, stuck, made
 
 
@@ -245,7 +245,7 @@ def commit_in_thread(c, task, within_s):
 
 @pytest.mark.parametrize("hang_at", ["send_offsets", "commit"])
 def test_a_transactional_call_that_never_returns_stops_the_app_instead_of_hanging(monkeypatch, hang_at):
-    """Bounded by the transaction's timeout (+ grace), then a fatal TransactionalProducerStuck: no new producer
+    """Bounded by the call's own timeout (+ grace), then a fatal TransactionalProducerStuck: no new producer
     is started beside the stuck one, and the stores are not written."""
     log = []
     c, stuck, made = hanging_committer(log, hang_at, monkeypatch)

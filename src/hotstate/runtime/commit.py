@@ -41,7 +41,7 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
    ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
    inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
    (or ``ProducerFenced``), the overlay is dropped and the inputs rewind. Steps 3 and 4 are bounded
-   (``bounded_call``): a call librdkafka never returns from stops the app after the transaction's timeout
+   (``bounded_call``): a call librdkafka never returns from stops the app after the call's own timeout
    + 5 s (``TransactionalProducerStuck``; a restart is the safe way on).
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
@@ -133,17 +133,20 @@ HANG_GRACE_S = 5.0
 
 
 class TransactionalProducerStuck(RuntimeError):
-    """A transactional call did not return within the transaction's timeout + ``HANG_GRACE_S``: librdkafka lost
+    """A transactional call did not return within its own timeout + ``HANG_GRACE_S``: librdkafka lost
     its request (see ``bounded_call``). Fatal for the app: a restart of the process is the only safe way on."""
 
 
 def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Runs ``fn`` (a transactional call) on a daemon thread and waits at most ``timeout_s + HANG_GRACE_S``
-    for it (the committer passes the transaction's timeout: past it the coordinator aborts the transaction,
-    so waiting longer cannot end in a commit). librdkafka can ignore the call's own timeout: a coordinator
-    request whose broker went away and came back (a broker restart) may never be sent again, and
-    ``send_offsets_to_transaction`` then blocks for good (librdkafka issues 5456 and 5511, open in 2.16; seen
-    here as an exactly-once app whose stream thread hung after ``scripts/kafka restart``).
+    for it (the committer passes the call's own timeout, 60 s in the app). librdkafka can ignore that timeout:
+    a coordinator request whose broker left the metadata (a node gone, a restart) waits for a broker state
+    change to be sent (librdkafka issues 5456 and 5511, open in 2.16; seen here as an exactly-once app whose
+    stream thread hung after ``scripts/kafka restart``). hotstate's producer settings make such a request look
+    again (``clients.TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS``): after a restart calls were measured to
+    return within 18-56 s, later than the transaction's timeout but inside this bound, and a call that returns
+    (even with an error) leaves a client that can be ended and replaced safely. So the bound is not the
+    transaction's timeout (15 s before, which stopped apps whose calls would have returned).
 
     On expiry it raises ``TransactionalProducerStuck``, which stops the app with a clear error, rather than
     going on with a new producer beside the stuck one: a run that did so (a new producer, the stuck one
@@ -166,7 +169,7 @@ def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     bound_s = timeout_s + HANG_GRACE_S
     if not done.wait(bound_s):
         raise TransactionalProducerStuck(
-            f"exactly-once: {what} did not return within {bound_s:.0f}s (the transaction's timeout is "
+            f"exactly-once: {what} did not return within {bound_s:.0f}s (its own timeout is "
             f"{timeout_s:.0f}s): librdkafka lost the request, a known librdkafka defect after a broker restart "
             "(librdkafka issues 5456, 5511). The app stops: restart it (its open transaction is aborted and "
             "the work since the last commit is redone, as after a crash)")
@@ -333,13 +336,13 @@ class ExactlyOnceCommitter(Committer):
 
     def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic,
                  call: Callable[[Callable[[], Any], float, str], Any] = bounded_call,
-                 transaction_timeout_s: float | None = None, **kwargs: Any):
+                 **kwargs: Any):
         """``call(fn, bound_s, what)`` runs the transactional calls that librdkafka may never return from
-        (``bounded_call``; a deterministic simulation passes one that calls ``fn`` directly), bounded by
-        ``transaction_timeout_s`` (``transaction_timeout_ms``) or the calls' timeout if that is shorter."""
+        (``bounded_call``; a deterministic simulation passes one that calls ``fn`` directly), bounded by the
+        calls' own timeout."""
         super().__init__(*args, **kwargs)
         self._call_bounded = call
-        self._call_bound_s = min(self._timeout_s, transaction_timeout_s or self._timeout_s)
+        self._call_bound_s = self._timeout_s
         self._producer_factory = producer_factory
         self._clock = clock
         self._recreated_at: list[float] = []

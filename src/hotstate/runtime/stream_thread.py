@@ -100,8 +100,7 @@ class StreamThread(threading.Thread):
         # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:
             committer = ExactlyOnceCommitter(membership, producer, tracker, self._metrics, _EOS_TIMEOUT_S,
-                                             producer_factory=new_producer,
-                                             transaction_timeout_s=cfg.transaction_timeout_ms / 1000)
+                                             producer_factory=new_producer)
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
         del producer  # the committer owns it and replaces it (exactly-once); a reference here kept a replaced one alive
