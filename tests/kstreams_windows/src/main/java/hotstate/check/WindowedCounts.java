@@ -52,7 +52,8 @@ public final class WindowedCounts {
 
     public static void main(String[] args) throws Exception {
         if (args.length < 6) {
-            System.err.println("usage: BOOTSTRAP APP_ID STATE_DIR GUARANTEE INPUT OUT:SIZE:ADVANCE:GRACE[:SUPPRESSED]...");
+            System.err.println("usage: BOOTSTRAP APP_ID STATE_DIR GUARANTEE INPUT "
+                    + "OUT:SIZE_MS:ADVANCE_MS:GRACE_MS[:SUPPRESSED_OUT]...");
             System.exit(2);
         }
         if (System.getProperty("org.slf4j.simpleLogger.defaultLogLevel") == null) {
