@@ -3,7 +3,9 @@ several keys, each in one of several partitions) through Kafka Streams' windowed
 built with Maven on first use) and hotstate's, tumbling and hopping. Every window's updates (value, timestamp),
 hence its final value, the set of windows and the late drops per task must be identical. Kafka Streams' count
 also goes through suppress(untilWindowCloses): its final results are checked against its own updates, ready for
-hotstate's suppress_until_window_closes.
+hotstate's suppress_until_window_closes. A second test shows the difference hotstate keeps: after a restart its
+aggregation resumes stream time from its store, Kafka Streams' starts again (docs/architecture.md, "Time and
+windows").
 
 Run alone: scripts/test tests/integration/test_windowed_vs_kstreams.py (the first run builds the jar: about 20 s
 with Maven's cache filled, longer on a fresh machine that downloads Kafka Streams and the Maven plugins)."""
@@ -144,6 +146,29 @@ def committed_to_end(kafka, group: str, source: str, ends: dict[int, int]) -> bo
     return all(got.get(p, -1) >= end for p, end in ends.items())
 
 
+def run_both(kafka, app: hotstate.App, ks: KStreamsApp, ks_id: str, source: str) -> tuple[dict, dict]:
+    """Runs hotstate's app and the Kafka Streams app until both committed the whole source; closes both.
+    Returns (hotstate's metrics, Kafka Streams' dropped-records-total per task)."""
+    ends = kafka.ends(source)
+    try:
+        app.start()
+        try:
+            def both_done() -> bool:
+                ks.check_alive()
+                if app.state is hotstate.AppState.ERROR:
+                    app.wait_until_running(timeout_s=0)  # raises the app's error
+                return (committed_to_end(kafka, app.config.group_id, source, ends)
+                        and committed_to_end(kafka, ks_id, source, ends))
+            wait_for(both_done, "both apps to commit the whole input", 90, 0.2,
+                     detail=lambda: (app.metrics()["records_processed_total"], ks.lines[-3:]))
+            metrics = app.metrics()
+        finally:
+            assert app.close()
+        return metrics, ks.stop()["dropped_records_total"]
+    finally:
+        ks.kill()
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
 def test_windowed_counts_equal_kafka_streams(kafka, tmp_path, tmp_state_dir, guarantee):
     kstreams_jar()  # before any topic exists: a first build takes long
@@ -158,7 +183,6 @@ def test_windowed_counts_equal_kafka_streams(kafka, tmp_path, tmp_state_dir, gua
     for key, ts, p in records:
         producer.produce(source, b"click", None if key is None else key.encode(), partition=p, timestamp=ts)
     assert producer.flush(30) == 0
-    ends = kafka.ends(source)
 
     # The reference (tests/window_reference.py) of each aggregation, per partition; the data has what it should.
     refs = {name: {p: Reference(size, advance, grace, size + grace) for p in range(PARTITIONS)}
@@ -197,23 +221,7 @@ def test_windowed_counts_equal_kafka_streams(kafka, tmp_path, tmp_state_dir, gua
     ks = KStreamsApp([kafka.bootstrap, ks_id, str(tmp_path / "ks-state"), guarantee, source, *specs],
                      tmp_path / "kstreams.log")
     started = time.monotonic()
-    try:
-        app.start()
-        try:
-            def both_done() -> bool:
-                ks.check_alive()
-                if app.state is hotstate.AppState.ERROR:
-                    app.wait_until_running(timeout_s=0)  # raises the app's error
-                return (committed_to_end(kafka, app.config.group_id, source, ends)
-                        and committed_to_end(kafka, ks_id, source, ends))
-            wait_for(both_done, "both apps to commit the whole input", 90, 0.2,
-                     detail=lambda: (app.metrics()["records_processed_total"], ks.lines[-3:]))
-            metrics = app.metrics()
-        finally:
-            assert app.close()
-        theirs_dropped = ks.stop()["dropped_records_total"]
-    finally:
-        ks.kill()
+    metrics, theirs_dropped = run_both(kafka, app, ks, ks_id, source)
     print(f"both apps done in {time.monotonic() - started:.1f}s; Kafka Streams: {ks.events('config')}")
 
     # Every window's updates, in order, with their timestamps; hence the same windows and final values.
@@ -246,3 +254,45 @@ def test_windowed_counts_equal_kafka_streams(kafka, tmp_path, tmp_state_dir, gua
     got = updates(kafka, suppressed)
     assert all(len(u) == 1 for u in got.values()), "suppress emitted a window twice"
     assert {w: u[0] for w, u in got.items()} == closed and len(closed) < len(final_ks)
+
+
+def test_after_a_restart_hotstate_keeps_stream_time_and_kafka_streams_does_not(kafka, tmp_path, tmp_state_dir):
+    """A kept difference (docs/architecture.md, "Time and windows"): hotstate's windowed aggregation resumes its
+    stream time from its store after a restart; Kafka Streams 4.4's KStreamWindowAggregate starts its observed
+    stream time again from nothing, so a record late for a window that closed before the restart is counted into
+    it if it comes first. Both apps restart cleanly (state kept) and read one such record."""
+    source = kafka.create_topic(partitions=1, prefix="vs-ks-in")
+    out_hs, out_ks = (kafka.create_topic(partitions=1, prefix=f"vs-ks-{s}-tumbling") for s in ("hs", "ks"))
+    size, _, grace = WINDOWS["tumbling"]
+    base = (int(time.time() * 1000) // 60_000 - 60) * 60_000
+    producer = kafka.producer()
+
+    def produce(stamps: list[int]) -> None:
+        for ts in stamps:
+            producer.produce(source, b"click", b"user-0", partition=0, timestamp=ts)
+        assert producer.flush(30) == 0
+
+    app_id, ks_id = kafka.app_id("vs-ks-hs"), kafka.app_id("vs-ks-ks")
+
+    def apps() -> tuple[hotstate.App, KStreamsApp]:
+        app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
+                           commit_interval_ms=100)
+        (app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING).group_by_key()
+            .windowed_by(windows.tumbling(size, grace)).count(store="counts-tumbling")
+            .to_stream().to(out_hs, value_serde=serde.INT64))
+        ks = KStreamsApp([kafka.bootstrap, ks_id, str(tmp_path / "ks-state"), "at_least_once", source,
+                          f"{out_ks}:{size}:{size}:{grace}"], tmp_path / "kstreams.log")
+        return app, ks
+
+    produce([base + 100, base + 1_100, base + 1_200, base + 5_000])  # stream time base + 5000
+    ours, theirs = run_both(kafka, *apps(), ks_id, source)
+    assert updates(kafka, out_hs) == updates(kafka, out_ks)
+    produce([base + 1_500])  # window [base + 1000, base + 2000) closed at base + 2300
+    ours, theirs = run_both(kafka, *apps(), ks_id, source)
+    hs, ks = updates(kafka, out_hs), updates(kafka, out_ks)
+    late = ("user-0", base + 1_000)
+    assert {w: u for w, u in hs.items() if w != late} == {w: u for w, u in ks.items() if w != late}
+    # hotstate: the window stays closed, the record is dropped and counted.
+    assert hs[late] == [(1, base + 1_100), (2, base + 1_200)] and ours["dropped_late_records_total"] == {"0_0": 1}
+    # Kafka Streams: its first record after the restart sets its stream time; the closed window takes it.
+    assert ks[late] == hs[late] + [(3, base + 1_500)] and not any(theirs.values())
