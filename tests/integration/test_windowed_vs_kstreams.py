@@ -273,6 +273,7 @@ def test_after_a_restart_hotstate_keeps_stream_time_and_kafka_streams_does_not(k
         assert producer.flush(30) == 0
 
     app_id, ks_id = kafka.app_id("vs-ks-hs"), kafka.app_id("vs-ks-ks")
+    runs = iter(range(2))
 
     def apps() -> tuple[hotstate.App, KStreamsApp]:
         app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
@@ -281,7 +282,7 @@ def test_after_a_restart_hotstate_keeps_stream_time_and_kafka_streams_does_not(k
             .windowed_by(windows.tumbling(size, grace)).count(store="counts-tumbling")
             .to_stream().to(out_hs, value_serde=serde.INT64))
         ks = KStreamsApp([kafka.bootstrap, ks_id, str(tmp_path / "ks-state"), "at_least_once", source,
-                          f"{out_ks}:{size}:{size}:{grace}"], tmp_path / "kstreams.log")
+                          f"{out_ks}:{size}:{size}:{grace}"], tmp_path / f"kstreams-{next(runs)}.log")
         return app, ks
 
     produce([base + 100, base + 1_100, base + 1_200, base + 5_000])  # stream time base + 5000
