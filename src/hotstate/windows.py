@@ -5,8 +5,9 @@
 every window that contains its timestamp (``size_ms / advance_ms`` of them, fewer near time 0). Window starts
 are never negative, as in Kafka Streams.
 
-Grace: a window accepts records until stream time (the largest record timestamp its task has seen) reaches
-``end + grace``; a record that arrives later for it is dropped and counted (``dropped_late_records_total``).
+Grace: a window accepts records until stream time (the largest timestamp among the records that reached the
+aggregation, as Kafka Streams' observed stream time) reaches ``end + grace``; a record that arrives later for it is
+dropped and counted (``dropped_late_records_total``).
 Retention: how long (in stream time) a window stays in its store and is served to queries: a window whose
 ``start <= stream time - retention`` is expired. Default, and the least allowed: ``size + grace``, which keeps
 every window that can still change (docs/architecture.md, "Time and windows").

@@ -173,3 +173,27 @@ def test_dropping_uncommitted_work_rewinds_stream_time_so_the_redo_meets_the_sam
     h.pipe("k", 1, timestamp=90)  # processed again: on time, as the first time
     assert h.store("per-window").fetch("k", 0, 1_000) == [(0, 2)]
     assert h.metrics.dropped_late_records == {}
+
+
+def test_records_that_never_reach_the_aggregation_do_not_close_its_windows(make_app):
+    """Each windowed aggregation closes windows by the largest event time among the records that reached it (its
+    store's stream time), as Kafka Streams' KStreamWindowAggregate does with its own observed stream time: a
+    record without a key, or filtered out before the aggregation, moves the task's stream time but not the
+    aggregation's. Found side by side with Kafka Streams (tests/integration/test_windowed_vs_kstreams.py)."""
+    app = make_app()
+    clicks = app.stream("clicks", key_serde=serde.STRING, value_serde=serde.INT64)
+    clicks.group_by_key().windowed_by(windows.tumbling(100, 20)).count(store="all")
+    clicks.filter(lambda k, v: v > 0).group_by_key().windowed_by(windows.tumbling(100, 20)).count(store="positive")
+    h = Harness(app, "clicks")
+    h.pipe("k", 1, timestamp=50)
+    h.pipe(None, 1, timestamp=500)  # no key: dropped by both aggregations
+    h.pipe("k", 0, timestamp=300)  # reaches "all" only
+    assert h.task.stream_time == 500
+    h.pipe("k", 1, timestamp=60)  # "all": window [0, 100) closed at 300; "positive": its time is 60, open
+    assert h.store("all").fetch("k", 0, 1_000) == [(300, 1)]
+    assert h.store("positive").fetch("k", 0, 1_000) == [(0, 2)]
+    assert h.metrics.dropped_late_records == {h.task.id: 1} and h.metrics.dropped_null_key == 2
+    h.pipe("k", 1, timestamp=121)  # "positive": its time 121 = 100 + 20, [0, 100) closes ("all": late)
+    h.pipe("k", 1, timestamp=70)  # late for both
+    assert h.store("positive").fetch("k", 0, 1_000) == [(100, 1)]  # [0, 100) expired too (retention 120)
+    assert h.metrics.dropped_late_records == {h.task.id: 4}  # 60, 121 and 70 for "all", 70 for "positive"

@@ -150,10 +150,13 @@ class WindowAggregateNode(Node):
     (the larger of the record's and the window's previous one), forwarded as ``Windowed(key, start, end)``
     with that event time as the output record's timestamp.
 
-    A window is closed once ``end + grace <= stream time`` (the task's, this record included): the record is
-    dropped for that window and counted in ``dropped_late_records_total`` once per window dropped, as Kafka
-    Streams' dropped-records sensor counts. A negative timestamp is an error (ValueError: the processing
-    exception handler decides)."""
+    A window is closed once ``end + grace <= stream time``: the record is dropped for that window and counted in
+    ``dropped_late_records_total`` once per window dropped, as Kafka Streams' dropped-records sensor counts.
+    Stream time here is the aggregation's own, as Kafka Streams' observed stream time of the processor: the
+    largest event time among the records that reached it, this one included, which is its store's stream time
+    (the largest event time written; a record that raises it is never late). Records without a key, or filtered
+    out before the aggregation, move the task's stream time but close no window here. A negative timestamp is
+    an error (ValueError: the processing exception handler decides)."""
 
     __slots__ = ("store_name", "windows", "update")
 
@@ -170,8 +173,9 @@ class WindowAggregateNode(Node):
             raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
                              "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
         windows = self.windows
-        close_ms = ctx.stream_time - windows.grace_ms
         store = ctx.store(self.store_name)
+        observed = store.stream_time()
+        close_ms = (ts if observed is None or ts > observed else observed) - windows.grace_ms
         for start in windows.window_starts(ts):
             end = start + windows.size_ms
             if end <= close_ms:
