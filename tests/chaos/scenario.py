@@ -237,10 +237,10 @@ def run_kill_scenario(kafka, state_dir, tmp_path: Path, guarantee: str, kills: i
                                 f"(killed process had stored up to {bound.get(p)})")
                         report.append(line)
                         log.warning(line)
-                        if guarantee == "at_least_once":
-                            assert e["end"] == high
-                        else:  # the restarted producer aborts the killed one's open transaction: a marker more
-                            assert e["end"] >= high
+                        # The end may be past the one read before the restart: produce requests the killed process
+                        # had sent can land after that read (seen under load: 285 changelog records, at_least_once),
+                        # and under exactly-once the restarted producer aborts the killed one's transaction (a marker).
+                        assert e["end"] >= high, line
                         assert e["start"] >= bound.get(p, low), f"restore below the durable store offset: {line}"
                     ends = {e["partition"]: e["total"] for e in runner.of("restore_end")}
                     replayed = sum(ends.values())
