@@ -146,6 +146,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('HOTSTATE_KAFKA_PORT', '9092')}")
     ap.add_argument("--hotstate-config", default="{}", help="extra hotstate Config fields, as JSON")
     ap.add_argument("--work-dir", default=None, help="where state dirs go (default: the system's temp dir)")
+    ap.add_argument("--py-spy", default=None, metavar="DIR",
+                    help="profile the hotstate children with py-spy (all threads, idle too) into DIR/<system>-<i>.txt "
+                         "(collapsed stacks)")
     ap.add_argument("--no-record", action="store_true", help="do not append a row to docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the topics and state dirs")
     args = ap.parse_args()
@@ -359,7 +362,8 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: 
         job_file = os.path.join(work, f"{system}-{i}.json")
         with open(job_file, "w") as f:
             json.dump(job, f)
-        runs.append(_child(system, job, job_file))
+        profile = os.path.join(args.py_spy, f"{system}-{i}.txt") if args.py_spy else None
+        runs.append(_child(system, job, job_file, profile))
         shutil.rmtree(state_dir, ignore_errors=True)
     best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
     seconds = statistics.median(r["seconds"] for r in runs)
@@ -382,10 +386,17 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: 
     return res
 
 
-def _child(system: str, job: dict, job_file: str) -> dict:
+def _child(system: str, job: dict, job_file: str, profile: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": HERE}
     if system in ("hotstate", "snapshot"):
         cmd = [sys.executable, os.path.join(HERE, "restore_hotstate.py"), job_file]
+        if profile is not None:
+            py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+            if not os.path.exists(py_spy):
+                raise RuntimeError(f"--py-spy: {py_spy} is missing; install the bench extra (pip install -e '.[bench]')")
+            os.makedirs(os.path.dirname(profile), exist_ok=True)
+            cmd = [py_spy, "record", "--threads", "--idle", "--rate", "250", "--format", "raw", "-o", profile, "--",
+                   *cmd]
     elif system == "quix":
         cmd = [os.path.join(QUIX_VENV, "bin", "python"), os.path.join(HERE, "restore_quix.py"), job_file]
     elif system == "kstreams":

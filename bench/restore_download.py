@@ -2,7 +2,10 @@
 the floors it is compared with, all against a SeaweedFS S3 server the bench starts (bench/seaweedfs.py).
 
 - ``publish_snapshots``: checkpoints every store partition of a restored hotstate state dir and publishes them
-  with ``Snapshotter`` (what the app's uploader does after a commit), at the stores' changelog offsets.
+  with ``Snapshotter`` (what the app's uploader does after a commit), at the stores' changelog offsets. Each store
+  is first opened with its processing options and RocksDB's background compaction is let finish, as in a running
+  app between snapshots (a store just restored in bulk holds uncompacted L0 files; a snapshot of those would be
+  larger and make the restoring app compact them while it downloads the other partitions).
 - ``floor_s3_download``: the server's download rate for the same bytes: every object of those snapshots, all
   partitions at once (``concurrency`` GETs in flight), streamed to files, no checksum.
 - ``floor_s3_object``: the server's upload and download throughput for one object of ``num_bytes`` random
@@ -38,6 +41,7 @@ def publish_snapshots(objects: ObjectStore, app_id: str, store: str, changelog: 
         for p in range(partitions):
             backend = RocksDBBackend(store, str(state_dir / app_id / f"0_{p}" / store))
             try:
+                _wait_compacted(backend, timeout_s=1800)
                 offset = backend.changelog_offset()
                 cp = take_checkpoint(backend._db, work / f"checkpoint-{p}").path
             finally:
@@ -56,6 +60,19 @@ def publish_snapshots(objects: ObjectStore, app_id: str, store: str, changelog: 
     files = [f for d in kept for f in d.iterdir()]
     return {"snapshot_bytes": sum(f.stat().st_size for f in files), "snapshot_files": len(files),
             "publish_seconds": round(time.monotonic() - started, 2), "file_dirs": [str(d) for d in kept]}
+
+
+def _wait_compacted(backend: RocksDBBackend, timeout_s: float) -> None:
+    """Until RocksDB has no compaction running or pending (checked twice, 0.5 s apart)."""
+    prop = backend._db.property_int_value
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the store's compaction did not finish within {timeout_s} s")
+        busy = (prop("rocksdb.compaction-pending") or 0) + (prop("rocksdb.num-running-compactions") or 0)
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.5)
 
 
 def floor_s3_download(objects: ObjectStore, prefix: str, into: Path, concurrency: int = 16) -> dict:
