@@ -1,7 +1,9 @@
 """Exactly-once v2 against the real broker: exact counts, aborted work invisible, stores kept."""
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import pytest
 
@@ -125,10 +127,12 @@ class _CommitsThenTimesOut:
     armed = False
     commits = True
     fired = 0
+    live: "weakref.WeakSet" = None  # every wrapper the app made that is still referenced
 
     def __init__(self, inner):
         self._inner = inner
         self._failing = False
+        type(self).live.add(self)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -163,6 +167,7 @@ def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka,
     monkeypatch.setattr(_CommitsThenTimesOut, "armed", False)
     monkeypatch.setattr(_CommitsThenTimesOut, "commits", committed)
     monkeypatch.setattr(_CommitsThenTimesOut, "fired", 0)
+    monkeypatch.setattr(_CommitsThenTimesOut, "live", weakref.WeakSet())
     source = kafka.create_topic(partitions=1, prefix="eos-unknown")
     sink = kafka.create_topic(partitions=1, prefix="eos-unknown-out")
     app_id = kafka.app_id("eos-unknown")
@@ -178,6 +183,10 @@ def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka,
                      f"wave {wave} committed", 60, 0.2)
         assert _CommitsThenTimesOut.fired == 1
         wait_for(lambda: app.store("word-counts").get("a") == 30, "the store at 30", 60, 0.2)
+        # The replaced producer is gone: only the committer held it (before, the stream thread kept the first
+        # producer alive beside its replacement for as long as it ran).
+        gc.collect()
+        assert len(_CommitsThenTimesOut.live) == 1, list(_CommitsThenTimesOut.live)
     finally:
         assert app.close()
     outputs = [int64(m.value()) for m in kafka.read_all(sink) if utf8(m.key()) == "a"]

@@ -101,8 +101,8 @@ def _run_process(sim: Sim, rng: random.Random, broker: Broker, disk: SimDisk, ap
                                          call=lambda fn, timeout_s, what: fn())
     else:
         committer = AtLeastOnceCommitter(member, producer, tracker, metrics, 1.0)
-    tm = TaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, producer, updater, metrics,
-                     committer, member, open_backend=lambda name, path: SimBackend(name, path, disk, sim))
+    tm = TaskManager(cfg, topology, StateDirectory(state_dir, APP_ID), consumer, updater, metrics, committer,
+                     member, open_backend=lambda name, path: SimBackend(name, path, disk, sim))
     if eos:
         committer.init()
     updater.start()

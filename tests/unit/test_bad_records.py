@@ -73,7 +73,7 @@ def make_tm(make_app):
     def make(producer=None, **cfg):
         app = poison_app(make_app, **cfg)
         tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, app.config.app_id),
-                         FakeConsumer(), producer or HeaderProducer(), FakeUpdater(), Metrics(), FakeCommitter())
+                         FakeConsumer(), FakeUpdater(), Metrics(), FakeCommitter(producer or HeaderProducer()))
         made.append(tm)
         (task,) = running(tm)
         return tm, task
@@ -99,7 +99,7 @@ def test_log_and_fail_is_the_default_and_stops_at_the_record(make_tm):
     assert (e.topic, e.partition, e.offset) == ("words", 0, 1) and isinstance(e.__cause__, Poison)
     assert "processing_exception_handler='log_and_continue'" in str(e)  # says how to skip such records
     assert task.next_offset == 1 and tm._metrics.dropped_records_total == 0
-    assert tm._producer.to(DLQ) == []
+    assert tm.producer.to(DLQ) == []
 
 
 def test_log_and_continue_skips_logs_and_counts_the_record(make_tm, caplog):
@@ -120,7 +120,7 @@ def test_a_skipped_record_keeps_its_partial_store_writes_and_outputs(make_tm):
     tm, task = make_tm(processing_exception_handler="log_and_continue")
     tm.process(msgs("a", "boom", "b"))
     assert task.stores["n"].view.get("k") == 3
-    assert [(r["key"], r["value"]) for r in tm._producer.to("out")] == [
+    assert [(r["key"], r["value"]) for r in tm.producer.to("out")] == [
         (b"k", (1).to_bytes(8, "big")), (b"k", (2).to_bytes(8, "big")), (b"k", (3).to_bytes(8, "big"))]
     assert task.stores["n"].overlay.entries() == [(b"k", (3).to_bytes(8, "big"))]  # goes to the changelog
     assert task.next_offset == 3 and tm._metrics.dropped_records_total == 1
@@ -165,7 +165,7 @@ def test_a_callable_that_raises_or_answers_junk_counts_as_fail(make_tm, answer, 
     assert isinstance(e.handler_error, want) and "counts as 'fail'" in str(e)
     assert task.next_offset is None and tm._metrics.dropped_records_total == 0
     assert "counts as FAIL" in caplog.text
-    assert len(tm._producer.to(DLQ)) == 1  # FAIL with a dead-letter topic: the record goes there first
+    assert len(tm.producer.to(DLQ)) == 1  # FAIL with a dead-letter topic: the record goes there first
 
 
 def test_a_producer_failure_is_never_skipped(make_tm):
@@ -175,7 +175,7 @@ def test_a_producer_failure_is_never_skipped(make_tm):
     with pytest.raises(hotstate.ProcessingError) as ei:
         tm.process(msgs("a"))
     assert isinstance(ei.value.__cause__, KafkaException)
-    assert task.next_offset is None and tm._producer.to(DLQ) == []
+    assert task.next_offset is None and tm.producer.to(DLQ) == []
 
 
 def test_a_store_failure_is_never_skipped(make_tm):
@@ -187,7 +187,7 @@ def test_a_store_failure_is_never_skipped(make_tm):
     task.stores["n"].backend.get = corrupted
     tm.process(msgs("a"))  # not the record's fault: the task is revived (restored), see test_store_faults.py
     assert task.state is TaskState.RESTORING and tm._metrics.store_corruptions_total == 1
-    assert task.next_offset is None and tm._producer.to(DLQ) == [] and tm._metrics.dropped_records_total == 0
+    assert task.next_offset is None and tm.producer.to(DLQ) == [] and tm._metrics.dropped_records_total == 0
 
 
 # ---- dead_letter_topic ----
@@ -216,7 +216,7 @@ def test_a_failed_record_goes_to_the_dead_letter_topic_as_consumed(make_tm, hand
             tm.process(batch)
     else:
         tm.process(batch)
-    (rec,) = tm._producer.to(DLQ)
+    (rec,) = tm.producer.to(DLQ)
     check_dead_letter(rec, b"k", b"boom", "test_bad_records.Poison", "poison k", 1,
                       headers_before=[("trace", b"t1"), ("empty", b"")])
     assert rec["timestamp"] == 1001  # the input record's
@@ -230,7 +230,7 @@ def test_an_undecodable_record_goes_to_the_dead_letter_topic_as_consumed(make_ap
     app.stream("words", key_serde=serde.STRING, value_serde=serde.INT64).group_by_key().count(
         StoreSpec("c", kind="memory"))
     tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), FakeConsumer(),
-                     HeaderProducer(), FakeUpdater(), Metrics(), FakeCommitter())
+                     FakeUpdater(), Metrics(), FakeCommitter(HeaderProducer()))
     (task,) = running(tm)
     try:
         batch = [FakeMsg("words", 0, 4, b"k", (1).to_bytes(8, "big")), FakeMsg("words", 0, 5, b"k", b"\x01\x02")]
@@ -241,7 +241,7 @@ def test_an_undecodable_record_goes_to_the_dead_letter_topic_as_consumed(make_ap
             tm.process(batch)
             assert task.next_offset == 6
             assert (tm._metrics.skipped_records_total, tm._metrics.dropped_records_total) == (1, 1)
-        (rec,) = tm._producer.to(DLQ)
+        (rec,) = tm.producer.to(DLQ)
         check_dead_letter(rec, b"k", b"\x01\x02", "ValueError", "INT64 serde expects 8 bytes, got 2", 5)
     finally:
         task.close_stores()
@@ -250,7 +250,7 @@ def test_an_undecodable_record_goes_to_the_dead_letter_topic_as_consumed(make_ap
 def test_no_dead_letter_topic_no_dead_letter_records(make_tm):
     tm, _ = make_tm(processing_exception_handler="log_and_continue")
     tm.process(msgs("boom"))
-    assert [r["topic"] for r in tm._producer.records] == ["out"] and tm._metrics.dead_letter_records_total == 0
+    assert [r["topic"] for r in tm.producer.records] == ["out"] and tm._metrics.dead_letter_records_total == 0
 
 
 def test_dead_letter_headers_and_exception_names():

@@ -18,7 +18,7 @@ from hotstate.config import Config
 from hotstate.errors import IllegalStateTransition
 from hotstate.observe.listener import SuspendReason
 from hotstate.observe.metrics import Metrics
-from hotstate.runtime import changelog_reader as cr
+from hotstate.runtime import changelog_partition as cp
 from hotstate.runtime.changelog_reader import ChangelogPartition, ChangelogState, Mode, SnapshotFetched
 from hotstate.runtime.state_updater import StateUpdater
 from hotstate.state.rocksdb_store import RocksDBBackend
@@ -73,7 +73,7 @@ def test_transition_table(tmp_path, mode, frm, to):
 
 def test_terminal_states_have_no_way_out_and_each_mode_reaches_only_its_states():
     for state in (S.COMPLETED, S.FAILED, S.CLOSED):
-        assert cr._TRANSITIONS[state] == frozenset()
+        assert cp._TRANSITIONS[state] == frozenset()
     assert {frm for frm, _ in LEGAL} == set(ALL) - {S.COMPLETED, S.FAILED, S.CLOSED}
     for mode, states in MODE_STATES.items():
         reachable = {S.REGISTERED} | {to for (_, to), modes in LEGAL.items() if mode in modes}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from kafka import TopicPartition as KpTopicPartition
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
@@ -115,6 +117,31 @@ def test_unreadable_user_data_counts_as_a_member_with_no_state(make_app, caplog)
                                               member("b", bad)])
     assert decoded(out["a"])[0] == [0, 1]  # b holds nothing: a, caught up on both, keeps them
     assert "user data hotstate cannot read" in caplog.text
+
+
+@pytest.mark.parametrize("user_data", [{"v": 2, "offsets": {"0_0": 50_000, "0_1": 50_000}},
+                                       [1, 2], {"offsets": {"0_0": 50_000}}], ids=["future", "not-object", "no-v"])
+def test_user_data_of_another_version_counts_as_a_member_with_no_state(make_app, caplog, user_data):
+    """A member of another hotstate version (a rolling upgrade): its user data is not read as if it were v1."""
+    ends = {"0_0": 50_000, "0_1": 50_000}
+    m, _ = fake_membership(make_app, ends, acceptable_recovery_lag=10)
+    other = ConsumerProtocolSubscription(version=1, topics=[TOPIC], user_data=json.dumps(user_data).encode(),
+                                         owned_partitions=[])
+    out = TaskAssignor(m).assign(Cluster(2), [member("a", subscription({"0_0": 50_000, "0_1": 50_000}, [])),
+                                              member("b", other)])
+    assert decoded(out["a"])[0] == [0, 1]  # b's claims are not read: a, caught up on both, keeps them
+    assert "treating it as empty" in caplog.text
+
+
+def test_an_assignment_of_another_version_brings_no_standbys(make_app, caplog):
+    m, received = fake_membership(make_app, {})
+    plugin = TaskAssignor(m)
+    assignment = ConsumerProtocolAssignment(
+        version=0, user_data=json.dumps({"v": 2, "standby": ["0_1"], "warmup": ["0_4"], "probe": True}).encode(),
+        assigned_partitions=[])
+    plugin.on_assignment(ConsumerProtocolAssignment.decode(assignment.encode()), 5)
+    assert received[-1] == (set(), set(), False, False)
+    assert "version 2" in caplog.text
 
 
 def test_a_member_takes_standbys_warmups_and_the_probe_flag_from_its_assignment(make_app):

@@ -158,7 +158,7 @@ def tm_with(make_app, producer, **cfg):
         .process(lambda r, ctx: ctx.forward(r.key, r.value * 300), stores=[StoreSpec("big", kind="memory")])
         .to("out", key_serde=serde.STRING, value_serde=serde.STRING))
     return TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, app.config.app_id),
-                       FakeConsumer(), producer, FakeUpdater(), Metrics(), FakeCommitter())
+                       FakeConsumer(), FakeUpdater(), Metrics(), FakeCommitter(producer))
 
 
 @pytest.mark.parametrize("handler", ["log_and_fail", "log_and_continue"])

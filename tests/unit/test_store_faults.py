@@ -176,8 +176,8 @@ def build(make_app, **cfg):
     s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
     s.group_by_key().count(StoreSpec("c")).to_stream().to("out", value_serde=serde.INT64)
     sd = StateDirectory(app.config.state_dir, app.config.app_id)
-    tm = TaskManager(app.config, app._topology, sd, PausingConsumer({("words", 0): 40}), FakeProducer(),
-                     FakeUpdater(), Metrics(), FakeCommitter())
+    tm = TaskManager(app.config, app._topology, sd, PausingConsumer({("words", 0): 40}), FakeUpdater(),
+                     Metrics(), FakeCommitter())
     return tm, sd
 
 

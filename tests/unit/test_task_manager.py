@@ -97,7 +97,8 @@ class FakeProducer:
 
 
 class FakeCommitter:
-    def __init__(self):
+    def __init__(self, producer=None):
+        self.producer = producer if producer is not None else FakeProducer()
         self.commits = []
 
     def commit(self, tasks):
@@ -115,8 +116,8 @@ def build(make_app, tmp_path, kind="rocksdb", producer=None, consumer=None, **cf
     s = app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
     s.group_by_key().count(StoreSpec("c", kind=kind)).to_stream().to("out", value_serde=serde.INT64)
     state_dir = StateDirectory(app.config.state_dir, app.config.app_id)
-    tm = TaskManager(app.config, app._topology, state_dir, consumer or FakeConsumer(), producer or FakeProducer(),
-                     FakeUpdater(), Metrics(), FakeCommitter())
+    tm = TaskManager(app.config, app._topology, state_dir, consumer or FakeConsumer(), FakeUpdater(), Metrics(),
+                     FakeCommitter(producer))
     return tm, state_dir
 
 
@@ -270,7 +271,7 @@ def test_process_runs_topology_and_tracks_offsets(make_app, tmp_path, tms):
     assert t0.stores["c"].view.get("a") == 2
     assert t0.next_offset == 12
     assert tm._metrics.records_processed_total == 2
-    assert tm._producer.sent == [("out", b"a", i64(1), 5), ("out", b"a", i64(2), 6)]
+    assert tm.producer.sent == [("out", b"a", i64(1), 5), ("out", b"a", i64(2), 6)]
     assert tm.dirty_records() == 1
 
 
@@ -341,7 +342,7 @@ def test_user_code_failure_is_processing_error(make_app, tmp_path, tms):
     app = make_app()
     app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING).map_values(lambda v: 1 / 0)
     tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), FakeConsumer(),
-                     FakeProducer(), FakeUpdater(), Metrics(), FakeCommitter())
+                     FakeUpdater(), Metrics(), FakeCommitter())
     tms.append(tm)
     running(tm)
     with pytest.raises(ProcessingError) as ei:
@@ -356,8 +357,8 @@ def test_send_retries_when_producer_queue_is_full(make_app, tmp_path, tms):
     tms.append(tm)
     running(tm)
     tm.process([FakeMsg("words", 0, 0, b"a", b"x", timestamp=3)])
-    assert tm._producer.sent == [("out", b"a", i64(1), 3)]
-    assert tm._producer.polls == 2
+    assert tm.producer.sent == [("out", b"a", i64(1), 3)]
+    assert tm.producer.polls == 2
 
 
 # ---- membership adapter ----
@@ -532,7 +533,11 @@ def test_a_fenced_producer_found_while_aborting_for_lost_partitions_is_replaced(
     def abort():
         raise ProducerFenced("fenced by a newer epoch")
     tm._committer.abort = abort
-    tm._committer.recreate_producer = lambda: fresh
+
+    def recreate_producer():  # the committer's contract: it replaces its producer, the task manager keeps none
+        tm._committer.producer = fresh
+        return fresh
+    tm._committer.recreate_producer = recreate_producer
     tm.partitions_lost([TopicPartition("words", 0)])
     assert t0.state is TaskState.CLOSED and tm.producer is fresh
     assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0 and consumer.seeks == [("words", 1, 7)]
@@ -686,7 +691,7 @@ def test_an_unknown_commit_outcome_restores_the_tasks_instead_of_running_on(make
     committer = ExactlyOnceCommitter(member, TxnProducer(tracker), tracker, Metrics(), 1.0,
                                      producer_factory=new_producer)
     tm = TaskManager(app.config, app._topology, StateDirectory(app.config.state_dir, "unit-app"), consumer,
-                     committer.producer, FakeUpdater(), Metrics(), committer)
+                     FakeUpdater(), Metrics(), committer)
     tms.append(tm)
     (t0,) = running(tm)
     tm.process([FakeMsg("words", 0, 10, b"a", b"x")])

@@ -360,11 +360,12 @@ class ExactlyOnceCommitter(Committer):
         if len(self._recreated_at) > self.RECREATE_MAX:
             raise RuntimeError(f"the transactional producer failed fatally {len(self._recreated_at)} times within "
                                f"{self.RECREATE_WINDOW_S:g}s; see the log for its errors")
-        old = self.producer
+        old, self.producer = self.producer, None
         try:
             old.purge()
         except Exception:
             pass
+        del old  # the committer's reference: with it gone the fenced client ends (a destructor) unless a frame holds it
         self._in_transaction = False
         self._tracker.take_errors()
         self.producer = self._producer_factory()

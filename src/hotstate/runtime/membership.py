@@ -127,7 +127,7 @@ class TaskAssignor(AbstractPartitionAssignor):
 
     def metadata(self, topics: Any) -> ConsumerProtocolSubscription:
         m = self._m
-        user_data = json.dumps({"v": 1, "offsets": m.listener.task_offsets(),
+        user_data = json.dumps({"v": USER_DATA_VERSION, "offsets": m.listener.task_offsets(),
                                 "standby": sorted(m.standby | m.warmup), "nonce": m.nonce}).encode()
         by_topic: dict[str, list[int]] = {}
         for tp in self.owned:
@@ -147,11 +147,7 @@ class TaskAssignor(AbstractPartitionAssignor):
         infos, owner_now = [], {}
         for member in members:
             sub = member.metadata
-            try:
-                data = json.loads(sub.user_data.decode()) if sub.user_data else {}
-            except ValueError:
-                log.warning("member %s sent user data hotstate cannot read; treating it as empty", member.member_id)
-                data = {}
+            data = _read_user_data(sub.user_data, f"member {member.member_id}'s subscription")
             owned = set()
             for otp in getattr(sub, "owned_partitions", None) or ():
                 for p in otp.partitions:
@@ -180,7 +176,7 @@ class TaskAssignor(AbstractPartitionAssignor):
             for t in a.active - withheld[mid]:
                 tp = tasks[t]
                 parts.setdefault(tp.topic, []).append(tp.partition)
-            user_data = json.dumps({"v": 1, "standby": sorted(a.standby | withheld[mid]), "warmup": sorted(a.warmup),
+            user_data = json.dumps({"v": USER_DATA_VERSION, "standby": sorted(a.standby | withheld[mid]), "warmup": sorted(a.warmup),
                                     "probe": probe, "rejoin": rejoin}).encode()
             out[mid] = ConsumerProtocolAssignment(
                 version=0, user_data=user_data,
@@ -193,12 +189,32 @@ class TaskAssignor(AbstractPartitionAssignor):
     def on_assignment(self, assignment: Any, generation: int) -> None:
         before, self.owned = self.owned, list(assignment.partitions())
         self._m.check_membership(before, self.owned)
-        try:
-            data = json.loads(assignment.user_data.decode()) if assignment.user_data else {}
-        except ValueError:
-            data = {}
+        data = _read_user_data(assignment.user_data, "the assignment from the group leader")
         self._m.assignment_received(set(data.get("standby", ())), set(data.get("warmup", ())),
                                     bool(data.get("probe")), bool(data.get("rejoin")))
+
+
+USER_DATA_VERSION = 1  # docs/formats.md, "Group member user data"
+
+
+def _read_user_data(raw: bytes | None, what: str) -> dict:
+    """The JSON user data of a subscription or an assignment, or {} (a member with no state, an assignment
+    with no standbys) when it is absent, unreadable, or of another version than this instance writes: a
+    rolling upgrade or downgrade then degrades to placing tasks without lags, never to a failed rebalance."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw.decode())
+    except ValueError:
+        log.warning("%s carries user data hotstate cannot read; treating it as empty", what)
+        return {}
+    version = data.get("v") if isinstance(data, dict) else None
+    if version != USER_DATA_VERSION:
+        log.warning("%s carries user data of version %r where this instance reads version %d (instances of "
+                    "different hotstate versions in one group?); treating it as empty", what, version,
+                    USER_DATA_VERSION)
+        return {}
+    return data
 
 
 class _RebalanceListener(ConsumerRebalanceListener):

@@ -31,7 +31,8 @@ from ..config import Config
 from ..errors import IllegalStateTransition
 from ..observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason, _SafeListener
 from ..observe.metrics import Metrics
-from .changelog_reader import FLUSH_POLL_S, ChangelogReader, SnapshotSource
+from .changelog_partition import FLUSH_POLL_S
+from .changelog_reader import ChangelogReader, SnapshotSource
 from .task import Task
 
 log = logging.getLogger(__name__)

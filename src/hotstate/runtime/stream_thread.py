@@ -1,7 +1,8 @@
 """The processing thread: poll, hand restored tasks back, process, commit on the interval.
 
-It owns the main consumer, the producer and the task manager; the state updater runs beside it, and, with
-``snapshot_store`` set, the snapshot uploader (runtime/snapshots.py: checkpoints are taken here, after commits).
+It owns the main consumer, the task manager and the committer (which owns the producer and replaces it); the
+state updater runs beside it, and, with ``snapshot_store`` set, the snapshot uploader (runtime/snapshots.py:
+checkpoints are taken here, after commits).
 """
 from __future__ import annotations
 
@@ -102,11 +103,12 @@ class StreamThread(threading.Thread):
                                              transaction_timeout_s=cfg.transaction_timeout_ms / 1000)
         else:
             committer = AtLeastOnceCommitter(membership, producer, tracker, self._metrics, _ALOS_FLUSH_TIMEOUT_S)
+        del producer  # the committer owns it and replaces it (exactly-once); a reference here kept a replaced one alive
         snapshots = None
         if cfg.snapshot_store is not None:
             snapshots = TaskSnapshots(cfg, self._state_dir, self._metrics.snapshots, membership.generation,
                                       instance_id=cfg.group_instance_id)
-        tm = TaskManager(cfg, self._topology, self._state_dir, consumer, producer, updater, self._metrics, committer,
+        tm = TaskManager(cfg, self._topology, self._state_dir, consumer, updater, self._metrics, committer,
                          membership, committed_offsets=membership.committed, snapshots=snapshots)
         self.task_manager = tm
         clean = True

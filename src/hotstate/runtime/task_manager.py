@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class TaskManager:
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory, consumer: Consumer,
-                 producer: Producer, updater: StateUpdater, metrics: Metrics, committer: Committer,
+                 updater: StateUpdater, metrics: Metrics, committer: Committer,
                  membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None,
                  committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None,
                  snapshots: TaskSnapshots | None = None):
@@ -53,7 +53,6 @@ class TaskManager:
         self._topology = topology
         self._state_dir = state_dir
         self._consumer = consumer
-        self._producer = producer
         self._updater = updater
         self._metrics = metrics
         self._committer = committer
@@ -312,7 +311,8 @@ class TaskManager:
 
     @property
     def producer(self) -> Producer:
-        return self._producer
+        """The committer's producer: the committer owns it and replaces it (commit.py); nothing else keeps one."""
+        return self._committer.producer
 
     def _process(self, msgs: list) -> None:
         try:
@@ -377,7 +377,7 @@ class TaskManager:
         if headers is not None:
             kwargs["headers"] = headers
         try:
-            produce(self._producer, topic, value, key, **kwargs)
+            produce(self._committer.producer, topic, value, key, **kwargs)
         except KafkaException as exc:
             if is_fenced(exc):
                 raise ProducerFenced(str(exc.args[0])) from exc
@@ -410,7 +410,7 @@ class TaskManager:
             try:
                 self._committer.abort()
             except ProducerFenced:
-                self._producer = self._committer.recreate_producer()
+                self._committer.recreate_producer()
             self.rewind(others)
         task.drop_uncommitted()
         for store in task.stores.values():
@@ -448,10 +448,8 @@ class TaskManager:
         try:
             committed = self._committer.commit(running)
         except TransactionAborted:
-            self._producer = self._committer.producer  # the committer replaced it (see commit.py)
             self.rewind(running)
         except TransactionOutcomeUnknown:
-            self._producer = self._committer.producer  # replaced: the transaction is settled (see commit.py)
             self.restore_from_changelogs(running)
         except ProducerFenced:
             self.recover_from_fencing()
@@ -472,7 +470,7 @@ class TaskManager:
     def recover_from_fencing(self) -> None:
         """Exactly-once: the producer was fenced, so its transaction is gone. A new producer takes over and
         every running task starts again from its last commit."""
-        self._producer = self._committer.recreate_producer()
+        self._committer.recreate_producer()
         self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def rewind(self, tasks: list[Task]) -> None:
