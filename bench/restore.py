@@ -147,7 +147,7 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--hotstate-config", default="{}", help="extra hotstate Config fields, as JSON")
     ap.add_argument("--work-dir", default=None, help="where state dirs go (default: the system's temp dir)")
     ap.add_argument("--py-spy", default=None, metavar="DIR",
-                    help="profile the hotstate children with py-spy (all threads, idle too) into DIR/<system>-<i>.txt "
+                    help="profile the hotstate children with py-spy (all threads, on CPU) into DIR/<system>-<i>.txt "
                          "(collapsed stacks)")
     ap.add_argument("--no-record", action="store_true", help="do not append a row to docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the topics and state dirs")
@@ -395,7 +395,7 @@ def _child(system: str, job: dict, job_file: str, profile: str | None = None) ->
             if not os.path.exists(py_spy):
                 raise RuntimeError(f"--py-spy: {py_spy} is missing; install the bench extra (pip install -e '.[bench]')")
             os.makedirs(os.path.dirname(profile), exist_ok=True)
-            cmd = [py_spy, "record", "--threads", "--idle", "--rate", "250", "--format", "raw", "-o", profile, "--",
+            cmd = [py_spy, "record", "--threads", "--rate", "250", "--format", "raw", "-o", profile, "--",
                    *cmd]
     elif system == "quix":
         cmd = [os.path.join(QUIX_VENV, "bin", "python"), os.path.join(HERE, "restore_quix.py"), job_file]
