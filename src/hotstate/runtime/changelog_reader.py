@@ -94,8 +94,9 @@ class SnapshotFetched:
 
 
 class SnapshotSource(Protocol):
-    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the state updater's
-    thread, for one persistent store partition at a time, before its changelog is read."""
+    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the reader's
+    download threads, for several persistent store partitions at once (each into its own directory), before
+    their changelogs are read: it must be thread-safe."""
 
     def fetch(self, store_name: str, changelog_partition: TopicPartition, local_offset: int | None,
               into: Path) -> SnapshotFetched | None:
