@@ -98,3 +98,23 @@ def test_a_failing_or_missing_snapshot_falls_back_alone(tmp_path, closing, caplo
         assert dict(task.stores["counts"].backend.range(None, None)) == replay(records)
     assert list(staging.iterdir()) == []
     u._reader.close()
+
+
+def test_a_discarded_download_is_cancelled_or_deletes_its_files_once_it_ends(tmp_path):
+    from concurrent.futures import Future
+
+    from hotstate.runtime.changelog_reader import _Download
+
+    waiting, running = tmp_path / "waiting", tmp_path / "running"
+    for d in (waiting, running):
+        d.mkdir()
+        (d / "000001.sst").write_bytes(b"x")
+    queued = Future()
+    _Download(str(waiting), queued).discard()
+    assert queued.cancelled() and not waiting.exists()
+    started = Future()
+    assert started.set_running_or_notify_cancel()
+    _Download(str(running), started).discard()
+    assert running.exists(), "a fetch still writing keeps its directory until it ends"
+    started.set_result(None)
+    assert not running.exists()
