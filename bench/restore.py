@@ -393,7 +393,8 @@ def _child(system: str, job: dict, job_file: str, profile: str | None = None) ->
         if profile is not None:
             py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
             if not os.path.exists(py_spy):
-                raise RuntimeError(f"--py-spy: {py_spy} is missing; install the bench extra (pip install -e '.[bench]')")
+                raise RuntimeError(f"--py-spy: {py_spy} is missing; install the bench extra "
+                                   "(pip install -e '.[bench]')")
             os.makedirs(os.path.dirname(profile), exist_ok=True)
             cmd = [py_spy, "record", "--threads", "--rate", "250", "--format", "raw", "-o", profile, "--",
                    *cmd]

@@ -8,7 +8,8 @@ returned offset).
   under ``concurrency`` x ``objects.DOWNLOAD_CHUNK_BYTES`` whatever the sizes. From an object server, a file
   larger than ``part_bytes`` is fetched as ranges of that size, in parallel too (``ObjectStore.download_range``):
   a store partition's snapshot is mostly one or two large SST files, and one GET stream is far slower than
-  the server (docs/benchmarks.md, "Restore by download"). Such a file is hashed once all its ranges are written.
+  the server (docs/benchmarks.md, "Restore by download in bench/restore.py"). Such a file is hashed once all its
+  ranges are written.
 - Every file's size and sha256 are checked against the manifest. A missing, truncated or altered object:
   a warning, and the next older manifest is tried; none left: None (the caller replays the changelog).
 - Files land in a hidden sibling directory that is renamed to ``into`` only when all are verified: the
