@@ -14,6 +14,8 @@ them in volume files, fast enough to show a restore's own speed.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import secrets
@@ -90,8 +92,10 @@ class SeaweedS3:
                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         cmd += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
                 for name, port in ports.items()]
+        # TMPDIR: weed's own log files go there, so into the data dir (its unix sockets go to /tmp whatever it is).
+        env = {**os.environ, "TMPDIR": data_dir}
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         server = cls(proc, data_dir, ports, access_key, secret_key, log_path)
         try:
             server._wait_ready(timeout_s)
@@ -142,6 +146,10 @@ class SeaweedS3:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        for port in self.ports.values():  # weed leaves /tmp/seaweedfs-<component>-<port>.sock behind
+            for sock in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(sock)
 
 
 def _tail(path: str, lines: int = 20) -> str:
