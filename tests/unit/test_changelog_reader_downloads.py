@@ -7,11 +7,10 @@ import logging
 import threading
 
 from hotstate.records import TopicPartition
-from hotstate.runtime.changelog_reader import ChangelogReader, ChangelogState, SnapshotFetched
+from hotstate.runtime.changelog_reader import ChangelogReader, SnapshotFetched
 from test_changelog_reader import checkpoint_of, make_updater, replay
 from test_state_updater import CHANGELOG, FakeRestoreConsumer, changelog_records, make_task, run_until_idle
 
-S = ChangelogState
 PARTITIONS = 6  # more than SNAPSHOT_DOWNLOAD_PARTITIONS_MAX (4)
 
 
