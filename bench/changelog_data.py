@@ -54,10 +54,15 @@ def partition_of(key: bytes, partitions: int) -> int:
     return int.from_bytes(key[:4], "big") % partitions
 
 
+def key_blob(shape: Shape) -> bytes:
+    """The N keys, ``KEY_BYTES`` each, concatenated: key i is ``blob[KEY_BYTES * i:KEY_BYTES * (i + 1)]``."""
+    return random.Random(SEED).randbytes(KEY_BYTES * shape.keys)  # records() draws them first, the same way
+
+
 def records(shape: Shape) -> Iterator[tuple[int, bytes, bytes]]:
     """(partition, key, value) in changelog order (order within a partition is what matters)."""
     rng = random.Random(SEED)
-    key_blob = rng.randbytes(KEY_BYTES * shape.keys)
+    key_blob = rng.randbytes(KEY_BYTES * shape.keys)  # key_blob(shape)
     filler = rng.randbytes(_FILLER_BYTES)
     span = _FILLER_BYTES - shape.value_bytes
     tail = shape.value_bytes - 8

