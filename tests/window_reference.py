@@ -38,3 +38,49 @@ class Reference:
 
     def live(self) -> dict:
         return {w: v for w, v in self.values.items() if w[1] > self.stream_time - self.retention}
+
+
+@dataclass
+class SessionReference:
+    """Kafka Streams' session aggregation, written the plain way: a session is the list of records it holds; a
+    record joins every session of its key within the gap (distance <= gap), which become one; the aggregate is
+    computed from the session's records (``value_of(records)``), never merged. A record is dropped when its
+    session would end before stream time - gap - grace; a session is forgotten once its end is at or below
+    stream time - retention (stream time before the record: what the store had seen)."""
+
+    gap: int
+    grace: int
+    retention: int
+    value_of: object = len  # records [(ts, value)] -> the aggregate
+    stream_time: int = -1
+    sessions: dict = field(default_factory=dict)  # key -> list of record lists
+    emitted: list = field(default_factory=list)  # (key, start, end, value or None, timestamp)
+    dropped: int = 0
+
+    def process(self, key, ts, value=None):
+        before, self.stream_time = self.stream_time, max(self.stream_time, ts)
+        live = [s for s in self.sessions.get(key, []) if max(t for t, _ in s) > before - self.retention]
+        joined = [s for s in live if any(abs(t - ts) <= self.gap for t, _ in s)
+                  or min(t for t, _ in s) <= ts <= max(t for t, _ in s)]
+        records = sorted([r for s in joined for r in s] + [(ts, value)], key=lambda r: r[0])
+        start, end = records[0][0], records[-1][0]
+        if end < self.stream_time - self.grace - self.gap:
+            self.dropped += 1
+            self.sessions[key] = live
+            return
+        if (start, end) != (ts, ts):
+            for s in sorted(joined, key=lambda s: min(t for t, _ in s)):
+                s_start, s_end = min(t for t, _ in s), max(t for t, _ in s)
+                self.emitted.append((key, s_start, s_end, None, s_end))
+        self.sessions[key] = [s for s in live if not any(s is j for j in joined)] + [records]
+        self.emitted.append((key, start, end, self.value_of(records), end))
+
+    def live(self) -> dict:
+        """(key, start, end) -> aggregate of the sessions the store serves."""
+        out = {}
+        for key, sessions in self.sessions.items():
+            for s in sessions:
+                start, end = min(t for t, _ in s), max(t for t, _ in s)
+                if end > self.stream_time - self.retention:
+                    out[(key, start, end)] = self.value_of(s)
+        return out

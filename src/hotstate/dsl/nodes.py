@@ -165,10 +165,7 @@ class WindowAggregateNode(Node):
         if key is None:
             ctx.metrics.dropped_null_key += 1
             return
-        ts = ctx.timestamp
-        if ts is None or ts < 0:
-            raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
-                             "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
+        ts = _event_time(ctx)
         windows = self.windows
         close_ms = ctx.stream_time - windows.grace_ms
         store = ctx.store(self.store_name)
@@ -188,6 +185,64 @@ class WindowAggregateNode(Node):
                 self.forward(Windowed(key, start, end), new, ctx)
             finally:
                 ctx.timestamp = ts
+
+
+def _event_time(ctx: Any) -> int:
+    ts = ctx.timestamp
+    if ts is None or ts < 0:
+        raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
+                         "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
+    return ts
+
+
+class SessionAggregateNode(Node):
+    """Session count / aggregate / reduce (Kafka Streams' KStreamSessionWindowAggregate). A record at ``t``
+    joins every live session of its key within the gap (``end >= t - gap`` and ``start <= t + gap``): starting
+    from ``initializer()``, their aggregates are combined with ``merger(key, agg, session_agg)`` in order of
+    start, the session becomes ``[min start, max end]`` and ``aggregator(key, value, agg)`` adds the record.
+
+    Late: when the resulting session ends before ``stream time - gap - grace`` the record is dropped and counted
+    (``dropped_late_records_total``). Otherwise, if any session was merged (unless the only one was ``[t, t]``),
+    each merged session is removed and a tombstone forwarded for its key, then the new session is stored and
+    forwarded. Output records carry the session's end as their timestamp."""
+
+    __slots__ = ("store_name", "windows", "initializer", "aggregator", "merger")
+
+    def __init__(self, store_name: str, windows: Any, initializer: Callable[[], Any],
+                 aggregator: Callable[[Any, Any, Any], Any], merger: Callable[[Any, Any, Any], Any]):
+        super().__init__()
+        self.store_name, self.windows = store_name, windows
+        self.initializer, self.aggregator, self.merger = initializer, aggregator, merger
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        if key is None:
+            ctx.metrics.dropped_null_key += 1
+            return
+        ts = _event_time(ctx)
+        gap = self.windows.inactivity_gap_ms
+        close_ms = ctx.stream_time - self.windows.grace_ms - gap
+        store = ctx.store(self.store_name)
+        merged = store.find_sessions(key, ts - gap, ts + gap)
+        agg = self.initializer()
+        start = end = ts
+        for s_start, s_end, s_agg in merged:
+            agg = self.merger(key, agg, s_agg)
+            start, end = min(start, s_start), max(end, s_end)
+        if end < close_ms:
+            ctx.metrics.record_late_drop(ctx.task_id)
+            return
+        try:
+            if (start, end) != (ts, ts):
+                for s_start, s_end, _ in merged:
+                    store.remove(key, s_start, s_end)
+                    ctx.timestamp = s_end
+                    self.forward(Windowed(key, s_start, s_end), None, ctx)
+            agg = self.aggregator(key, value, agg)
+            store.put(key, start, end, agg)
+            ctx.timestamp = end
+            self.forward(Windowed(key, start, end), agg, ctx)
+        finally:
+            ctx.timestamp = ts
 
 
 class SinkNode(Node):

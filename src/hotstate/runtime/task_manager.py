@@ -26,7 +26,8 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
-from ..state.window_store import WindowStore
+from ..state.session_store import SessionStore
+from ..state.window_store import TimeOrderedStore, WindowStore
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
 from .snapshots import TaskSnapshots
@@ -547,5 +548,7 @@ class TaskManager:
             raise error
 
 
-def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | WindowStore:
+def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | TimeOrderedStore:
+    if spec.sessions:
+        return SessionStore(spec, overlay)
     return WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)

@@ -18,7 +18,8 @@ _STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 class StoreSpec:
     """A store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory", or another kind registered
     with ``state.backend.register_backend``. A windowed aggregation turns "rocksdb" / "memory" into the windowed
-    kinds "window-rocksdb" / "window-memory", which need ``retention_ms`` (the windows' retention)."""
+    kinds "window-rocksdb" / "window-memory" (a session aggregation: "session-rocksdb" / "session-memory"),
+    which need ``retention_ms`` (the windows' retention)."""
 
     name: str
     key_serde: Serde = _serde.BYTES
@@ -52,6 +53,11 @@ class StoreSpec:
     @property
     def windowed(self) -> bool:
         return backend_kind(self.kind).windowed
+
+    @property
+    def sessions(self) -> bool:
+        """A session store (windowed too: a retention, a stream time, the same changelog settings)."""
+        return backend_kind(self.kind).sessions
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments of the kind's backend factory (``BackendKind.open``)."""
