@@ -48,6 +48,14 @@ def value_timestamp(raw: bytes) -> int:
     return TIME.unpack_from(raw)[0]
 
 
+def key_timestamp(raw: bytes) -> int:
+    """The time a windowed store's key ends with (a window's start; a session store's: the session end), at
+    least 0: the timestamp of a tombstone in the changelog. ValueError for fewer than 8 bytes."""
+    if len(raw) < TIME_BYTES:
+        raise ValueError(f"a windowed store key has at least {TIME_BYTES} bytes, got {len(raw)}")
+    return max(0, TIME.unpack_from(raw, len(raw) - TIME_BYTES)[0])
+
+
 def expired(start_ms: int, stream_time_ms: int | None, retention_ms: int) -> bool:
     return stream_time_ms is not None and start_ms <= stream_time_ms - retention_ms
 
