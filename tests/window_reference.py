@@ -84,3 +84,46 @@ class SessionReference:
                 if end > self.stream_time - self.retention:
                     out[(key, start, end)] = self.value_of(s)
         return out
+
+
+@dataclass
+class SlidingReference:
+    """Kafka Streams' sliding windows, written the plain way from their definition: the windows of a key are
+    the left window ``[t - d, t]`` of each of its accepted records (``[0, d]`` for ``t < d``) and the right
+    window ``[t + 1, t + 1 + d]`` of each record followed by another within it; a window's aggregate is that of
+    the accepted records it holds. A record is dropped when ``t + d < stream time - grace``. Exact for inputs
+    whose records are either on time for all their windows (``t >= stream time - grace``) or dropped;
+    ``partial`` counts the records in between (some of their windows closed), for which it is not."""
+
+    d: int
+    grace: int
+    retention: int
+    value_of: object = len  # the records [(ts, value)] of a window, in arrival order -> its aggregate
+    stream_time: int = -1
+    records: dict = field(default_factory=dict)  # key -> accepted [(ts, value)] in arrival order
+    dropped: int = 0
+    partial: int = 0
+
+    def process(self, key, ts, value=None):
+        self.stream_time = max(self.stream_time, ts)
+        close = self.stream_time - self.grace
+        if ts + self.d < close:
+            self.dropped += 1
+            return
+        if ts < close:
+            self.partial += 1
+        self.records.setdefault(key, []).append((ts, value))
+
+    def windows(self) -> dict:
+        """(key, start) -> aggregate of every window, expired or not."""
+        out = {}
+        for key, recs in self.records.items():
+            times = [t for t, _ in recs]
+            starts = {0 if t < self.d else t - self.d for t in times}
+            starts |= {a + 1 for a in times if any(a < b <= a + 1 + self.d for b in times)}
+            for s in starts:
+                out[(key, s)] = self.value_of([(t, v) for t, v in recs if s <= t <= s + self.d])
+        return out
+
+    def live(self) -> dict:
+        return {w: v for w, v in self.windows().items() if w[1] > self.stream_time - self.retention}

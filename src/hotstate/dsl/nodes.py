@@ -245,6 +245,126 @@ class SessionAggregateNode(Node):
             ctx.timestamp = ts
 
 
+class SlidingAggregateNode(Node):
+    """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, its in-order
+    variant). Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by
+    start in a windowed store with the event time of their newest record. A record at ``t``:
+
+    - is dropped (and counted) when its own left window ``[t - d, t]`` ends before ``stream time - grace``;
+    - updates every stored window that holds it, and creates its left window ``[t - d, t]`` (its aggregate
+      taken from the previous record's window when that record is within ``d``) and its right window
+      ``[t + 1, t + 1 + d]`` when a later record falls in it (the aggregate of the records after ``t``), and the
+      previous record's right window when missing; records before ``d`` go to the window ``[0, d]``.
+
+    A window whose end is before ``stream time - grace`` is not updated (counted as a late drop, as Kafka
+    Streams counts each skipped window). Every update is forwarded as ``Windowed(key, start, start + d)``,
+    stamped with the window's event time."""
+
+    __slots__ = ("store_name", "windows", "update")
+
+    def __init__(self, store_name: str, windows: Any, update: Callable[[Any, Any, Any], Any]):
+        super().__init__()
+        self.store_name, self.windows, self.update = store_name, windows, update
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        if key is None:
+            ctx.metrics.dropped_null_key += 1
+            return
+        ts = _event_time(ctx)
+        d = self.windows.time_difference_ms
+        close_ms = ctx.stream_time - self.windows.grace_ms
+        if ts + d < close_ms:
+            ctx.metrics.record_late_drop(ctx.task_id)
+            return
+        try:
+            if ts < d:
+                self._process_early(key, value, ts, close_ms, ctx)
+            else:
+                self._process_in_order(key, value, ts, close_ms, ctx)
+        finally:
+            ctx.timestamp = ts
+
+    def _process_in_order(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+        d = self.windows.time_difference_ms
+        store = ctx.store(self.store_name)
+        starts: set[int] = set()
+        left_agg = right_agg = None  # (aggregate, event time)
+        left_exists = right_exists = False
+        previous_ts: int | None = None
+        for start, agg, agg_ts in store.fetch_with_timestamps(key, max(0, ts - 2 * d), ts + 1):
+            starts.add(start)
+            end = start + d
+            if end < ts:
+                left_agg, previous_ts = (agg, agg_ts), agg_ts
+            elif end == ts:
+                left_exists = True
+                if agg_ts < ts:
+                    previous_ts = agg_ts
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
+            elif start <= ts:
+                right_agg = (agg, agg_ts)
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
+            elif start == ts + 1:
+                right_exists = True
+            else:
+                raise RuntimeError(f"sliding windows of {key!r}: a window starting at {start} was found while "
+                                   f"processing a record at {ts}; the store is not a sliding-window store")
+        if previous_ts is not None and previous_ts + 1 not in starts and previous_ts + 1 + d >= ts:
+            self._update(key, value, previous_ts + 1, None, ts, close_ms, ctx)  # the previous record's right window
+        if not left_exists:
+            seed = left_agg if previous_ts is not None and ts - d <= previous_ts else None
+            self._update(key, value, ts - d, None if seed is None else (seed[0], ts), ts, close_ms, ctx)
+        if not right_exists and right_agg is not None and right_agg[1] > ts:
+            self._put(key, ts + 1, right_agg, ctx)
+
+    def _process_early(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+        """A record before ``d``: its left window would start below 0, so it goes to ``[0, d]``."""
+        d = self.windows.time_difference_ms
+        store = ctx.store(self.store_name)
+        starts: set[int] = set()
+        combined = right_agg = None
+        right_exists = False
+        previous_ts: int | None = None
+        for start, agg, agg_ts in store.fetch_with_timestamps(key, 0, ts + 1):
+            starts.add(start)
+            if start == 0:
+                combined = (agg, agg_ts)
+                if agg_ts < ts:
+                    previous_ts = agg_ts
+            elif start <= ts:
+                right_agg = (agg, agg_ts)
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
+            elif start == ts + 1:
+                right_exists = True
+            else:
+                raise RuntimeError(f"sliding windows of {key!r}: a window starting at {start} was found while "
+                                   f"processing a record at {ts}; the store is not a sliding-window store")
+        if right_agg is None and combined is not None and combined[1] > ts:
+            right_agg = combined
+        if not right_exists and right_agg is not None and right_agg[1] > ts:
+            self._put(key, ts + 1, right_agg, ctx)
+        if previous_ts is not None and previous_ts + 1 not in starts:
+            self._update(key, value, previous_ts + 1, None, ts, close_ms, ctx)
+        self._update(key, value, 0, combined, ts, close_ms, ctx)
+
+    def _update(self, key: Any, value: Any, start: int, old: tuple[Any, int] | None, ts: int, close_ms: int,
+                ctx: Any) -> None:
+        """Adds the record to the window at ``start`` whose (aggregate, event time) was ``old`` (None: empty)."""
+        if start + self.windows.time_difference_ms < close_ms:
+            ctx.metrics.record_late_drop(ctx.task_id)
+            return
+        if old is None or old[0] is None:
+            new = (self.update(key, value, None), ts)
+        else:
+            new = (self.update(key, value, old[0]), max(ts, old[1]))
+        self._put(key, start, new, ctx)
+
+    def _put(self, key: Any, start: int, agg: tuple[Any, int], ctx: Any) -> None:
+        ctx.store(self.store_name).put(key, start, agg[0], agg[1])
+        ctx.timestamp = agg[1]
+        self.forward(Windowed(key, start, start + self.windows.time_difference_ms), agg[0], ctx)
+
+
 class SinkNode(Node):
     __slots__ = ("topic", "key_serde", "value_serde")
 

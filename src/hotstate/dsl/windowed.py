@@ -10,7 +10,7 @@ from ..serde import Serde
 from ..state.backend import MEMORY, ROCKSDB, SESSION_MEMORY, SESSION_ROCKSDB, WINDOW_MEMORY, WINDOW_ROCKSDB
 from ..state.store import StoreSpec
 from ..windows import SessionWindows, SlidingWindows, TimeWindows
-from .nodes import SessionAggregateNode, WindowAggregateNode
+from .nodes import SessionAggregateNode, SlidingAggregateNode, WindowAggregateNode
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -46,9 +46,11 @@ def windowed_stream(stream: "Stream", windows: Any) -> "TimeWindowedStream | Ses
 
 
 class TimeWindowedStream:
-    """A grouped stream cut into time windows: ``count`` / ``aggregate`` / ``reduce`` per (key, window)."""
+    """A grouped stream cut into time windows (tumbling, hopping or sliding): ``count`` / ``aggregate`` /
+    ``reduce`` per (key, window). Sliding windows' keys are ``Windowed(key, start, start + time_difference_ms)``
+    with both ends inclusive (Kafka Streams' sliding windows)."""
 
-    def __init__(self, stream: "Stream", windows: TimeWindows):
+    def __init__(self, stream: "Stream", windows: TimeWindows | SlidingWindows):
         if not isinstance(windows, (TimeWindows, SlidingWindows)):
             raise TopologyError("windowed_by() takes windows from hotstate.windows (tumbling(...), hopping(...), "
                                 f"sliding(...), session(...)), got {type(windows).__name__}")
@@ -62,7 +64,11 @@ class TimeWindowedStream:
         assert s.key_serde is not None
         spec = window_store_spec(store, s.key_serde, value_serde, self.windows)
         s._topology.add_store(s._sub, spec)
-        node = WindowAggregateNode(spec.name, self.windows, update)
+        node: WindowAggregateNode | SlidingAggregateNode
+        if isinstance(self.windows, SlidingWindows):
+            node = SlidingAggregateNode(spec.name, self.windows, update)
+        else:
+            node = WindowAggregateNode(spec.name, self.windows, update)
         s._node.children.append(node)
         key_serde = _serde.time_windowed(s.key_serde, self.windows.size_ms)
         return WindowedTable(Stream(s._topology, s._sub, node, key_serde, value_serde), spec, self.windows)

@@ -171,6 +171,11 @@ class WindowStore(TimeOrderedStore):
 
     def fetch(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any]]:
         """[(window start, value)] of ``key``'s live windows whose start is in [from_ms, to_ms], by start."""
+        return [(start, value) for start, value, _ in self.fetch_with_timestamps(key, from_ms, to_ms)]
+
+    def fetch_with_timestamps(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any, int]]:
+        """[(window start, value, event time of its last update)] of ``key``'s live windows whose start is in
+        [from_ms, to_ms], by start."""
         check_time_range(from_ms, to_ms)
         kb = self._ks.serialize(key)
         lo_ms = from_ms
@@ -185,7 +190,7 @@ class WindowStore(TimeOrderedStore):
         for raw_key, raw in self._scan(lo, hi):
             # Keys of other lengths sort in between (b"a" + start vs b"a\x00" + start): only this key's entries.
             if len(raw_key) == width and raw_key.startswith(kb):
-                out.append((split_window_key(raw_key)[1], self._vs.deserialize(raw[TIME_BYTES:])))
+                out.append((split_window_key(raw_key)[1], self._vs.deserialize(raw[TIME_BYTES:]), value_timestamp(raw)))
         return out
 
     def fetch_all(self, from_ms: int, to_ms: int) -> list[tuple[Any, int, Any]]:
