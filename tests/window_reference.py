@@ -127,3 +127,26 @@ class SlidingReference:
 
     def live(self) -> dict:
         return {w: v for w, v in self.windows().items() if w[1] > self.stream_time - self.retention}
+
+
+@dataclass
+class SuppressReference:
+    """``suppress_until_window_closes`` written the plain way over a windowed reference's updates: the latest
+    update of each window is held; after each update, every window whose end is at or below stream time -
+    ``suppress_ms`` is emitted once, by (end, key bytes); a tombstone forgets its window."""
+
+    suppress_ms: int
+    key_bytes: object  # (key, start, end) -> the windowed key's bytes (the order among equal ends)
+    held: dict = field(default_factory=dict)  # (key, start, end) -> (value, timestamp)
+    emitted: list = field(default_factory=list)  # (key, start, end, value, timestamp)
+
+    def updates(self, updates, stream_time):
+        for k, s, e, v, ts in updates:
+            if v is None:
+                self.held.pop((k, s, e), None)
+            else:
+                self.held[(k, s, e)] = (v, ts)
+            closed = [w for w in self.held if w[2] <= stream_time - self.suppress_ms]
+            for w in sorted(closed, key=lambda w: (w[2], self.key_bytes(*w))):
+                v2, ts2 = self.held.pop(w)
+                self.emitted.append((*w, v2, ts2))

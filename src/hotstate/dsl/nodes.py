@@ -1,12 +1,15 @@
 """Processor nodes of a sub-topology. Nodes hold no per-task state: a task passes its context."""
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Iterable
 
 from .. import serde as _serde
 from ..records import Record
 from ..serde import Serde
 from ..windows import Windowed
+
+_TIME = struct.Struct(">q")
 
 
 class Node:
@@ -363,6 +366,56 @@ class SlidingAggregateNode(Node):
         ctx.store(self.store_name).put(key, start, agg[0], agg[1])
         ctx.timestamp = agg[1]
         self.forward(Windowed(key, start, start + self.windows.time_difference_ms), agg[0], ctx)
+
+
+class SuppressNode(Node):
+    """``suppress_until_window_closes`` (Kafka Streams' KTableSuppressProcessor with ``untilWindowCloses``): each
+    update of a windowed table replaces its window's entry in a buffer store; once ``window end <= stream time
+    - suppress_ms`` (the windows' grace; for sessions gap + grace, as Kafka Streams' GraphGraceSearchUtil
+    computes) the entry is removed and forwarded: one final result per window, stamped with its last update's
+    timestamp, in order of (window end, key bytes). A tombstone (a session merged away) removes the window's
+    entry: nothing is emitted for it (Kafka Streams drops buffered tombstones of final results).
+
+    The buffer is a key-value store with a changelog (``buffer_store``), so it survives restarts and rebalances
+    and takes part in commits and exactly-once like any store. Its key: the window end, 8 bytes big-endian,
+    then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
+    bytes (``value_serde``). Stream time is the task's (restored with its windowed stores)."""
+
+    __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde")
+
+    def __init__(self, buffer_store: str, suppress_ms: int, key_serde: Serde, value_serde: Serde):
+        super().__init__()
+        self.buffer_store, self.suppress_ms = buffer_store, suppress_ms
+        self.key_serde, self.value_serde = key_serde, value_serde
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        buffer = ctx.store(self.buffer_store)
+        buffer_key = _TIME.pack(key.end_ms) + self.key_serde.serialize(key)
+        if value is None:
+            buffer.delete(buffer_key)
+        else:
+            buffer.put(buffer_key, _TIME.pack(ctx.timestamp) + self.value_serde.serialize(value))
+        self.evict(ctx)
+
+    def evict(self, ctx: Any) -> None:
+        """Forwards and removes every buffered window whose end is at or below stream time - suppress_ms."""
+        expiry = ctx.stream_time - self.suppress_ms
+        if expiry < 0:
+            return
+        buffer = ctx.store(self.buffer_store)
+        closed = []
+        for buffer_key, raw in buffer.range(None, _TIME.pack(expiry + 1)):  # ends are >= 0: they sort as numbers
+            if _TIME.unpack_from(buffer_key)[0] > expiry:
+                break
+            closed.append((buffer_key, raw))
+        ts = ctx.timestamp
+        try:
+            for buffer_key, raw in closed:
+                buffer.delete(buffer_key)
+                ctx.timestamp = _TIME.unpack_from(raw)[0]
+                self.forward(self.key_serde.deserialize(buffer_key[8:]), self.value_serde.deserialize(raw[8:]), ctx)
+        finally:
+            ctx.timestamp = ts
 
 
 class SinkNode(Node):

@@ -10,7 +10,7 @@ from ..serde import Serde
 from ..state.backend import MEMORY, ROCKSDB, SESSION_MEMORY, SESSION_ROCKSDB, WINDOW_MEMORY, WINDOW_ROCKSDB
 from ..state.store import StoreSpec
 from ..windows import SessionWindows, SlidingWindows, TimeWindows
-from .nodes import SessionAggregateNode, SlidingAggregateNode, WindowAggregateNode
+from .nodes import SessionAggregateNode, SlidingAggregateNode, SuppressNode, WindowAggregateNode
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -92,6 +92,14 @@ class TimeWindowedStream:
         return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
 
 
+def suppress_ms(windows: Any) -> int:
+    """How long after a window's end its result is final (Kafka Streams' GraphGraceSearchUtil): the grace, and for
+    sessions the inactivity gap too (a session may still grow until then)."""
+    if isinstance(windows, SessionWindows):
+        return windows.inactivity_gap_ms + windows.grace_ms
+    return windows.grace_ms
+
+
 class WindowedTable:
     """The result of a windowed aggregation: a table keyed by ``hotstate.Windowed(key, start_ms, end_ms)``."""
 
@@ -99,6 +107,35 @@ class WindowedTable:
         self._updates = updates
         self.store = store
         self.windows = windows
+
+    def suppress_until_window_closes(self, buffer_store: str | StoreSpec | None = None) -> "SuppressedTable":
+        """One final result per window, emitted once stream time reaches ``window end + grace`` (for sessions:
+        ``session end + inactivity gap + grace``), as Kafka Streams' ``suppress(untilWindowCloses(unbounded()))``.
+
+        The suppression buffer is a key-value store with a changelog, so it survives restarts and rebalances
+        under both guarantees: ``buffer_store`` names it (default ``<store>-suppress``, RocksDB) or is a
+        StoreSpec giving name and kind ("rocksdb" or "memory"; its serdes are the buffer's own). It is
+        unbounded: it holds every window not yet closed."""
+        from .stream import Stream
+        s = self._updates
+        name = f"{self.store.name}-suppress"
+        kind = ROCKSDB
+        if isinstance(buffer_store, StoreSpec):
+            name, kind = buffer_store.name, buffer_store.kind
+            if kind not in (ROCKSDB, MEMORY):
+                raise TopologyError(f"store {name!r}: kind={kind!r} cannot be a suppression buffer; use 'rocksdb' "
+                                    "or 'memory'")
+        elif isinstance(buffer_store, str):
+            name = buffer_store
+        elif buffer_store is not None:
+            raise TopologyError("buffer_store must be a name or a hotstate.StoreSpec, got "
+                                f"{type(buffer_store).__name__}")
+        assert s.key_serde is not None and s.value_serde is not None
+        spec = StoreSpec(name, _serde.BYTES, _serde.BYTES, kind)
+        s._topology.add_store(s._sub, spec)
+        node = SuppressNode(spec.name, suppress_ms(self.windows), s.key_serde, s.value_serde)
+        s._node.children.append(node)
+        return SuppressedTable(Stream(s._topology, s._sub, node, s.key_serde, s.value_serde), spec, self.windows)
 
     def to_stream(self) -> "Stream":
         """The stream of the table's updates: one record per change of a window's aggregate, keyed by
@@ -152,3 +189,17 @@ class SessionWindowedStream:
         def merge(k: Any, agg: Any, other: Any) -> Any:  # Kafka Streams' mergerForAggregator(reduce aggregator)
             return other if agg is None else reducer(agg, other)
         return self._aggregate(store, vs, lambda: None, lambda k, v, agg: merge(k, agg, v), merge)
+
+
+class SuppressedTable:
+    """A windowed table's final results (``WindowedTable.suppress_until_window_closes``): ``to_stream()`` has
+    one record per window, after it closed. ``buffer`` is the suppression buffer's store."""
+
+    def __init__(self, updates: "Stream", buffer: StoreSpec, windows: Any):
+        self._updates = updates
+        self.buffer = buffer
+        self.windows = windows
+
+    def to_stream(self) -> "Stream":
+        """The final results, keyed by ``hotstate.Windowed`` (the same key serde as the table's updates)."""
+        return self._updates
