@@ -51,8 +51,8 @@ def assert_queries_equal(store, live):
                                                       if k == key and e >= lo and s <= hi)
     assert store.fetch_all(0, 10_000) == sorted(((k, s, e, v) for (k, s, e), v in live.items()),
                                                 key=lambda x: (x[1], x[2], x[0]))
-    assert store.fetch_all(300, 700) == sorted(((k, s, e, v) for (k, s, e), v in live.items() if e >= 300 and s <= 700),
-                                               key=lambda x: (x[1], x[2], x[0]))
+    overlapping = ((k, s, e, v) for (k, s, e), v in live.items() if e >= 300 and s <= 700)
+    assert store.fetch_all(300, 700) == sorted(overlapping, key=lambda x: (x[1], x[2], x[0]))
 
 
 tens = st.integers(0, 200).map(lambda n: n * 10)
@@ -151,4 +151,5 @@ def test_session_windows_refuse_bad_settings(make_app):
     with pytest.raises(hotstate.TopologyError, match="cannot hold sessions"):
         sessions.count(store=hotstate.StoreSpec("s", kind="window-memory", retention_ms=10))
     t = sessions.count(store="on-disk")
-    assert (t.store.kind, t.store.retention_ms, t.store.sessions, t.store.windowed) == ("session-rocksdb", 15, True, True)
+    assert (t.store.kind, t.store.retention_ms, t.store.sessions, t.store.windowed) == \
+        ("session-rocksdb", 15, True, True)
