@@ -118,3 +118,22 @@ def test_suppress_refuses_bad_buffer_stores(make_app):
         table.suppress_until_window_closes(42)
     final = table.suppress_until_window_closes()
     assert (final.buffer.name, final.buffer.kind) == ("n-suppress", "rocksdb")
+
+
+def test_sliding_windows_final_results_follow_kafka_streams_rule(make_app):
+    """Sliding windows are emitted once ``end + grace <= stream time`` (Kafka Streams' suppression rule); the
+    aggregation still accepts a record at exactly that boundary, and the window is then emitted again."""
+    h, _ = build(make_app, windows.sliding(time_difference_ms=10, grace_ms=5))
+    key_serde = serde.time_windowed(serde.STRING, 10)
+
+    def of_k():
+        return [e for e in sent(h, key_serde) if e[0].key == "k"]
+    h.pipe("k", 1, timestamp=100)  # [90, 100]
+    h.pipe("k", 1, timestamp=104)  # [94, 104], and 100's right window [101, 111]
+    assert h.sent == []
+    h.pipe("x", 1, timestamp=106)  # stream time 106: [90, 100] is final (100 + 5 <= 106), the others not yet
+    assert of_k() == [(hotstate.Windowed("k", 90, 100), 1, 100)]
+    h.pipe("x", 1, timestamp=116)  # 104 + 5 <= 116 and 111 + 5 <= 116: by end
+    assert of_k()[1:] == [(hotstate.Windowed("k", 94, 104), 2, 104), (hotstate.Windowed("k", 101, 111), 1, 104)]
+    h.pipe("k", 1, timestamp=106)  # [101, 111] ends at 116 - 5: still open to the aggregation, so emitted again
+    assert of_k()[3:] == [(hotstate.Windowed("k", 101, 111), 2, 106)]
