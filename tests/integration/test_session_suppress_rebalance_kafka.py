@@ -1,7 +1,8 @@
 """A session count and its final results on the real broker while the group changes, under both guarantees: a
 second instance joins (a task moves to it and restores its session store and suppression buffer from their
-changelogs), then the first leaves (its task moves back over). Every session's final result is emitted exactly
-once, equal to the reference, and the live sessions are served by whichever instance runs their task."""
+changelogs; each instance keeps a standby of the other's task), then the first leaves (its task moves over to
+the second's standby). Every session's final result is emitted exactly once, equal to the reference, and the
+live sessions are served by whichever instance runs their task."""
 from __future__ import annotations
 
 import random
@@ -27,7 +28,8 @@ KEY_SERDE = serde.session_windowed(serde.STRING)
 
 def build(kafka, app_id, state_dir, source, final_topic, guarantee):
     app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(state_dir),
-                       processing_guarantee=guarantee, commit_interval_ms=100, session_timeout_ms=6000)
+                       processing_guarantee=guarantee, commit_interval_ms=100, session_timeout_ms=6000,
+                       num_standby_replicas=1)
     sessions = (app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
                    .group_by_key()
                    .windowed_by(windows.session(inactivity_gap_ms=GAP, grace_ms=GRACE))
@@ -69,6 +71,17 @@ def reference(records: list[tuple[str, int]]) -> tuple[dict, dict]:
     return dict(out), {w: v for r in refs.values() for w, v in r.live().items()}
 
 
+class PromotedStores(hotstate.StandbyUpdateListener):
+    """The stores whose standby was promoted to active (``on_update_suspended`` with PROMOTED)."""
+
+    def __init__(self) -> None:
+        self.promoted: set[str] = set()
+
+    def on_update_suspended(self, partition, store_name, store_offset, current_end_offset, reason):  # noqa: ANN001
+        if reason is hotstate.SuspendReason.PROMOTED:
+            self.promoted.add(store_name)
+
+
 def actives(app: hotstate.App) -> set[str]:
     return {t.id for t in app.tasks() if not t.standby and t.state is hotstate.TaskState.RUNNING}
 
@@ -103,6 +116,8 @@ def test_final_session_results_once_while_tasks_move_between_instances(kafka, tm
 
     a = build(kafka, app_id, tmp_path / "a", source, final_topic, guarantee)
     b = build(kafka, app_id, tmp_path / "b", source, final_topic, guarantee)
+    standby_b = PromotedStores()
+    b.set_standby_listener(standby_b)
     a.start()
     try:
         wait_for(lambda: actives(a) == {"0_0", "0_1"}, "a to run both tasks", 60)
@@ -117,8 +132,10 @@ def test_final_session_results_once_while_tasks_move_between_instances(kafka, tm
         wait_for(lambda: sorted(a.store(STORE).fetch_all(0, 2**62) + b.store(STORE).fetch_all(0, 2**62)) == want_live,
                  "the live sessions, served by the instance running their task", 30, 0.2)
 
-        assert a.close()  # a leaves: its task moves to b
+        wait_for(lambda: {t.id for t in b.tasks() if t.standby} == actives(a), "b to keep a standby of a's task", 60)
+        assert a.close()  # a leaves: its task moves to b, where its standby is promoted
         wait_for(lambda: actives(b) == {"0_0", "0_1"}, "b to run both tasks", 90)
+        assert standby_b.promoted == {STORE, f"{STORE}-suppress"}
         produce_timed(kafka, source, parts[2])
         live = settle(3, "every final result, once")
         want_live = sorted((k, s, e, v) for (k, s, e), v in live.items())
