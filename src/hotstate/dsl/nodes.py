@@ -147,6 +147,16 @@ class AggregateNode(Node):
         self.forward(key, new, ctx)
 
 
+def _event_time(ctx: Any) -> int:
+    """The record's event time; a windowed aggregation cannot place a record without one (ValueError: the
+    processing exception handler decides)."""
+    ts = ctx.timestamp
+    if ts is None or ts < 0:
+        raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
+                         "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
+    return ts
+
+
 class WindowAggregateNode(Node):
     """Windowed count / aggregate / reduce (Kafka Streams' KStreamWindowAggregate): for each window containing
     the record's timestamp, ``agg = update(key, value, old_agg_or_None)``, stored with the window's event time
@@ -188,14 +198,6 @@ class WindowAggregateNode(Node):
                 self.forward(Windowed(key, start, end), new, ctx)
             finally:
                 ctx.timestamp = ts
-
-
-def _event_time(ctx: Any) -> int:
-    ts = ctx.timestamp
-    if ts is None or ts < 0:
-        raise ValueError(f"record of {ctx.topic}[{ctx.partition}]@{ctx.offset} has no valid timestamp ({ts}); "
-                         "a windowed aggregation needs one: pass app.stream(..., timestamp_extractor=...)")
-    return ts
 
 
 class SessionAggregateNode(Node):
