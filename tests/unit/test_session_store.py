@@ -102,3 +102,25 @@ def test_restore_batches_skip_expired_sessions_and_keep_stream_time(tmp_path):
     assert read_stored_offset("s", str(tmp_path / "s")) == 4  # session-1 is a known format
     with pytest.raises(StoreCorruptedError, match="unknown format b'session-1'"):
         WindowRocksDBBackend("s", str(tmp_path / "s"), RETENTION)  # a window store refuses a session store's files
+
+
+def test_a_checkpoint_of_a_session_store_is_adopted_with_its_offset_and_stream_time(tmp_path):
+    b = SessionRocksDBBackend("s", str(tmp_path / "s"), RETENTION)
+    b.write([entry("a", 100, 150, 1), entry("b", 600, 990, 2)], 7)
+    assert b.checkpoint(str(tmp_path / "cp"))
+    b.close()
+    other = SessionRocksDBBackend("s", str(tmp_path / "s2"), RETENTION)
+    try:
+        other.open_from_files(str(tmp_path / "cp"))
+        assert (other.changelog_offset(), other.stream_time()) == (7, 990)
+        assert held(other) == {(b"a", 100, 150), (b"b", 600, 990)}
+        other.write([entry("c", 1_100, 1_150, 3)], 8)  # 150 <= 1150 - 1000: [100, 150] expires by its end
+        assert held(other) == {(b"b", 600, 990), (b"c", 1_100, 1_150)}
+    finally:
+        other.close()
+    window_store = WindowRocksDBBackend("w", str(tmp_path / "w"), RETENTION)
+    try:
+        with pytest.raises(StoreCorruptedError, match="format"):  # a window store refuses a session checkpoint
+            window_store.open_from_files(str(tmp_path / "s2"))
+    finally:
+        window_store.close()
