@@ -1,6 +1,7 @@
 """suppress_until_window_closes through the DSL and the real nodes (no Kafka): final results only, once per
 window, after window end + grace (sessions: + gap), against the plain reference of tests/window_reference.py
-fed by the windowed references; the buffer is a store that commits (and rewinds) with the task."""
+fed by the windowed references; the buffer is a store that commits and rewinds with the task (aborted work
+processed again emits the same)."""
 from __future__ import annotations
 
 import struct
@@ -36,7 +37,9 @@ records = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), tens, st.booleans
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(1, 30).map(lambda n: n * 10), ratio=st.sampled_from([1, 2, 3]),
-       grace=st.integers(0, 40).map(lambda n: n * 10), recs=records)
+       grace=st.integers(0, 40).map(lambda n: n * 10),
+       recs=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), tens,
+                               st.sampled_from(["none", "none", "commit", "abort"])), min_size=1, max_size=80))
 def test_suppressed_time_windows_emit_each_final_result_once(make_app, size, ratio, grace, recs):
     advance = max(1, size // ratio)
     w = windows.hopping(size, advance, grace)
@@ -44,13 +47,22 @@ def test_suppressed_time_windows_emit_each_final_result_once(make_app, size, rat
     ref = Reference(size, advance, grace, w.retention_ms)
     key_serde = serde.time_windowed(serde.STRING, size)
     final = SuppressReference(grace, lambda k, s, e: key_serde.serialize(hotstate.Windowed(k, s, e)))
-    for key, ts, commit in recs:
+    since_commit: list = []  # records processed since the last commit, and the output before them
+    sent_at_commit = 0
+    for key, ts, action in recs:
         h.pipe(key, 1, timestamp=ts)
+        since_commit.append((key, ts))
         done = len(ref.emitted)
         ref.process(key, ts, lambda old: 1 if old is None else old + 1)
         final.updates(ref.emitted[done:], ref.stream_time)
-        if commit:
+        if action == "abort":  # an aborted transaction: its output is discarded, the records processed again
+            h.task.drop_uncommitted()
+            del h.sent[sent_at_commit:]
+            for k, t in since_commit:
+                h.pipe(k, 1, timestamp=t)
+        if action in ("commit", "abort"):
             h.commit()
+            since_commit, sent_at_commit = [], len(h.sent)
     got = sent(h, key_serde)
     assert got == [(hotstate.Windowed(k, s, e), v, t) for k, s, e, v, t in final.emitted]
     assert len({w for w, _, _ in got}) == len(got)  # once per window

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import Any, Callable, Iterable
 
 from .. import serde as _serde
@@ -383,31 +384,46 @@ class SuppressNode(Node):
     then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
     bytes (``value_serde``). Stream time is the task's (restored with its windowed stores)."""
 
-    __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde")
+    __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
 
     def __init__(self, buffer_store: str, suppress_ms: int, key_serde: Serde, value_serde: Serde):
         super().__init__()
         self.buffer_store, self.suppress_ms = buffer_store, suppress_ms
         self.key_serde, self.value_serde = key_serde, value_serde
+        # Per task buffer (its view): (write generation, the smallest end it may hold). Known exactly after an
+        # eviction's scan, lowered by every put; a rewind clears the uncommitted writes (bringing back what was
+        # evicted), which moves the generation on. No scan while stream time - suppress_ms stays below it.
+        self._least_end: weakref.WeakKeyDictionary[Any, tuple[int, int | None]] = weakref.WeakKeyDictionary()
 
     def process(self, key: Any, value: Any, ctx: Any) -> None:
         buffer = ctx.store(self.buffer_store)
-        buffer_key = _TIME.pack(key.end_ms) + self.key_serde.serialize(key)
+        end = key.end_ms
+        buffer_key = _TIME.pack(end) + self.key_serde.serialize(key)
+        generation = buffer.write_generation
+        known = self._least_end.get(buffer)
+        least = None if known is None or known[0] != generation else known[1]
         if value is None:
-            buffer.delete(buffer_key)
+            buffer.delete(buffer_key)  # the least end stays a lower bound
         else:
             buffer.put(buffer_key, _TIME.pack(ctx.timestamp) + self.value_serde.serialize(value))
-        self.evict(ctx)
-
-    def evict(self, ctx: Any) -> None:
-        """Forwards and removes every buffered window whose end is at or below stream time - suppress_ms."""
+            if known is not None and known[0] == generation:
+                least = end if least is None else min(least, end)
         expiry = ctx.stream_time - self.suppress_ms
-        if expiry < 0:
+        if known is not None and known[0] == generation and (least is None or least > expiry):
+            self._least_end[buffer] = (generation, least)
             return
+        self._least_end[buffer] = (generation, self.evict(ctx))
+
+    def evict(self, ctx: Any) -> int | None:
+        """Forwards and removes every buffered window whose end is at or below stream time - suppress_ms;
+        returns the smallest end left in the buffer (None: empty)."""
+        expiry = ctx.stream_time - self.suppress_ms
         buffer = ctx.store(self.buffer_store)
-        closed = []
-        for buffer_key, raw in buffer.range(None, _TIME.pack(expiry + 1)):  # ends are >= 0: they sort as numbers
-            if _TIME.unpack_from(buffer_key)[0] > expiry:
+        closed, least = [], None
+        for buffer_key, raw in buffer.range(None, None):
+            end = _TIME.unpack_from(buffer_key)[0]
+            if end > expiry:
+                least = end
                 break
             closed.append((buffer_key, raw))
         ts = ctx.timestamp
@@ -418,6 +434,7 @@ class SuppressNode(Node):
                 self.forward(self.key_serde.deserialize(buffer_key[8:]), self.value_serde.deserialize(raw[8:]), ctx)
         finally:
             ctx.timestamp = ts
+        return least
 
 
 class SinkNode(Node):

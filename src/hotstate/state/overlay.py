@@ -18,6 +18,9 @@ class Overlay:
         self.backend = backend
         self._dirty: dict[bytes, bytes | None] = {}
         self.bytes = 0  # keys + values written since the last clear (an upper bound of what the overlay holds)
+        # Moves on at every clear (a commit, or dropped writes): what a reader remembers of the store's content
+        # holds while the generation it saw it at stays current.
+        self.generation = 0
 
     def get(self, key: bytes) -> bytes | None:
         value = self._dirty.get(key, _MISSING)
@@ -66,3 +69,4 @@ class Overlay:
         """Called once the entries are in the backend, or to drop them (an aborted transaction)."""
         self._dirty = {}
         self.bytes = 0
+        self.generation += 1

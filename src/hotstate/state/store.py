@@ -85,6 +85,12 @@ class KeyValueStore:
         closes, so a read that fails in the backend meanwhile is seen to be one on a closed store."""
         self._closed = True
 
+    @property
+    def write_generation(self) -> int:
+        """Changes whenever the uncommitted writes are cleared (committed, or dropped by a rewind): a processor
+        may rely on what it learned of the store's content, plus its own writes since, while this stays the same."""
+        return self._overlay.generation
+
     def _closed_error(self) -> StoreClosedError:
         return StoreClosedError.of(self.name)
 
