@@ -25,7 +25,7 @@ def memory_task_store(spec: StoreSpec, changelog: TopicPartition) -> TaskStore:
             return WindowMemoryBackend(spec.name, spec.retention_ms)
         return MemoryBackend(spec.name)
     backend = reopen()
-    overlay = Overlay(backend)
+    overlay = Overlay(backend, ordered=spec.windowed)
     if spec.sessions:
         view = SessionStore(spec, overlay)
     else:

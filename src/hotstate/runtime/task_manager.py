@@ -264,7 +264,7 @@ class TaskManager:
             if kept is not None:
                 log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
                          kept.changelog_offset())
-                overlay = Overlay(kept)
+                overlay = Overlay(kept, ordered=spec.windowed)
                 return TaskStore(spec, changelog, kept, overlay, _view(spec, overlay), reopen)
         else:
             path = self._state_dir.store_path(tid, spec.name)
@@ -281,7 +281,7 @@ class TaskManager:
             log.warning("task %s: %s; wiping it and restoring from %s", tid, exc, changelog)
             wipe_path(self._state_dir.store_path(tid, spec.name))
             backend = reopen()
-        overlay = Overlay(backend)
+        overlay = Overlay(backend, ordered=spec.windowed)  # windowed: aggregations read ranges per record
         return TaskStore(spec, changelog, backend, overlay, _view(spec, overlay), reopen)
 
     # ---- the loop's steps ----
