@@ -127,9 +127,11 @@ class SlidingWindows:
     record's left window) or one past its start (a record's right window, which holds the records after it
     within the time difference). A record updates every window holding it. Build them with :func:`sliding`.
 
-    Grace: a window accepts records until ``end + grace_ms < stream time``; a record whose own left window is
-    closed is dropped and counted. Retention: default and least allowed ``2 * time_difference_ms + grace_ms``
-    (as Kafka Streams requires: a new window may take its aggregate from one that old)."""
+    Grace: a window accepts records while ``end >= stream time - grace_ms``; a record whose own left window is
+    closed is dropped and counted. Retention: default and least allowed ``2 * time_difference_ms + grace_ms +
+    1``: a record on time at ``t`` may take its aggregate from a window starting at ``t - 2 * d``, which must
+    still be live (``start > stream time - retention``). Kafka Streams allows one less, which loses that window
+    for a record at exactly ``stream time - grace`` (docs/architecture.md)."""
 
     time_difference_ms: int
     grace_ms: int
@@ -139,11 +141,11 @@ class SlidingWindows:
         _int("time_difference_ms", self.time_difference_ms, 1)
         _int("grace_ms", self.grace_ms, 0)
         _int("retention_ms", self.retention_ms, 1)
-        least = 2 * self.time_difference_ms + self.grace_ms
+        least = 2 * self.time_difference_ms + self.grace_ms + 1
         if self.retention_ms < least:
             raise ConfigError(f"retention_ms={self.retention_ms} is invalid: it must be at least 2 * "
-                              f"time_difference_ms + grace_ms = {least}: a new window may take its aggregate from a "
-                              "window that old")
+                              f"time_difference_ms + grace_ms + 1 = {least}: a new window may take its aggregate "
+                              "from a window that old")
 
     @property
     def size_ms(self) -> int:
@@ -156,4 +158,4 @@ def sliding(time_difference_ms: int, grace_ms: int, retention_ms: int | None = N
     _int("time_difference_ms", time_difference_ms, 1)
     _int("grace_ms", grace_ms, 0)
     return SlidingWindows(time_difference_ms, grace_ms,
-                          2 * time_difference_ms + grace_ms if retention_ms is None else retention_ms)
+                          2 * time_difference_ms + grace_ms + 1 if retention_ms is None else retention_ms)

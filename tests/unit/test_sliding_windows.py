@@ -64,7 +64,7 @@ def last_updates(h, d, value_serde=serde.INT64) -> dict:
 @given(d=st.integers(1, 20).map(lambda n: n * 10), grace=st.integers(0, 30).map(lambda n: n * 10),
        extra=st.sampled_from([0, 10, 1_000]), op=st.sampled_from(["count", "aggregate"]), recs=steps)
 def test_sliding_windows_equal_their_definition(make_app, d, grace, extra, op, recs):
-    w = windows.sliding(d, grace, retention_ms=2 * d + grace + extra)
+    w = windows.sliding(d, grace, retention_ms=2 * d + grace + 1 + extra)
     h = build(make_app, w, op)
     value_of = len if op == "count" else (lambda rs: sorted(v for _, v in rs))
     ref = SlidingReference(d, grace, w.retention_ms, value_of)
@@ -119,6 +119,16 @@ def test_a_record_is_dropped_from_each_closed_window_and_added_to_the_open_ones(
 def test_sliding_windows_refuse_bad_settings(make_app):
     with pytest.raises(hotstate.ConfigError, match="time_difference_ms=0"):
         windows.sliding(0, 10)
-    with pytest.raises(hotstate.ConfigError, match="2 \\* time_difference_ms \\+ grace_ms = 25"):
-        windows.sliding(10, 5, retention_ms=24)
-    assert windows.sliding(10, 5).retention_ms == 25
+    with pytest.raises(hotstate.ConfigError, match="2 \\* time_difference_ms \\+ grace_ms \\+ 1 = 26"):
+        windows.sliding(10, 5, retention_ms=25)
+    assert windows.sliding(10, 5).retention_ms == 26
+
+
+def test_a_record_at_the_grace_boundary_takes_its_aggregate_from_a_window_2d_old(make_app):
+    """d = 40, grace = 170: records at 40 and 250 (stream time 250), then 80 = 250 - grace, on time. Its left
+    window [40, 80] takes 40's aggregate from [0, 40], which starts at 80 - 2d: with Kafka Streams' least retention
+    (2d + grace = 250) that window is expired (0 <= 250 - 250) and 40 would be missing from [40, 80]."""
+    h = build(make_app, windows.sliding(time_difference_ms=40, grace_ms=170))
+    for ts in (40, 250, 80):
+        h.pipe("k", 1, timestamp=ts)
+    assert h.store("sliding").fetch("k", 0, 1_000) == [(0, 1), (40, 2), (41, 1), (210, 1)]
