@@ -130,6 +130,9 @@ def test_suppress_refuses_bad_buffer_stores(make_app):
         table.suppress_until_window_closes(42)
     final = table.suppress_until_window_closes()
     assert (final.buffer.name, final.buffer.kind) == ("n-suppress", "rocksdb")
+    with pytest.raises(hotstate.TopologyError, match="'n-suppress' already exists"):
+        table.suppress_until_window_closes()
+    assert table.suppress_until_window_closes("other").buffer.name == "other"
 
 
 def test_sliding_windows_final_results_follow_kafka_streams_rule(make_app):

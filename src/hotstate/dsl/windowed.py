@@ -119,7 +119,8 @@ class WindowedTable:
         The suppression buffer is a key-value store with a changelog, so it survives restarts and rebalances
         under both guarantees: ``buffer_store`` names it (default ``<store>-suppress``, RocksDB) or is a
         StoreSpec giving name and kind ("rocksdb" or "memory"; its serdes are the buffer's own). It is
-        unbounded: it holds every window not yet closed."""
+        unbounded: it holds every window not yet closed. Where Kafka Streams' rule emits a sliding window or a
+        session that can still change, so does this (docs/architecture.md, "Final results")."""
         from .stream import Stream
         s = self._updates
         name = f"{self.store.name}-suppress"
@@ -135,6 +136,9 @@ class WindowedTable:
             raise TopologyError("buffer_store must be a name or a hotstate.StoreSpec, got "
                                 f"{type(buffer_store).__name__}")
         assert s.key_serde is not None and s.value_serde is not None
+        if name in s._topology.store_specs():
+            raise TopologyError(f"store {name!r} already exists: a suppression buffer needs a store of its own "
+                                "(suppress a table once, or pass buffer_store=)")
         spec = StoreSpec(name, _serde.BYTES, _serde.BYTES, kind)
         s._topology.add_store(s._sub, spec)
         node = SuppressNode(spec.name, suppress_ms(self.windows), s.key_serde, s.value_serde)
