@@ -45,12 +45,11 @@ class SessionStore(TimeOrderedStore):
 
     def find_sessions(self, key: Any, earliest_end_ms: int, latest_start_ms: int) -> list[tuple[int, int, Any]]:
         """[(start, end, value)] of ``key``'s live sessions with ``end >= earliest_end_ms`` and ``start <=
-        latest_start_ms``, by start (Kafka Streams' ``SessionStore.findSessions``)."""
-        return [(s, e, v) for _, s, e, v in self._sessions(self._ks.serialize(key), earliest_end_ms, latest_start_ms)]
-
-    def _sessions(self, kb: bytes, earliest_end_ms: int, latest_start_ms: int) -> list[tuple[bytes, int, int, Any]]:
+        latest_start_ms``, by start (Kafka Streams' ``SessionStore.findSessions``). Reads the key's sessions that
+        start at or before ``latest_start_ms`` (a key's live sessions are few: they expire by their end)."""
         if latest_start_ms < 0:
             return []
+        kb = self._ks.serialize(key)
         st = self.stream_time()
         width = len(kb) + SESSION_SUFFIX
         lo, hi = session_key(kb, 0, 0), session_key(kb, latest_start_ms, _MAX_TIME)
@@ -61,7 +60,7 @@ class SessionStore(TimeOrderedStore):
                 continue
             _, start, end = split_session_key(raw_key)
             if end >= earliest_end_ms and self._live(end, st):
-                out.append((kb, start, end, self._vs.deserialize(raw[TIME_BYTES:])))
+                out.append((start, end, self._vs.deserialize(raw[TIME_BYTES:])))
         return out
 
     def put(self, key: Any, start_ms: int, end_ms: int, value: Any) -> None:
