@@ -45,8 +45,8 @@ class SessionReference:
     """Kafka Streams' session aggregation, written the plain way: a session is the list of records it holds; a
     record joins every session of its key within the gap (distance <= gap), which become one; the aggregate is
     computed from the session's records (``value_of(records)``), never merged. A record is dropped when its
-    session would end before stream time - gap - grace; a session is forgotten once its end is before stream
-    time - retention (Kafka Streams' session stores; stream time before the record: what the store had seen)."""
+    session would end before stream time - gap - grace; a session is forgotten once its end is at or below
+    stream time - retention (stream time before the record: what the store had seen)."""
 
     gap: int
     grace: int
@@ -59,7 +59,7 @@ class SessionReference:
 
     def process(self, key, ts, value=None):
         before, self.stream_time = self.stream_time, max(self.stream_time, ts)
-        live = [s for s in self.sessions.get(key, []) if max(t for t, _ in s) >= before - self.retention]
+        live = [s for s in self.sessions.get(key, []) if max(t for t, _ in s) > before - self.retention]
         joined = [s for s in live if any(abs(t - ts) <= self.gap for t, _ in s)
                   or min(t for t, _ in s) <= ts <= max(t for t, _ in s)]
         records = sorted([r for s in joined for r in s] + [(ts, value)], key=lambda r: r[0])
@@ -81,7 +81,7 @@ class SessionReference:
         for key, sessions in self.sessions.items():
             for s in sessions:
                 start, end = min(t for t, _ in s), max(t for t, _ in s)
-                if end >= self.stream_time - self.retention:
+                if end > self.stream_time - self.retention:
                     out[(key, start, end)] = self.value_of(s)
         return out
 

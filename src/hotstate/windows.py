@@ -96,8 +96,7 @@ class SessionWindows:
 
     Grace: a record is dropped (and counted) when the session it would make ends before ``stream time -
     inactivity_gap_ms - grace_ms`` (Kafka Streams' ``KStreamSessionWindowAggregate``). Retention (stream time
-    a session stays in its store after its end: kept while ``end >= stream time - retention_ms``, as Kafka
-    Streams' session stores): default and least allowed ``inactivity_gap_ms + grace_ms``."""
+    a session stays in its store after its end): default and least allowed ``inactivity_gap_ms + grace_ms``."""
 
     inactivity_gap_ms: int
     grace_ms: int

@@ -60,7 +60,7 @@ def test_a_wiped_restore_of_a_session_store_seeks_past_the_expired_records(kafka
     msgs = kafka.read_all(changelog)
     end = kafka.ends(changelog)[0]
     assert any(m.value() is None for m in msgs)
-    expired = [m for m in msgs if struct.unpack(">q", m.key()[-8:])[0] < ref.stream_time - GAP - GRACE]
+    expired = [m for m in msgs if struct.unpack(">q", m.key()[-8:])[0] <= ref.stream_time - GAP - GRACE]
     assert len(expired) >= 0.9 * len(msgs), (len(expired), len(msgs))  # the premise: the oldest 90% expired
 
     shutil.rmtree(tmp_state_dir)
@@ -72,7 +72,7 @@ def test_a_wiped_restore_of_a_session_store_seeks_past_the_expired_records(kafka
         (start, end_offset), = listener.starts().values()
         assert end_offset == end and app.metrics()["restore_skipped_records_total"] == start
         first_live = min(m.offset() for m in msgs
-                         if struct.unpack(">q", m.key()[-8:])[0] >= ref.stream_time - GAP - GRACE)
+                         if struct.unpack(">q", m.key()[-8:])[0] > ref.stream_time - GAP - GRACE)
         assert start >= 0.9 * end and start <= first_live
         store = app.store(STORE)
         assert sorted(store.fetch_all(0, 2**62)) == sorted((k, s, e, v) for (k, s, e), v in live.items())

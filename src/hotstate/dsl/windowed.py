@@ -25,21 +25,17 @@ _SESSION_KIND = {ROCKSDB: SESSION_ROCKSDB, MEMORY: SESSION_MEMORY, SESSION_ROCKS
 def window_store_spec(store: str | StoreSpec, key_serde: Serde, value_serde: Serde, windows: Any,
                       kinds: dict[str, str] = _WINDOWED_KIND) -> StoreSpec:
     """The windowed store of an aggregation: the user's name and kind ("rocksdb" or "memory", made windowed
-    or session by ``kinds``), the aggregation's serdes, the windows' retention.
-
-    A session store's retention is the windows' + 1 ms: Kafka Streams keeps a session while ``end >= stream time
-    - retention``, the windowed backends keep an entry while its time is ``> stream time - retention``."""
-    retention = windows.retention_ms + 1 if kinds is _SESSION_KIND else windows.retention_ms
+    or session by ``kinds``), the aggregation's serdes, the windows' retention."""
     if isinstance(store, StoreSpec):
         kind = kinds.get(store.kind)
         if kind is None:
             what = "sessions" if kinds is _SESSION_KIND else "windows"
             raise TopologyError(f"store {store.name!r}: kind={store.kind!r} cannot hold {what}; use 'rocksdb' or "
                                 "'memory'")
-        return StoreSpec(store.name, key_serde, value_serde, kind, retention)
+        return StoreSpec(store.name, key_serde, value_serde, kind, windows.retention_ms)
     if not isinstance(store, str):
         raise TopologyError(f"store must be a name or a hotstate.StoreSpec, got {type(store).__name__}")
-    return StoreSpec(store, key_serde, value_serde, kinds[ROCKSDB], retention)
+    return StoreSpec(store, key_serde, value_serde, kinds[ROCKSDB], windows.retention_ms)
 
 
 def windowed_stream(stream: "Stream", windows: Any) -> "TimeWindowedStream | SessionWindowedStream":

@@ -6,9 +6,7 @@ One entry per session: the store key is the key's bytes, then the session start,
 of its records), 8 bytes, followed by the aggregate's bytes, as in windowed stores. The backends are the
 windowed ones (state/window_rocksdb.py, state/window_memory.py) under their own format (``session-1``,
 docs/formats.md): they take the last 8 bytes of a key as the time they order and expire by, which here is the
-session end. A session is expired once ``end <= stream time - retention_ms``: never served, and purged. (The
-store's ``retention_ms`` is the session windows' + 1, so that a session is kept while ``end >= stream time -
-windows' retention``, as in Kafka Streams: dsl/windowed.py.)
+session end. A session is expired once ``end <= stream time - retention_ms``: never served, and purged.
 
 Changelog records are these same bytes, stamped with the session end (the retention-aware restore depends on
 it); a session merged into a larger one is deleted (a tombstone in the changelog).
