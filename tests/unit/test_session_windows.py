@@ -153,3 +153,15 @@ def test_session_windows_refuse_bad_settings(make_app):
     t = sessions.count(store="on-disk")
     assert (t.store.kind, t.store.retention_ms, t.store.sessions, t.store.windowed) == \
         ("session-rocksdb", 15, True, True)
+
+
+def test_a_session_ending_at_stream_time_minus_retention_is_expired_as_in_kafka_streams(make_app):
+    """Kafka Streams' session stores drop a session once end <= stream time - retention (InMemorySessionStore's
+    removeExpiredSegments): with gap 10, grace 0 (retention 10), after another key moved stream time to 10 a record
+    at 10 no longer finds [0, 0] and starts a session of its own, though it is within the gap."""
+    h, _ = build(make_app, windows.session(inactivity_gap_ms=10, grace_ms=0))
+    h.pipe("k", 1, timestamp=0)
+    h.pipe("x", 1, timestamp=10)  # the store's stream time is 10 now: [0, 0] ends at 10 - retention
+    h.pipe("k", 1, timestamp=10)
+    assert h.store("sessions").fetch("k", 0, 100) == [(10, 10, 1)]
+    assert h.metrics.dropped_late_records == {}
