@@ -165,3 +165,16 @@ def test_a_session_ending_at_stream_time_minus_retention_is_expired_as_in_kafka_
     h.pipe("k", 1, timestamp=10)
     assert h.store("sessions").fetch("k", 0, 100) == [(10, 10, 1)]
     assert h.metrics.dropped_late_records == {}
+
+
+def test_to_takes_the_users_serde_for_session_keys(make_app):
+    app = make_app()
+    by_text = serde.of(lambda w: f"{w.key}@{w.start_ms}-{w.end_ms}".encode(), lambda b: b.decode(), "text")
+    (app.stream("clicks", key_serde=serde.STRING, value_serde=serde.INT64).group_by_key()
+        .windowed_by(windows.session(100, 0)).count(store="n")
+        .to_stream().to(OUT, key_serde=by_text, value_serde=serde.INT64))
+    h = Harness(app, "clicks")
+    h.pipe("k", 1, timestamp=120)
+    h.pipe("k", 1, timestamp=150)
+    assert [(s.key, s.value) for s in h.sent] == [(b"k@120-120", struct.pack(">q", 1)), (b"k@120-120", None),
+                                                  (b"k@120-150", struct.pack(">q", 2))]
