@@ -25,6 +25,7 @@ from .serde import Serde
 from .state.state_dir import StateDirectory
 from .state.store import StoreSpec
 from .state.store import ReadOnlyStore
+from .state.session_store import ReadOnlySessionStore
 from .state.window_store import ReadOnlyWindowStore
 
 log = logging.getLogger(__name__)
@@ -293,9 +294,9 @@ class App:
             out.append(TaskInfo(task.id, [task.input], TaskState.RUNNING, stores, standby=True, lag=lags.get(task.id)))
         return sorted(out, key=lambda t: (t.standby, t.id))
 
-    def store(self, name: str) -> ReadOnlyStore | ReadOnlyWindowStore:
+    def store(self, name: str) -> ReadOnlyStore | ReadOnlyWindowStore | ReadOnlySessionStore:
         """A read-only view of store ``name`` over this instance's RUNNING tasks: ``get`` / ``all`` for a
-        key-value store, ``fetch`` / ``fetch_all`` for a windowed one."""
+        key-value store, ``fetch`` / ``fetch_all`` for a windowed or a session one."""
         specs = self._topology.store_specs()
         if name not in specs:
             raise KeyError(f"no store named {name!r}; stores: {sorted(specs)}")
@@ -304,6 +305,8 @@ class App:
         if tm is not None:
             views = [t.stores[name].view for t in list(tm.tasks.values())
                      if t.state is TaskState.RUNNING and name in t.stores]
+        if specs[name].sessions:
+            return ReadOnlySessionStore(name, views)
         if specs[name].windowed:
             return ReadOnlyWindowStore(name, views)
         return ReadOnlyStore(name, views)

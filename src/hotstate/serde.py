@@ -3,7 +3,8 @@
 Built-ins: ``STRING`` (UTF-8), ``BYTES`` (as is), ``INT64`` (8-byte big-endian signed, like Kafka's
 ``LongSerializer``), ``JSON``. A user-defined serde subclasses :class:`Serde` or is built with
 :func:`of`. :func:`time_windowed` wraps a key serde for :class:`hotstate.Windowed` keys in Kafka Streams'
-time-windowed format. ``None`` always maps to ``None`` (a tombstone), whatever the serde.
+time-windowed format, :func:`session_windowed` in its session-windowed one. ``None`` always maps to ``None`` (a
+tombstone), whatever the serde.
 """
 from __future__ import annotations
 
@@ -123,6 +124,37 @@ def time_windowed(inner: Serde, window_size_ms: int) -> Serde:
     if not isinstance(window_size_ms, int) or isinstance(window_size_ms, bool) or window_size_ms <= 0:
         raise ValueError(f"window_size_ms={window_size_ms!r} is invalid: it must be a positive integer")
     return _TimeWindowed(inner, window_size_ms)
+
+
+class _SessionWindowed(Serde):
+    def __init__(self, inner: Serde):
+        self.inner = inner
+        self.name = f"session_windowed({inner!r})"
+
+    def serialize(self, value: Any) -> bytes:
+        from .windows import Windowed
+        if not isinstance(value, Windowed):
+            raise TypeError(f"a session-windowed serde expects a hotstate.Windowed, got {type(value).__name__}")
+        return self.inner.serialize(value.key) + _INT64.pack(value.end_ms) + _INT64.pack(value.start_ms)
+
+    def deserialize(self, data: bytes) -> Any:
+        from .windows import Windowed
+        if len(data) < 16:
+            raise ValueError(f"a session-windowed key has at least 16 bytes (session end and start), got {len(data)}")
+        end, start = _INT64.unpack_from(data, len(data) - 16)[0], _INT64.unpack_from(data, len(data) - 8)[0]
+        return Windowed(self.inner.deserialize(data[:-16]), start, end)
+
+    def __repr__(self) -> str:
+        return f"serde.{self.name}"
+
+
+def session_windowed(inner: Serde) -> Serde:
+    """Keys of session results (:class:`hotstate.Windowed`, ``end_ms`` inclusive) as Kafka Streams'
+    ``SessionWindowedSerializer`` writes them (``SessionKeySchema``): the inner serde's bytes, then the session
+    end, then its start, each 8 bytes big-endian."""
+    if not isinstance(inner, Serde):
+        raise TypeError(f"session_windowed needs a hotstate serde for the key, got {type(inner).__name__}")
+    return _SessionWindowed(inner)
 
 
 STRING: Serde = _String()

@@ -86,3 +86,77 @@ def hopping(size_ms: int, advance_ms: int, grace_ms: int, retention_ms: int | No
     _int("size_ms", size_ms, 1)
     _int("grace_ms", grace_ms, 0)
     return TimeWindows(size_ms, advance_ms, grace_ms, size_ms + grace_ms if retention_ms is None else retention_ms)
+
+
+@dataclass(frozen=True)
+class SessionWindows:
+    """Sessions per key (Kafka Streams' ``SessionWindows``): records closer than ``inactivity_gap_ms`` to each
+    other belong to one session ``[first timestamp, last timestamp]`` (both ends inclusive; a session of one
+    record is ``[t, t]``). A record within the gap of existing sessions merges them into one. Build them with
+    :func:`session`.
+
+    Grace: a record is dropped (and counted) when the session it would make ends before ``stream time -
+    inactivity_gap_ms - grace_ms`` (Kafka Streams' ``KStreamSessionWindowAggregate``). Retention (stream time
+    a session stays in its store after its end): default and least allowed ``inactivity_gap_ms + grace_ms``."""
+
+    inactivity_gap_ms: int
+    grace_ms: int
+    retention_ms: int
+
+    def __post_init__(self) -> None:
+        _int("inactivity_gap_ms", self.inactivity_gap_ms, 1)
+        _int("grace_ms", self.grace_ms, 0)
+        _int("retention_ms", self.retention_ms, 1)
+        if self.retention_ms < self.inactivity_gap_ms + self.grace_ms:
+            raise ConfigError(f"retention_ms={self.retention_ms} is invalid: it must be at least inactivity_gap_ms + "
+                              f"grace_ms = {self.inactivity_gap_ms + self.grace_ms}, or a session would expire while "
+                              "records can still join it")
+
+
+def session(inactivity_gap_ms: int, grace_ms: int, retention_ms: int | None = None) -> SessionWindows:
+    """Session windows: a key's records closer than ``inactivity_gap_ms`` form one session."""
+    _int("inactivity_gap_ms", inactivity_gap_ms, 1)
+    _int("grace_ms", grace_ms, 0)
+    return SessionWindows(inactivity_gap_ms, grace_ms,
+                          inactivity_gap_ms + grace_ms if retention_ms is None else retention_ms)
+
+
+@dataclass(frozen=True)
+class SlidingWindows:
+    """Windows defined by the records (Kafka Streams' ``SlidingWindows``): every window is ``[start, start +
+    time_difference_ms]``, both ends inclusive, and exists because a record's timestamp is its end (the
+    record's left window) or one past its start (a record's right window, which holds the records after it
+    within the time difference). A record updates every window holding it. Build them with :func:`sliding`.
+
+    Grace: a window accepts records while ``end >= stream time - grace_ms``; a record whose own left window is
+    closed is dropped and counted. Retention: default and least allowed ``2 * time_difference_ms + grace_ms +
+    1``: a record on time at ``t`` may take its aggregate from a window starting at ``t - 2 * d``, which must
+    still be live (``start > stream time - retention``). Kafka Streams allows one less, which loses that window
+    for a record at exactly ``stream time - grace`` (docs/architecture.md)."""
+
+    time_difference_ms: int
+    grace_ms: int
+    retention_ms: int
+
+    def __post_init__(self) -> None:
+        _int("time_difference_ms", self.time_difference_ms, 1)
+        _int("grace_ms", self.grace_ms, 0)
+        _int("retention_ms", self.retention_ms, 1)
+        least = 2 * self.time_difference_ms + self.grace_ms + 1
+        if self.retention_ms < least:
+            raise ConfigError(f"retention_ms={self.retention_ms} is invalid: it must be at least 2 * "
+                              f"time_difference_ms + grace_ms + 1 = {least}: a new window may take its aggregate "
+                              "from a window that old")
+
+    @property
+    def size_ms(self) -> int:
+        """The length of a window as ``Windowed.end_ms - start_ms`` (Kafka Streams' sliding window size)."""
+        return self.time_difference_ms
+
+
+def sliding(time_difference_ms: int, grace_ms: int, retention_ms: int | None = None) -> SlidingWindows:
+    """Sliding windows: every distinct window of ``time_difference_ms`` that holds records of a key."""
+    _int("time_difference_ms", time_difference_ms, 1)
+    _int("grace_ms", grace_ms, 0)
+    return SlidingWindows(time_difference_ms, grace_ms,
+                          2 * time_difference_ms + grace_ms + 1 if retention_ms is None else retention_ms)

@@ -2,14 +2,16 @@
 
     python wordcount_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T [--guarantee G]
         [--snapshot-store URL --snapshot-options JSON --snapshot-interval-ms N --snapshot-put-delay-ms N]
-        [--windowed SIZE,ADVANCE,GRACE,RETENTION]
+        [--windowed SIZE,ADVANCE,GRACE,RETENTION | --sessions GAP,GRACE,RETENTION] [--suppress]
 
 Builds the app with the public API (commit_interval_ms=100, the given processing guarantee, at_least_once
 by default; with ``--snapshot-store`` it publishes store snapshots there) and calls ``app.run()``.
 ``--snapshot-put-delay-ms`` slows every file upload of the snapshot uploader by that much (a test hook: the
 uploader is then always busy, with a checkpoint in flight and the next one queued). ``--windowed``: a windowed
 count (hopping windows, milliseconds) in the same store name instead of the plain count; its output keys are
-Kafka Streams' time-windowed bytes.
+Kafka Streams' time-windowed bytes. ``--sessions``: a session count the same way (session-windowed keys).
+``--suppress``: the sink gets the windowed count's final results (``suppress_until_window_closes``, buffer store
+``word-counts-suppress``) instead of its updates.
 It reports on stdout, one JSON object a line:
 
 - ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
@@ -94,6 +96,8 @@ def main() -> None:
     ap.add_argument("--snapshot-interval-ms", type=int, default=300_000)
     ap.add_argument("--snapshot-put-delay-ms", type=int, default=0)
     ap.add_argument("--windowed")
+    ap.add_argument("--sessions")
+    ap.add_argument("--suppress", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
@@ -117,7 +121,12 @@ def main() -> None:
     if args.windowed:
         size, advance, grace, retention = (int(x) for x in args.windowed.split(","))
         grouped = grouped.windowed_by(hotstate.windows.hopping(size, advance, grace, retention_ms=retention))
+    elif args.sessions:
+        gap, grace, retention = (int(x) for x in args.sessions.split(","))
+        grouped = grouped.windowed_by(hotstate.windows.session(gap, grace, retention_ms=retention))
     counts = grouped.count(store=STORE)
+    if args.suppress:
+        counts = counts.suppress_until_window_closes()
     counts.to_stream().to(args.sink, value_serde=serde.INT64)
     app.set_restore_listener(PrintingListener())
     threading.Thread(target=monitor, args=(app,), name="monitor", daemon=True).start()

@@ -133,3 +133,45 @@ def test_range_matches_dict_model_rocksdb(base, dirty, lo, hi):
             _check_range_model(b, base, dirty, lo, hi)
         finally:
             b.close()
+
+
+keys_ = st.binary(min_size=0, max_size=3).map(lambda b: b + bytes(8))  # windowed keys: a window start of 0 last
+ops = st.lists(st.tuples(st.sampled_from(["put", "delete", "commit", "drop", "range"]), keys_, keys_),
+               max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=ops)
+def test_an_ordered_overlay_reads_ranges_as_a_plain_one(ops):
+    """Windowed and session stores keep their dirty keys sorted (ordered=True) so a range costs only its keys:
+    every range reads the same as the plain overlay's (and as a dict), through writes, commits and drops."""
+    from hotstate.state.window_memory import WindowMemoryBackend
+    plain, ordered = Overlay(MemoryBackend("p")), Overlay(WindowMemoryBackend("o", 10**12), ordered=True)
+    model: dict[bytes, bytes] = {}
+    committed: dict[bytes, bytes] = {}
+    offset = 0
+    for op, a, b in ops:
+        if op in ("put", "delete"):
+            value = None if op == "delete" else b"\x00" * 8 + b  # a windowed value: an 8-byte time first
+            for o in (plain, ordered):
+                o.put(a, value)
+            if value is None:
+                model.pop(a, None)
+            else:
+                model[a] = value
+        elif op == "commit":
+            offset += 1
+            for o in (plain, ordered):
+                o.backend.write(o.entries(), offset)
+                o.clear()
+            committed = dict(model)
+        elif op == "drop":
+            for o in (plain, ordered):
+                o.clear()
+            model = dict(committed)
+        lo, hi = min(a, b), max(a, b)
+        want = sorted((k, v) for k, v in model.items() if lo <= k <= hi)
+        assert list(plain.range(lo, hi)) == want
+        assert list(ordered.range(lo, hi)) == want
+        assert list(ordered.range(None, hi)) == sorted((k, v) for k, v in model.items() if k <= hi)
+        assert list(ordered.range(lo, None)) == sorted((k, v) for k, v in model.items() if k >= lo)

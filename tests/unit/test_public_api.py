@@ -56,3 +56,15 @@ def test_processing_handler_api_shapes():
     ctx = hotstate.ErrorHandlerContext("t", 1, 5, 1000, [("h", b"v")], "0_1", b"k", b"v")
     assert (ctx.topic, ctx.partition, ctx.offset, ctx.timestamp, ctx.task_id) == ("t", 1, 5, 1000, "0_1")
     assert (ctx.headers, ctx.source_raw_key, ctx.source_raw_value) == ([("h", b"v")], b"k", b"v")
+
+
+def test_issue_11_window_names():
+    # names fixed by issue 11, keyword arguments included
+    w = hotstate.windows
+    assert w.tumbling(size_ms=10, grace_ms=0).retention_ms == 10
+    assert w.hopping(size_ms=10, advance_ms=5, grace_ms=1, retention_ms=20).retention_ms == 20
+    assert w.sliding(time_difference_ms=10, grace_ms=1, retention_ms=30).retention_ms == 30
+    assert w.session(inactivity_gap_ms=10, grace_ms=1, retention_ms=30).retention_ms == 30
+    from hotstate.dsl.windowed import WindowedTable
+    assert callable(WindowedTable.suppress_until_window_closes)
+    assert callable(hotstate.serde.session_windowed) and callable(hotstate.serde.time_windowed)

@@ -13,6 +13,7 @@ from hotstate.state.memory_store import MemoryBackend
 from hotstate.state.overlay import Overlay
 from hotstate.state.store import KeyValueStore, StoreSpec
 from hotstate.state.window_memory import WindowMemoryBackend
+from hotstate.state.session_store import SessionStore
 from hotstate.state.window_store import WindowStore
 
 
@@ -24,8 +25,11 @@ def memory_task_store(spec: StoreSpec, changelog: TopicPartition) -> TaskStore:
             return WindowMemoryBackend(spec.name, spec.retention_ms)
         return MemoryBackend(spec.name)
     backend = reopen()
-    overlay = Overlay(backend)
-    view = WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)
+    overlay = Overlay(backend, ordered=spec.windowed)
+    if spec.sessions:
+        view = SessionStore(spec, overlay)
+    else:
+        view = WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)
     return TaskStore(spec, changelog, backend, overlay, view, reopen)
 
 

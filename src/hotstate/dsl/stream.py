@@ -13,7 +13,7 @@ from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNo
 from .topology import SubTopology, Topology
 
 if TYPE_CHECKING:
-    from .windowed import TimeWindowedStream
+    from .windowed import SessionWindowedStream, TimeWindowedStream
 
 
 def check_serde(serde: object, what: str) -> None:
@@ -136,11 +136,11 @@ class GroupedStream:
             raise TopologyError("reduce() needs a known value serde: reduce before changing the value type")
         return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
 
-
-    def windowed_by(self, windows: Any) -> "TimeWindowedStream":
-        """Aggregates per time window: ``windows`` from :mod:`hotstate.windows` (``tumbling``, ``hopping``)."""
-        from .windowed import TimeWindowedStream
-        return TimeWindowedStream(self._stream, windows)
+    def windowed_by(self, windows: Any) -> "TimeWindowedStream | SessionWindowedStream":
+        """Aggregates per window: ``windows`` from :mod:`hotstate.windows` (``tumbling``, ``hopping``,
+        ``sliding``, ``session``)."""
+        from .windowed import windowed_stream
+        return windowed_stream(self._stream, windows)
 
 
 class Table:

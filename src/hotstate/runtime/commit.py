@@ -67,7 +67,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, Rejected, is_too_large, record_size
 from ..observe.metrics import Metrics
-from ..state.window_store import value_timestamp
+from ..state.window_store import key_timestamp, value_timestamp
 from .task import Task, TaskStore
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,9 @@ class Committer:
 
     def send_changelogs(self, tasks: list[Task], pending: Pending) -> None:
         """A windowed store's records carry their update's event time (the value's 8-byte prefix) as their
-        Kafka timestamp, which the broker's time-based retention and a time-based restore seek go by; other
-        stores' records take the producer's time."""
+        Kafka timestamp, which the broker's time-based retention and a time-based restore seek go by; its
+        tombstones (merged sessions) carry the time at the end of their key (a window's start, a session's end),
+        never later than the event time the store had reached; other stores' records take the producer's time."""
         producer = self.producer
         for task in tasks:
             for store, entries in pending[task.id]:
@@ -226,8 +227,9 @@ class Committer:
                 windowed = store.windowed
                 for key, value in entries:
                     try:
-                        if windowed and value is not None:
-                            produce(producer, topic, value, key, partition=partition, timestamp=value_timestamp(value))
+                        if windowed:
+                            ts = value_timestamp(value) if value is not None else key_timestamp(key)
+                            produce(producer, topic, value, key, partition=partition, timestamp=ts)
                         else:
                             produce(producer, topic, value, key, partition=partition)
                     except KafkaException as exc:

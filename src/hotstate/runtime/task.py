@@ -23,7 +23,7 @@ from ..records import Record, TopicPartition
 from ..state.backend import StoreBackend
 from ..state.overlay import Overlay
 from ..state.store import KeyValueStore, StoreSpec
-from ..state.window_store import WindowStore
+from ..state.window_store import TimeOrderedStore
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ class TaskStore:
     changelog: TopicPartition
     backend: StoreBackend
     overlay: Overlay
-    view: KeyValueStore | WindowStore
+    view: KeyValueStore | TimeOrderedStore  # TimeOrderedStore: a WindowStore or a SessionStore
     reopen: Callable[[], StoreBackend]  # a fresh, empty backend after a wipe
     restored_records: int = 0  # by the last restore of this task
 
     @property
     def windowed(self) -> bool:
-        return isinstance(self.view, WindowStore)
+        return isinstance(self.view, TimeOrderedStore)
 
 
 class Task:
@@ -121,7 +121,7 @@ class Task:
         again, and must meet the stream time they met the first time)."""
         for s in self.stores.values():
             s.overlay.clear()
-            if isinstance(s.view, WindowStore):
+            if isinstance(s.view, TimeOrderedStore):
                 s.view.uncommitted_dropped()
         self.stream_time = self.committed_stream_time
 
@@ -175,7 +175,7 @@ class ProcessorContext:
         """The current task's stream time (the largest record timestamp it has processed, this record's included)."""
         return self._task.stream_time if self._task else -1
 
-    def store(self, name: str) -> KeyValueStore | WindowStore:
+    def store(self, name: str) -> KeyValueStore | TimeOrderedStore:
         try:
             return self._stores[name].view
         except KeyError:

@@ -26,7 +26,8 @@ from ..state.overlay import Overlay
 from ..state.rocksdb_store import read_stored_offset, wipe_path
 from ..state.state_dir import StateDirectory
 from ..state.store import KeyValueStore, StoreSpec
-from ..state.window_store import WindowStore
+from ..state.session_store import SessionStore
+from ..state.window_store import TimeOrderedStore, WindowStore
 from .commit import (Committer, ProducerFenced, TaskMigrated, TransactionAborted, TransactionOutcomeUnknown,
                      is_fenced)
 from .snapshots import TaskSnapshots
@@ -263,7 +264,7 @@ class TaskManager:
             if kept is not None:
                 log.info("task %s: store %s keeps its in-memory state at changelog offset %s", tid, spec.name,
                          kept.changelog_offset())
-                overlay = Overlay(kept)
+                overlay = Overlay(kept, ordered=spec.windowed)
                 return TaskStore(spec, changelog, kept, overlay, _view(spec, overlay), reopen)
         else:
             path = self._state_dir.store_path(tid, spec.name)
@@ -280,7 +281,7 @@ class TaskManager:
             log.warning("task %s: %s; wiping it and restoring from %s", tid, exc, changelog)
             wipe_path(self._state_dir.store_path(tid, spec.name))
             backend = reopen()
-        overlay = Overlay(backend)
+        overlay = Overlay(backend, ordered=spec.windowed)  # windowed: aggregations read ranges per record
         return TaskStore(spec, changelog, backend, overlay, _view(spec, overlay), reopen)
 
     # ---- the loop's steps ----
@@ -547,5 +548,7 @@ class TaskManager:
             raise error
 
 
-def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | WindowStore:
+def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | TimeOrderedStore:
+    if spec.sessions:
+        return SessionStore(spec, overlay)
     return WindowStore(spec, overlay) if spec.windowed else KeyValueStore(spec, overlay)

@@ -12,7 +12,9 @@ whose only bulk path is ``restore(entries, offset)`` gets the bulk-write half fr
 
 The registry (``register_backend`` / ``backend_kind``) maps ``StoreSpec.kind`` to a factory; "rocksdb" and
 "memory" are built in, and so are the windowed kinds "window-rocksdb" and "window-memory"
-(``WindowBackend``: the same contract, plus a retention and a stream time; state/window_store.py).
+(``WindowBackend``: the same contract, plus a retention and a stream time; state/window_store.py) and the
+session kinds "session-rocksdb" and "session-memory" (the same backends, keyed by sessions;
+state/session_store.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ ROCKSDB = "rocksdb"
 MEMORY = "memory"
 WINDOW_ROCKSDB = "window-rocksdb"
 WINDOW_MEMORY = "window-memory"
+SESSION_ROCKSDB = "session-rocksdb"
+SESSION_MEMORY = "session-memory"
 
 
 class RestoreBatch(Protocol):
@@ -229,6 +233,7 @@ class BackendKind:
     persistent: bool
     open: BackendFactory
     windowed: bool = False  # its backends are WindowBackends; opened with retention_ms=
+    sessions: bool = False  # (windowed) its keys are sessions (state/session_store.py), not windows
 
 
 _KINDS: dict[str, BackendKind] = {}
@@ -273,7 +278,18 @@ def _open_window_memory(name: str, path: str | None, on_corruption: Callable[[st
     return WindowMemoryBackend(name, retention_ms)
 
 
+def _open_session_rocksdb(name: str, path: str | None, on_corruption: Callable[[str], None] | None,
+                          retention_ms: int) -> StoreBackend:
+    from .window_rocksdb import SessionRocksDBBackend
+    assert path is not None
+    return SessionRocksDBBackend(name, path, retention_ms, on_corruption=on_corruption)
+
+
 register_backend(BackendKind(ROCKSDB, persistent=True, open=_open_rocksdb))
 register_backend(BackendKind(MEMORY, persistent=False, open=_open_memory))
 register_backend(BackendKind(WINDOW_ROCKSDB, persistent=True, open=_open_window_rocksdb, windowed=True))
 register_backend(BackendKind(WINDOW_MEMORY, persistent=False, open=_open_window_memory, windowed=True))
+register_backend(BackendKind(SESSION_ROCKSDB, persistent=True, open=_open_session_rocksdb, windowed=True,
+                             sessions=True))
+register_backend(BackendKind(SESSION_MEMORY, persistent=False, open=_open_window_memory, windowed=True,
+                             sessions=True))

@@ -35,9 +35,9 @@ META_CF = "hotstate_meta"
 _OFFSET_KEY = b"changelog_offset"
 _FORMAT_KEY = b"format"
 _FORMAT = b"1"
-# Every store format this module knows (a windowed store's: state/window_rocksdb.py). read_stored_offset reads
-# the offset of any of them; a store opens only its own.
-KNOWN_FORMATS = {_FORMAT, b"window-1"}
+# Every store format this module knows (a windowed or session store's: state/window_rocksdb.py). read_stored_offset
+# reads the offset of any of them; a store opens only its own.
+KNOWN_FORMATS = {_FORMAT, b"window-1", b"session-1"}
 
 # Restore mode's memtables: a store holds at most RESTORE_MEMTABLES_MAX x RESTORE_MEMTABLE_BYTES while it
 # restores (writes wait for a flush beyond that). Small memtables keep the flush threads busy during the

@@ -18,7 +18,8 @@ _STORE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 class StoreSpec:
     """A store a processor uses. ``kind`` is "rocksdb" (persistent) or "memory", or another kind registered
     with ``state.backend.register_backend``. A windowed aggregation turns "rocksdb" / "memory" into the windowed
-    kinds "window-rocksdb" / "window-memory", which need ``retention_ms`` (the windows' retention)."""
+    kinds "window-rocksdb" / "window-memory" (a session aggregation: "session-rocksdb" / "session-memory"),
+    which need ``retention_ms`` (the windows' retention)."""
 
     name: str
     key_serde: Serde = _serde.BYTES
@@ -53,6 +54,11 @@ class StoreSpec:
     def windowed(self) -> bool:
         return backend_kind(self.kind).windowed
 
+    @property
+    def sessions(self) -> bool:
+        """A session store (windowed too: a retention, a stream time, the same changelog settings)."""
+        return backend_kind(self.kind).sessions
+
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments of the kind's backend factory (``BackendKind.open``)."""
         return {"retention_ms": self.retention_ms} if self.windowed else {}
@@ -78,6 +84,12 @@ class KeyValueStore:
         """The task is closing this store: reads raise StoreClosedError from now on. Called before the backend
         closes, so a read that fails in the backend meanwhile is seen to be one on a closed store."""
         self._closed = True
+
+    @property
+    def write_generation(self) -> int:
+        """Changes whenever the uncommitted writes are cleared (committed, or dropped by a rewind): a processor
+        may rely on what it learned of the store's content, plus its own writes since, while this stays the same."""
+        return self._overlay.generation
 
     def _closed_error(self) -> StoreClosedError:
         return StoreClosedError.of(self.name)

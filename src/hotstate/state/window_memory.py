@@ -4,6 +4,7 @@ Entries are the store keys and values of state/window_store.py in a dict; a heap
 orders the windows for purging. Like every in-memory store it restores from its changelog after a start."""
 from __future__ import annotations
 
+import bisect
 import heapq
 from typing import Iterable, Iterator
 
@@ -18,6 +19,7 @@ class WindowMemoryBackend(MemoryBackend):
         self.retention_ms = retention_ms
         self._stream_time: int | None = None
         self._by_start: list[tuple[int, bytes]] = []  # a heap; an entry whose key is gone is skipped
+        self._sorted: list[bytes] | None = None  # the keys in byte order, kept from one write to the next
 
     def stream_time(self) -> int | None:
         return self._stream_time
@@ -43,9 +45,24 @@ class WindowMemoryBackend(MemoryBackend):
             data[key] = value
         self._stream_time = st
         self._offset = changelog_offset
+        self._sorted = None
         self._purge()
 
     restore = write
+
+    def range(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """As the in-memory store's, but the keys are sorted once per write, not once per call (session and
+        sliding-window aggregations read a range per record)."""
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self._data)
+        start = 0 if lo is None else bisect.bisect_left(keys, lo)
+        for key in keys[start:]:
+            if hi is not None and key > hi:
+                return
+            value = self._data.get(key)
+            if value is not None:
+                yield key, value
 
     def _purge(self) -> None:
         st = self._stream_time
@@ -68,5 +85,6 @@ class WindowMemoryBackend(MemoryBackend):
 
     def reset(self) -> None:
         super().reset()
+        self._sorted = None
         self._by_start = []
         self._stream_time = None

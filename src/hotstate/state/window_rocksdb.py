@@ -231,3 +231,11 @@ class WindowRocksDBBackend(RocksDBBackend):
             self._time.flush()
         super().end_restore()
 
+
+
+class SessionRocksDBBackend(WindowRocksDBBackend):
+    """A session store (state/session_store.py) on the windowed layout: store keys end with the session start
+    and end, so the time index and expiry go by the session end (the key's last 8 bytes). Format
+    ``session-1`` (docs/formats.md): the same column families as ``window-1``, other key bytes."""
+
+    FORMAT = b"session-1"

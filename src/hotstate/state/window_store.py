@@ -48,6 +48,14 @@ def value_timestamp(raw: bytes) -> int:
     return TIME.unpack_from(raw)[0]
 
 
+def key_timestamp(raw: bytes) -> int:
+    """The time a windowed store's key ends with (a window's start; a session store's: the session end), at
+    least 0: the timestamp of a tombstone in the changelog. ValueError for fewer than 8 bytes."""
+    if len(raw) < TIME_BYTES:
+        raise ValueError(f"a windowed store key has at least {TIME_BYTES} bytes, got {len(raw)}")
+    return max(0, TIME.unpack_from(raw, len(raw) - TIME_BYTES)[0])
+
+
 def expired(start_ms: int, stream_time_ms: int | None, retention_ms: int) -> bool:
     return stream_time_ms is not None and start_ms <= stream_time_ms - retention_ms
 
@@ -64,8 +72,9 @@ def live_from(stream_time_ms: int | None, retention_ms: int) -> int | None:
     return None if stream_time_ms is None else stream_time_ms - retention_ms + 1
 
 
-class WindowStore:
-    """A task's windowed store: get / put per (key, window start), fetch over a time range, read-your-writes.
+class TimeOrderedStore:
+    """What windowed and session stores share: a backend with a stream time and expiry (``WindowBackend``), the
+    overlay, read-your-writes of the stream time, and reads that raise StoreClosedError once the task closed it.
 
     Interactive queries read through the same object; once the task closes it (``mark_closed``) every read
     raises StoreClosedError, as :class:`~hotstate.state.store.KeyValueStore` does."""
@@ -103,6 +112,10 @@ class WindowStore:
         """The overlay was cleared without reaching the backend (an aborted transaction, a lost task)."""
         self._put_max = None
 
+    def _put_time(self, timestamp_ms: int) -> None:
+        if self._put_max is None or timestamp_ms > self._put_max:
+            self._put_max = timestamp_ms
+
     def stream_time(self) -> int | None:
         """The largest event time written to this store (committed or not); None before the first write."""
         committed = self._read(lambda: self._backend().stream_time())
@@ -110,6 +123,28 @@ class WindowStore:
         if committed is None:
             return mine
         return committed if mine is None else max(committed, mine)
+
+    def _scan(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        if self._closed:
+            raise StoreClosedError.of(self.name)
+        try:
+            for entry in self._overlay.range(lo, hi):
+                if self._closed:
+                    raise StoreClosedError.of(self.name)
+                yield entry
+        except StoreClosedError:
+            raise
+        except Exception as exc:
+            if self._closed:
+                raise StoreClosedError.of(self.name) from exc
+            raise
+
+    def approximate_num_entries(self) -> int:
+        return self._read(lambda: self._overlay.backend.approximate_num_entries())
+
+
+class WindowStore(TimeOrderedStore):
+    """A task's windowed store: get / put per (key, window start), fetch over a time range, read-your-writes."""
 
     def get_with_timestamp(self, key: Any, start_ms: int) -> tuple[Any, int] | None:
         """(value, event time of its last update) of the window of ``key`` starting at ``start_ms``, or None.
@@ -132,11 +167,15 @@ class WindowStore:
             self._overlay.put(raw_key, None)
             return
         self._overlay.put(raw_key, window_value(timestamp_ms, self._vs.serialize(value)))
-        if self._put_max is None or timestamp_ms > self._put_max:
-            self._put_max = timestamp_ms
+        self._put_time(timestamp_ms)
 
     def fetch(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any]]:
         """[(window start, value)] of ``key``'s live windows whose start is in [from_ms, to_ms], by start."""
+        return [(start, value) for start, value, _ in self.fetch_with_timestamps(key, from_ms, to_ms)]
+
+    def fetch_with_timestamps(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any, int]]:
+        """[(window start, value, event time of its last update)] of ``key``'s live windows whose start is in
+        [from_ms, to_ms], by start."""
         check_time_range(from_ms, to_ms)
         kb = self._ks.serialize(key)
         lo_ms = from_ms
@@ -151,7 +190,7 @@ class WindowStore:
         for raw_key, raw in self._scan(lo, hi):
             # Keys of other lengths sort in between (b"a" + start vs b"a\x00" + start): only this key's entries.
             if len(raw_key) == width and raw_key.startswith(kb):
-                out.append((split_window_key(raw_key)[1], self._vs.deserialize(raw[TIME_BYTES:])))
+                out.append((split_window_key(raw_key)[1], self._vs.deserialize(raw[TIME_BYTES:]), value_timestamp(raw)))
         return out
 
     def fetch_all(self, from_ms: int, to_ms: int) -> list[tuple[Any, int, Any]]:
@@ -173,32 +212,19 @@ class WindowStore:
         windows = sorted((split_window_key(k)[1], k[:-TIME_BYTES], v) for k, v in found.items() if v is not None)
         return [(self._ks.deserialize(kb), start, self._vs.deserialize(raw[TIME_BYTES:])) for start, kb, raw in windows]
 
-    def _scan(self, lo: bytes | None, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        if self._closed:
-            raise StoreClosedError.of(self.name)
-        try:
-            for entry in self._overlay.range(lo, hi):
-                if self._closed:
-                    raise StoreClosedError.of(self.name)
-                yield entry
-        except StoreClosedError:
-            raise
-        except Exception as exc:
-            if self._closed:
-                raise StoreClosedError.of(self.name) from exc
-            raise
 
-    def approximate_num_entries(self) -> int:
-        return self._read(lambda: self._overlay.backend.approximate_num_entries())
-
-
-class ReadOnlyWindowStore:
-    """An interactive-query view of one windowed store over the instance's active tasks (see
-    :class:`~hotstate.state.store.ReadOnlyStore` for what reads see and when they raise StoreClosedError)."""
-
-    def __init__(self, name: str, stores: list[WindowStore]):
+class ReadOnlyTimeOrderedStore:
+    def __init__(self, name: str, stores: list[Any]):
         self.name = name
         self._stores = stores
+
+    def approximate_num_entries(self) -> int:
+        return sum(s.approximate_num_entries() for s in self._stores)
+
+
+class ReadOnlyWindowStore(ReadOnlyTimeOrderedStore):
+    """An interactive-query view of one windowed store over the instance's active tasks (see
+    :class:`~hotstate.state.store.ReadOnlyStore` for what reads see and when they raise StoreClosedError)."""
 
     def fetch(self, key: Any, from_ms: int, to_ms: int) -> list[tuple[int, Any]]:
         """[(window start, value)] of ``key``'s windows whose start is in [from_ms, to_ms], sorted by start;
@@ -215,7 +241,3 @@ class ReadOnlyWindowStore:
         out = [entry for store in self._stores for entry in store.fetch_all(from_ms, to_ms)]
         out.sort(key=lambda e: e[1])
         return out
-
-    def approximate_num_entries(self) -> int:
-        return sum(s.approximate_num_entries() for s in self._stores)
-
