@@ -197,3 +197,26 @@ def test_records_that_never_reach_the_aggregation_do_not_close_its_windows(make_
     h.pipe("k", 1, timestamp=70)  # late for both
     assert h.store("positive").fetch("k", 0, 1_000) == [(100, 1)]  # [0, 100) expired too (retention 120)
     assert h.metrics.dropped_late_records == {h.task.id: 4}  # 60, 121 and 70 for "all", 70 for "positive"
+
+
+@pytest.mark.parametrize("kind", ["session", "sliding"])
+def test_session_and_sliding_aggregations_close_windows_by_their_own_stream_time(make_app, kind):
+    """As the time windows above: a record without a key far ahead in time moves the task's stream time, but a
+    session or sliding aggregation it never reached does not drop the next on-time record as late (with the
+    task's stream time it did: end + gap + grace or t + d below 1000 - grace)."""
+    app = make_app()
+    w = (windows.session(inactivity_gap_ms=100, grace_ms=20) if kind == "session"
+         else windows.sliding(time_difference_ms=100, grace_ms=20))
+    app.stream("clicks", key_serde=serde.STRING, value_serde=serde.INT64).group_by_key().windowed_by(w).count(
+        store="counts")
+    h = Harness(app, "clicks")
+    h.pipe("k", 1, timestamp=50)
+    h.pipe(None, 1, timestamp=1_000)  # no key: dropped, but the task's stream time is 1000 now
+    h.pipe("k", 1, timestamp=60)
+    assert h.task.stream_time == 1_000
+    assert h.metrics.dropped_late_records.get(h.task.id, 0) == 0
+    got = h.store("counts").fetch("k", 0, 2_000)
+    if kind == "session":
+        assert got == [(50, 60, 2)]
+    else:
+        assert max(v for _, v in got) == 2  # a window holds both records
