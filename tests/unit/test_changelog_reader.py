@@ -19,7 +19,8 @@ from hotstate.errors import IllegalStateTransition
 from hotstate.observe.listener import SuspendReason
 from hotstate.observe.metrics import Metrics
 from hotstate.runtime import changelog_partition as cp
-from hotstate.runtime.changelog_reader import ChangelogPartition, ChangelogState, Mode, SnapshotFetched
+from hotstate.runtime.changelog_reader import ChangelogPartition, ChangelogState, Mode
+from hotstate.runtime.snapshot_download import SnapshotFetched
 from hotstate.runtime.state_updater import StateUpdater
 from hotstate.state.rocksdb_store import RocksDBBackend
 from test_restore_bulk import SlowFlushBackend

@@ -7,7 +7,8 @@ import logging
 import threading
 
 from hotstate.records import TopicPartition
-from hotstate.runtime.changelog_reader import ChangelogReader, SnapshotFetched
+from hotstate.runtime.changelog_reader import ChangelogReader
+from hotstate.runtime.snapshot_download import SnapshotFetched
 from test_changelog_reader import checkpoint_of, make_updater, replay
 from test_state_updater import CHANGELOG, FakeRestoreConsumer, changelog_records, make_task, run_until_idle
 
@@ -102,7 +103,7 @@ def test_a_failing_or_missing_snapshot_falls_back_alone(tmp_path, closing, caplo
 def test_a_discarded_download_is_cancelled_or_deletes_its_files_once_it_ends(tmp_path):
     from concurrent.futures import Future
 
-    from hotstate.runtime.changelog_reader import _Download
+    from hotstate.runtime.snapshot_download import Download as _Download
 
     waiting, running = tmp_path / "waiting", tmp_path / "running"
     for d in (waiting, running):

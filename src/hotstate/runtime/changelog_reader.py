@@ -59,12 +59,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KTopicPartition
@@ -77,68 +73,18 @@ from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .changelog_partition import CONSUME_WAIT_S, ChangelogPartition, ChangelogState, Mode, ReaderTask
 from .live_restore import TAIL_OFFSETS, live_start, newest_committed_timestamp
+from .snapshot_download import ChangelogRange, Download, SnapshotDownloading, SnapshotSource
 from .standby_reading import StandbyReading
 from .task import Task, TaskStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SnapshotFetched:
-    """A snapshot ``SnapshotSource.fetch`` put into its directory: ``offset`` is its changelog offset (the
-    next changelog offset to apply once its files are adopted), ``num_bytes`` and ``seconds`` what the
-    download took."""
-
-    offset: int
-    num_bytes: int
-    seconds: float
-
-
-class SnapshotSource(Protocol):
-    """Where store snapshots come from (object storage: src/hotstate/snapshot/). Called on the reader's
-    download threads, for several persistent store partitions at once (each into its own directory), before
-    their changelogs are read: it must be thread-safe."""
-
-    def fetch(self, store_name: str, changelog_partition: TopicPartition, local_offset: int | None,
-              into: Path) -> SnapshotFetched | None:
-        """Put the files of the newest usable snapshot of this store partition into the empty directory
-        ``into`` (verified: sizes and checksums) and say what they hold, or return None when there is none
-        or it would not help: ``local_offset`` is the changelog offset of the store's local state (None:
-        no usable local state), which a snapshot must be ahead of (by more than ``acceptable_recovery_lag``
-        is the rule of issue 9). Raising is allowed: the reader logs a warning and reads the changelog."""
-        ...
-
-
-class _Download(NamedTuple):
-    """A snapshot fetch under way on the download pool, into ``staging`` (None: no staging dir could be made;
-    the future holds that error)."""
-
-    staging: str | None
-    future: concurrent.futures.Future
-
-    def discard(self) -> None:
-        """Not adopted: cancel it if it has not started, and delete its files once it ends."""
-        self.future.cancel()
-        if self.staging is not None:
-            staging = self.staging
-            self.future.add_done_callback(lambda _: shutil.rmtree(staging, ignore_errors=True))
-
-
-class _Range(NamedTuple):
-    low: int  # the changelog's first offset
-    start: int  # where reading starts: the store's offset, or low when it holds no (usable) state
-    end: int  # the changelog's end (high watermark) when the range was read
-    local: int | None  # the store's offset, None when it holds no (usable) state
-
-
-class ChangelogReader(StandbyReading):
+class ChangelogReader(SnapshotDownloading, StandbyReading):
     """The reader; every method runs on the state updater's thread except ``standby_lags``,
     ``standby_offsets``, ``standby_task_ids`` and ``active_task_ids`` (any thread). Its standby methods are in
-    ``StandbyReading`` (standby_reading.py)."""
-
-    # Store partitions whose snapshots download at once (each with the snapshot source's own GETs in flight:
-    # 4 with RestorerSource, so 16 GETs and at most 16 x 8 MiB of chunks in memory). docs/benchmarks.md.
-    SNAPSHOT_DOWNLOAD_PARTITIONS_MAX = 4
+    ``StandbyReading`` (standby_reading.py), its snapshot downloads in ``SnapshotDownloading``
+    (snapshot_download.py)."""
 
     def __init__(self, config: Config, metrics: Metrics, listener: _SafeListener, standby_listener: _SafeListener,
                  on_restored: Callable[[Task], None], on_failed: Callable[[Task, BaseException], None],
@@ -225,7 +171,7 @@ class ChangelogReader(StandbyReading):
             self._ends_consumer = factory() if factory is not None else self.consumer
         return self._ends_consumer
 
-    def _plan_range(self, task: Task, store: TaskStore) -> _Range:
+    def _plan_range(self, task: Task, store: TaskStore) -> ChangelogRange:
         """The changelog range to read; wipes a store whose offset the changelog cannot serve."""
         tp = store.changelog
         timeout_s = self._config.broker_timeout_ms / 1000
@@ -247,86 +193,15 @@ class ChangelogReader(StandbyReading):
                 "deleted); wiping the store and restoring it in full", task.id, store.spec.name, stored, low)
             store.backend.reset()
             stored = None
-        return _Range(low, low if stored is None else stored, high, stored)
-
-    def _wants_download(self, p: ChangelogPartition, r: _Range) -> bool:
-        return self._snapshots is not None and p.store.backend.persistent and r.start < r.end
-
-    def _start_download(self, p: ChangelogPartition, r: _Range) -> _Download:
-        """-> DOWNLOADING: the snapshot source fetches into a new staging dir on the download pool."""
-        p.transition(ChangelogState.DOWNLOADING)
-        name, tp = p.store.spec.name, p.tp
-        try:
-            staging = tempfile.mkdtemp(prefix=f".snapshot-{name}-{tp.partition}-", dir=self._staging_dir)
-        except OSError as exc:
-            failed: concurrent.futures.Future = concurrent.futures.Future()
-            failed.set_exception(exc)
-            return _Download(None, failed)
-        if self._download_pool is None:
-            self._download_pool = concurrent.futures.ThreadPoolExecutor(self.SNAPSHOT_DOWNLOAD_PARTITIONS_MAX,
-                                                                        "hotstate-snapshot-download")
-        source = self._snapshots
-        if source is None:
-            raise IllegalStateTransition(f"{p.tp}: a snapshot download without a snapshot source")
-        return _Download(staging, self._download_pool.submit(source.fetch, name, tp, r.local, Path(staging)))
-
-    def _download(self, p: ChangelogPartition, r: _Range, started: _Download | None = None) -> int:
-        """DOWNLOADING, when a snapshot source is set and the store is persistent with records to read: waits for
-        the download (``started``, or one started now) and adopts it; returns where reading starts (the adopted
-        snapshot's offset, else ``r.start``, or ``r.low`` after a failed adoption wiped the store)."""
-        store, backend = p.store, p.store.backend
-        if not self._wants_download(p, r):
-            return r.start
-        if started is None:
-            started = self._start_download(p, r)
-        name, tp = store.spec.name, p.tp
-        staging = started.staging
-        try:
-            try:
-                fetched = started.future.result()
-            except Exception as exc:
-                log.warning("task %s store %s: fetching a snapshot failed (%r); reading the changelog %s from %d "
-                            "instead", p.task.id, name, exc, tp, r.start)
-                return r.start
-            if fetched is None or staging is None:  # (a download without a staging dir holds its error)
-                log.info("task %s store %s: no snapshot to use; reading the changelog %s from %d", p.task.id, name,
-                         tp, r.start)
-                return r.start
-            if not r.low <= fetched.offset <= r.end or (r.local is not None and fetched.offset <= r.local):
-                log.warning("task %s store %s: the snapshot's changelog offset %d is of no use (changelog [%d, %d), "
-                            "local state at %s); reading the changelog %s from %d instead", p.task.id, name,
-                            fetched.offset, r.low, r.end, r.local, tp, r.start)
-                return r.start
-            try:
-                backend.open_from_files(staging)
-                adopted = backend.changelog_offset()
-                if adopted != fetched.offset:  # an always-on check: the files are what the snapshot says
-                    raise RuntimeError(f"its files hold changelog offset {adopted}, the snapshot says {fetched.offset}")
-            except Exception as exc:
-                if backend.changelog_offset() == r.local:  # refused before anything of the store changed
-                    log.warning("task %s store %s: the snapshot's files cannot be used (%r); reading the changelog "
-                                "%s from %d instead", p.task.id, name, exc, tp, r.start)
-                    return r.start
-                log.warning("task %s store %s: adopting the snapshot's files failed (%r); wiping the store and "
-                            "restoring it in full from %s", p.task.id, name, exc, tp)
-                backend.reset()
-                return r.low
-            log.info("task %s store %s: adopted a snapshot at changelog offset %d (%d bytes in %.2fs); reading the "
-                     "changelog %s from there", p.task.id, name, fetched.offset, fetched.num_bytes, fetched.seconds, tp)
-            if p.mode is Mode.ACTIVE:
-                self._listener.on_snapshot_downloaded(tp, name, fetched.offset, fetched.num_bytes, fetched.seconds)
-            return fetched.offset
-        finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+        return ChangelogRange(low, low if stored is None else stored, high, stored)
 
     # ---- active tasks ----
     def start_actives(self, tasks: list[Task]) -> None:
         """Works out each store's range and starts the snapshot downloads of all of them at once; then, task by
         task, adopts them and assigns every partition that needs a restore in one call."""
         assign: list[KTopicPartition] = []
-        planned: list[tuple[Task, ReaderTask, dict[TopicPartition, _Range]]] = []
-        downloads: dict[TopicPartition, _Download] = {}
+        planned: list[tuple[Task, ReaderTask, dict[TopicPartition, ChangelogRange]]] = []
+        downloads: dict[TopicPartition, Download] = {}
         for task in tasks:
             if task.id in self._standbys:  # StateUpdater.add refuses this; a caller that went around it
                 self._on_failed(task, IllegalStateTransition(
@@ -369,7 +244,7 @@ class ChangelogReader(StandbyReading):
                     self._fail_active(p.task, exc)
 
     def _start_failed(self, task: Task, rt: ReaderTask | None, exc: BaseException,
-                      downloads: dict[TopicPartition, _Download]) -> None:
+                      downloads: dict[TopicPartition, Download]) -> None:
         """Starting the task's restore failed: its partitions FAILED, its downloads discarded, the task reported."""
         for p in rt.partitions if rt is not None else ():
             download = downloads.pop(p.tp, None)
@@ -379,7 +254,8 @@ class ChangelogReader(StandbyReading):
                 self._settle(p, ChangelogState.FAILED)
         self._on_failed(task, exc)
 
-    def _plan_active(self, p: ChangelogPartition, r: _Range, download: _Download | None) -> KTopicPartition | None:
+    def _plan_active(self, p: ChangelogPartition, r: ChangelogRange,
+                     download: Download | None) -> KTopicPartition | None:
         """(REGISTERED | DOWNLOADING) -> RESTORING, or COMPLETED when the store is at the changelog end."""
         task, store = p.task, p.store
         start = self._download(p, r, download)
@@ -404,7 +280,7 @@ class ChangelogReader(StandbyReading):
         self._listener.on_restore_start(store.changelog, store.spec.name, start, r.end)
         return KTopicPartition(store.changelog.topic, store.changelog.partition, start)
 
-    def _live_start(self, p: ChangelogPartition, start: int, r: _Range) -> int:
+    def _live_start(self, p: ChangelogPartition, start: int, r: ChangelogRange) -> int:
         """The retention-aware restore (live_restore.py): where reading a windowed store's changelog starts,
         active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
         ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""

@@ -26,7 +26,7 @@ from ..observe.metrics import SnapshotMetrics
 from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from ..snapshot import ObjectStore, Restorer
-from .changelog_reader import SnapshotFetched
+from .snapshot_download import SnapshotFetched
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from ..errors import IllegalStateTransition
 from ..observe.listener import RestoreListener, StandbyUpdateListener, SuspendReason, _SafeListener
 from ..observe.metrics import Metrics
 from .changelog_partition import FLUSH_POLL_S
-from .changelog_reader import ChangelogReader, SnapshotSource
+from .changelog_reader import ChangelogReader
+from .snapshot_download import SnapshotSource
 from .task import Task
 
 log = logging.getLogger(__name__)
