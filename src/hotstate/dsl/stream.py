@@ -8,6 +8,7 @@ from ..errors import TopologyError
 from ..records import Record
 from ..serde import Serde
 from ..state.store import ROCKSDB, StoreSpec
+from .aggregations import Aggregations
 from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PeekNode,
                     ProcessNode, SinkNode)
 from .topology import SubTopology, Topology
@@ -105,7 +106,7 @@ class Stream:
         self._node.children.append(sink)
 
 
-class GroupedStream:
+class GroupedStream(Aggregations):
     def __init__(self, stream: Stream):
         self._stream = stream
 
@@ -117,24 +118,6 @@ class GroupedStream:
         node = AggregateNode(spec.name, update)
         s._node.children.append(node)
         return Table(Stream(s._topology, s._sub, node, s.key_serde, value_serde), spec)
-
-    def count(self, store: str | StoreSpec) -> "Table":
-        """Counts records per key; records with a None key are dropped (and counted in a metric)."""
-        return self._aggregate(store, _serde.INT64, lambda k, v, old: 1 if old is None else old + 1)
-
-    def aggregate(self, initializer: Callable[[], Any], aggregator: Callable[[Any, Any, Any], Any],
-                  store: str | StoreSpec, value_serde: Serde = _serde.JSON) -> "Table":
-        """``aggregator(key, value, aggregate) -> new aggregate``, starting from ``initializer()``."""
-        def update(k: Any, v: Any, old: Any) -> Any:
-            return aggregator(k, v, initializer() if old is None else old)
-        return self._aggregate(store, value_serde, update)
-
-    def reduce(self, reducer: Callable[[Any, Any], Any], store: str | StoreSpec) -> "Table":
-        """``reducer(aggregate, value) -> new aggregate``; the first value of a key is its aggregate."""
-        vs = self._stream.value_serde
-        if vs is None:
-            raise TopologyError("reduce() needs a known value serde: reduce before changing the value type")
-        return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
 
     def windowed_by(self, windows: Any) -> "TimeWindowedStream | SessionWindowedStream":
         """Aggregates per window: ``windows`` from :mod:`hotstate.windows` (``tumbling``, ``hopping``,

@@ -10,6 +10,7 @@ from ..serde import Serde
 from ..state.backend import MEMORY, ROCKSDB, SESSION_MEMORY, SESSION_ROCKSDB, WINDOW_MEMORY, WINDOW_ROCKSDB
 from ..state.store import StoreSpec
 from ..windows import SessionWindows, SlidingWindows, TimeWindows
+from .aggregations import Aggregations
 from .nodes import SessionAggregateNode, SlidingAggregateNode, SuppressNode, WindowAggregateNode
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def windowed_stream(stream: "Stream", windows: Any) -> "TimeWindowedStream | Ses
     return TimeWindowedStream(stream, windows)
 
 
-class TimeWindowedStream:
+class TimeWindowedStream(Aggregations):
     """A grouped stream cut into time windows (tumbling, hopping or sliding): ``count`` / ``aggregate`` /
     ``reduce`` per (key, window). Sliding windows' keys are ``Windowed(key, start, start + time_difference_ms)``
     with both ends inclusive (Kafka Streams' sliding windows)."""
@@ -72,24 +73,6 @@ class TimeWindowedStream:
         s._node.children.append(node)
         key_serde = _serde.time_windowed(s.key_serde, self.windows.size_ms)
         return WindowedTable(Stream(s._topology, s._sub, node, key_serde, value_serde), spec, self.windows)
-
-    def count(self, store: str | StoreSpec) -> "WindowedTable":
-        """Records per key and window; records with a None key are dropped (and counted in a metric)."""
-        return self._aggregate(store, _serde.INT64, lambda k, v, old: 1 if old is None else old + 1)
-
-    def aggregate(self, initializer: Callable[[], Any], aggregator: Callable[[Any, Any, Any], Any],
-                  store: str | StoreSpec, value_serde: Serde = _serde.JSON) -> "WindowedTable":
-        """``aggregator(key, value, aggregate) -> new aggregate`` per window, starting from ``initializer()``."""
-        def update(k: Any, v: Any, old: Any) -> Any:
-            return aggregator(k, v, initializer() if old is None else old)
-        return self._aggregate(store, value_serde, update)
-
-    def reduce(self, reducer: Callable[[Any, Any], Any], store: str | StoreSpec) -> "WindowedTable":
-        """``reducer(aggregate, value) -> new aggregate`` per window; a window's first value is its aggregate."""
-        vs = self._stream.value_serde
-        if vs is None:
-            raise TopologyError("reduce() needs a known value serde: reduce before changing the value type")
-        return self._aggregate(store, vs, lambda k, v, old: v if old is None else reducer(old, v))
 
 
 def suppress_ms(windows: Any) -> int:
