@@ -191,3 +191,104 @@ def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka,
         assert app.close()
     outputs = [int64(m.value()) for m in kafka.read_all(sink) if utf8(m.key()) == "a"]
     assert outputs == list(range(1, 31)), outputs
+
+
+class _HangsOnce:
+    """A transactional producer whose call ``method`` hangs once armed, as a request librdkafka lost does
+    (issues 5456, 5511): with ``answer_lost`` the real call runs first (its request reached the coordinator)
+    and only its answer never comes; otherwise the call blocks before its request and, once the test sets
+    ``release`` (after the app has given the producer up), sends it late and records what came back in
+    ``late``."""
+
+    method = ""
+    armed = False
+    answer_lost = False
+    release: "threading.Event" = None
+    late: list = None
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def send_offsets_to_transaction(self, *args):
+        return self._call("send_offsets_to_transaction", args)
+
+    def commit_transaction(self, *args):
+        return self._call("commit_transaction", args)
+
+    def _call(self, name, args):
+        cls = type(self)
+        real = getattr(self._inner, name)
+        if not (cls.armed and name == cls.method):
+            return real(*args)
+        cls.armed = False
+        if cls.answer_lost:
+            real(*args)
+        cls.release.wait()
+        if not cls.answer_lost:
+            from confluent_kafka import KafkaException
+            try:
+                real(*args)
+                cls.late.append("accepted")
+            except KafkaException as exc:
+                cls.late.append(exc.args[0])
+        return None
+
+
+@pytest.mark.parametrize("method,answer_lost", [("send_offsets_to_transaction", False),
+                                                ("commit_transaction", False),
+                                                ("commit_transaction", True)],
+                         ids=["send_offsets-sent-late", "commit-sent-late", "commit-answer-lost"])
+def test_a_transactional_call_that_never_returns_is_given_up_and_the_counts_stay_exact(
+        kafka, tmp_state_dir, monkeypatch, method, answer_lost):
+    """A transactional call librdkafka never returns from (injected; after a broker restart the real client does
+    it, docs/faults.md): the app gives that producer up after the call's bound, a new producer with the same
+    transactional id settles the transaction (aborted, or committed when the commit's request had gone through),
+    the task restores from its changelog, and the app goes on by itself: a key's output is 1, 2, ... 30 whatever
+    the outcome. A request the stuck client sends late is refused (the new producer bumped the epoch). Before,
+    the app stopped with TransactionalProducerStuck."""
+    import threading
+
+    from confluent_kafka import KafkaError
+
+    from hotstate.kafka import clients
+    from hotstate.runtime import commit, stream_thread
+    monkeypatch.setattr(stream_thread, "_EOS_TIMEOUT_S", 6.0)  # the calls' timeout: the bound is 6 + 1 s
+    monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
+    real = clients.producer
+    monkeypatch.setattr(clients, "producer", lambda *a, **kw: _HangsOnce(real(*a, **kw)))
+    for name, value in [("method", method), ("armed", False), ("answer_lost", answer_lost),
+                        ("release", threading.Event()), ("late", [])]:
+        monkeypatch.setattr(_HangsOnce, name, value)
+    source = kafka.create_topic(partitions=1, prefix="eos-stuck")
+    sink = kafka.create_topic(partitions=1, prefix="eos-stuck-out")
+    app_id = kafka.app_id("eos-stuck")
+    app = eos_word_count(kafka, app_id, tmp_state_dir, source, sink)
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        for wave in range(3):
+            if wave == 1:
+                _HangsOnce.armed = True
+            kafka.produce(source, [("a", "x")] * 10)
+            wait_for(lambda: kafka.committed(app_id, source, 1) == {0: 10 * (wave + 1)},
+                     f"wave {wave} committed", 60, 0.2)
+        assert not _HangsOnce.armed  # the hang happened
+        assert app.metrics()["transactional_producers_abandoned_total"] == 1
+        wait_for(lambda: app.store("word-counts").get("a") == 30, "the store at 30", 60, 0.2)
+        if not answer_lost:
+            _HangsOnce.release.set()
+            wait_for(lambda: _HangsOnce.late, "the stuck call's late request answered", 30, 0.2)
+            late = _HangsOnce.late[0]
+            # Fenced: the new producer bumped the epoch. (No == on a KafkaError with a str: confluent-kafka leaves
+            # a TypeError set.)
+            assert not isinstance(late, str), late
+            assert late.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) and late.fatal(), late
+        assert app.state is hotstate.AppState.RUNNING
+    finally:
+        _HangsOnce.release.set()
+        assert app.close()
+    outputs = [int64(m.value()) for m in kafka.read_all(sink) if utf8(m.key()) == "a"]
+    assert outputs == list(range(1, 31)), outputs

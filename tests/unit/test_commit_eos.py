@@ -244,19 +244,62 @@ def commit_in_thread(c, task, within_s):
 
 
 @pytest.mark.parametrize("hang_at", ["send_offsets", "commit"])
-def test_a_transactional_call_that_never_returns_stops_the_app_instead_of_hanging(monkeypatch, hang_at):
-    """Bounded by the call's own timeout (+ grace), then a fatal TransactionalProducerStuck: no new producer
-    is started beside the stuck one, and the stores are not written."""
+def test_a_transactional_call_that_never_returns_is_given_up_and_a_new_producer_settles_it(monkeypatch, hang_at):
+    """Bounded by the call's own timeout (+ grace): the stuck producer is left alone (no purge, no call: a thread
+    is inside it), a new one's init_transactions fences it and settles the transaction, and the caller is told to
+    restore (TransactionOutcomeUnknown), not to trust the overlay; the stores are not written."""
     log = []
     c, stuck, made = hanging_committer(log, hang_at, monkeypatch)
     c.begin()
     task = one_task()
     try:
         exc = commit_in_thread(c, task, within_s=5)
-        assert isinstance(exc, TransactionalProducerStuck), exc
-        assert "restart" in str(exc)
-        assert made == [] and c.producer is stuck
+        assert isinstance(exc, TransactionOutcomeUnknown), exc
+        assert isinstance(exc.__cause__, TransactionalProducerStuck)
+        # (one log for both producers) nothing was asked of the stuck one after its call; the new one ran init
+        assert len(made) == 1 and c.producer is made[0] and log[-2:] == [hang_at, "init"] and "purge" not in log
         assert task.committed_offset == 1
-        assert log.count("commit") == (1 if hang_at == "commit" else 0)
+        assert c.abandoned == 1 and c._metrics.transactional_producers_abandoned_total == 1
+        c.begin()  # the new producer carries on
+        assert log[-1] == "begin"
     finally:
         stuck.release.set()
+
+
+def test_an_abort_that_never_returns_is_given_up_too(monkeypatch):
+    log = []
+    c, stuck, made = hanging_committer(log, "abort", monkeypatch)
+    c.begin()
+    try:
+        c.abort()  # returns: the new producer's init_transactions aborted the transaction
+        assert len(made) == 1 and c.producer is made[0] and log[-2:] == ["abort", "init"]
+        assert "purge" not in log and c.abandoned == 1
+    finally:
+        stuck.release.set()
+
+
+def test_past_abandon_max_stuck_producers_the_app_stops_instead_of_leaking_more(monkeypatch):
+    """Each given-up producer stays alive with its call: after ABANDON_MAX of them the error is fatal."""
+    import hotstate.runtime.commit as commit_module
+    monkeypatch.setattr(commit_module, "HANG_GRACE_S", 0.1, raising=False)
+    log = []
+    stuck: list = []
+
+    def factory():
+        stuck.append(HangingProducer(log, "send_offsets"))
+        return stuck[-1]
+
+    c = ExactlyOnceCommitter(FakeConsumer(), factory(), DeliveryTracker(set()), Metrics(), 0.05,
+                             producer_factory=factory)
+    try:
+        for _ in range(ExactlyOnceCommitter.ABANDON_MAX):
+            c.begin()
+            assert isinstance(commit_in_thread(c, one_task(), within_s=5), TransactionOutcomeUnknown)
+        c.begin()
+        exc = commit_in_thread(c, one_task(), within_s=5)
+        assert isinstance(exc, TransactionalProducerStuck), exc
+        assert "restart" in str(exc) and c.abandoned == ExactlyOnceCommitter.ABANDON_MAX + 1
+        assert len(stuck) == ExactlyOnceCommitter.ABANDON_MAX + 1  # no producer made after the last give-up
+    finally:
+        for p in stuck:
+            p.release.set()

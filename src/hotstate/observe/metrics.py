@@ -169,6 +169,8 @@ class Metrics:
     # windowed aggregation. Written by the stream thread only.
     dropped_late_records: dict[str, int] = field(default_factory=dict)
     commits_total: int = 0
+    # Exactly-once: producers given up inside a transactional call librdkafka never returned from (commit.py).
+    transactional_producers_abandoned_total: int = 0
     store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
     rebalances_total: int = 0  # assignments this instance received (every rebalance it took part in)
     restore_records_total: int = 0
@@ -199,6 +201,7 @@ class Metrics:
             "dropped_records_null_key_total": self.dropped_null_key,
             "dropped_late_records_total": dict(list(self.dropped_late_records.items())),  # task id -> count
             "commit_total": self.commits_total,
+            "transactional_producers_abandoned_total": self.transactional_producers_abandoned_total,
             "rebalances_total": self.rebalances_total,
             "store_corruptions_total": self.store_corruptions_total,
             "restore_records_total": self.restore_records_total,

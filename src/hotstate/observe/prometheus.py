@@ -23,6 +23,8 @@ _INSTANCE = [
     ("dropped_records_total", "counter", "Records an exception handler skipped (undecodable or failed in user code)"),
     ("dead_letter_records_total", "counter", "Records produced to dead_letter_topic"),
     ("commit_total", "counter", "Commits"),
+    ("transactional_producers_abandoned_total", "counter",
+     "Transactional producers given up inside a call librdkafka never returned from"),
     ("restore_records_total", "counter", "Changelog records restored into local stores"),
     ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows a restore seeked past"),
     ("active_restoring_tasks", "gauge", "Active tasks restoring their stores"),

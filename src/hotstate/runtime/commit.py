@@ -41,8 +41,9 @@ Exactly-once v2 (``ExactlyOnceCommitter.commit``), inside the transaction opened
    ``TransactionOutcomeUnknown`` tells the caller to restore the tasks as after a crash and rewind their
    inputs to the committed offsets read after it. A failure in 1-3 is a known abort: ``TransactionAborted``
    (or ``ProducerFenced``), the overlay is dropped and the inputs rewind. Steps 3 and 4 are bounded
-   (``bounded_call``): a call librdkafka never returns from stops the app after the call's own timeout
-   + 5 s (``TransactionalProducerStuck``; a restart is the safe way on).
+   (``bounded_call``): a call librdkafka never returns from is given up after the call's own timeout + 5 s
+   (``TransactionalProducerStuck``): the stuck client is abandoned, a new producer fences it and settles the
+   transaction, and the tasks restore as after an unknown outcome (``TransactionOutcomeUnknown``).
 5. ``write_stores``: overlay + changelog offset into RocksDB in one atomic write. Crash: nothing to repair.
 
 Either way a store is never ahead of its changelog: its offset moves only after the records are durable
@@ -133,8 +134,9 @@ HANG_GRACE_S = 5.0
 
 
 class TransactionalProducerStuck(RuntimeError):
-    """A transactional call did not return within its own timeout + ``HANG_GRACE_S``: librdkafka lost
-    its request (see ``bounded_call``). Fatal for the app: a restart of the process is the only safe way on."""
+    """A transactional call did not return within its own timeout + ``HANG_GRACE_S``: librdkafka lost its
+    request (see ``bounded_call``). The committer abandons that producer and goes on with a new one
+    (``ExactlyOnceCommitter._abandon``); only after ``ABANDON_MAX`` abandoned producers is it fatal."""
 
 
 def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -144,15 +146,13 @@ def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     change to be sent (librdkafka issues 5456 and 5511, open in 2.16; seen here as an exactly-once app whose
     stream thread hung after ``scripts/kafka restart``). hotstate's producer settings make such a request look
     again (``clients.TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS``): after a restart calls were measured to
-    return within 18-56 s, later than the transaction's timeout but inside this bound, and a call that returns
-    (even with an error) leaves a client that can be ended and replaced safely. So the bound is not the
-    transaction's timeout (15 s before, which stopped apps whose calls would have returned).
+    return within 18-56 s, later than the transaction's timeout but inside this bound. So the bound is not the
+    transaction's timeout (15 s before, which gave up calls that would have returned).
 
-    On expiry it raises ``TransactionalProducerStuck``, which stops the app with a clear error, rather than
-    going on with a new producer beside the stuck one: a run that did so (a new producer, the stuck one
-    abandoned) showed 36 words counted twice and missing a value (test_broker_restart, exactly_once_v2), and
-    the stuck client cannot be destroyed while a thread is inside it. A restart of the process ends the stuck
-    client with the process: the ordinary crash case that exactly-once recovers from."""
+    On expiry it raises ``TransactionalProducerStuck``. The committer then abandons the stuck client (it cannot
+    be destroyed while a thread is inside it) and settles the transaction with a new producer, whose
+    ``init_transactions`` fences it: any request the stuck client sends later carries the old epoch and is
+    refused (``ExactlyOnceCommitter._abandon``)."""
     result: list = []
     error: list[BaseException] = []
     done = threading.Event()
@@ -170,9 +170,8 @@ def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     if not done.wait(bound_s):
         raise TransactionalProducerStuck(
             f"exactly-once: {what} did not return within {bound_s:.0f}s (its own timeout is "
-            f"{timeout_s:.0f}s): librdkafka lost the request, a known librdkafka defect after a broker restart "
-            "(librdkafka issues 5456, 5511). The app stops: restart it (its open transaction is aborted and "
-            "the work since the last commit is redone, as after a crash)")
+            f"{timeout_s:.0f}s): librdkafka lost the request, a known librdkafka defect after a broker restart or "
+            "a broker's loss (librdkafka issues 5456, 5511)")
     if error:
         raise error[0]
     return result[0]
@@ -334,6 +333,9 @@ class ExactlyOnceCommitter(Committer):
     # within the window, with the last error.
     RECREATE_MAX = 5
     RECREATE_WINDOW_S = 300.0
+    # Producers given up inside a call librdkafka never returned from stay alive (a thread is inside each);
+    # past this many in the process's life the app stops rather than leak more clients.
+    ABANDON_MAX = 3
     INIT_TIMEOUT_S = 300.0
 
     def __init__(self, *args: Any, producer_factory: Any = None, clock: Any = time.monotonic,
@@ -349,6 +351,7 @@ class ExactlyOnceCommitter(Committer):
         self._clock = clock
         self._recreated_at: list[float] = []
         self._in_transaction = False
+        self.abandoned = 0
 
     def init(self) -> None:
         """Fences an earlier producer with the same transactional id and aborts its open transaction.
@@ -364,20 +367,22 @@ class ExactlyOnceCommitter(Committer):
                     raise
                 log.warning("init_transactions failed (%s); retrying", err)
 
-    def recreate_producer(self, count: bool = True) -> Producer:
+    def recreate_producer(self, count: bool = True, abandon: bool = False) -> Producer:
         """After ProducerFenced: drop the fenced producer (its transaction is aborted by the broker) and
         start a new one with the same transactional id. ``count``: the failure counts toward the limit
-        (a refusal of a stale group member's offsets does not: it ends when the member has rejoined)."""
+        (a refusal of a stale group member's offsets does not: it ends when the member has rejoined).
+        ``abandon``: a thread is still inside the old producer (``_abandon``): it is left alone, not purged."""
         now = self._clock()
         self._recreated_at = [t for t in self._recreated_at if now - t < self.RECREATE_WINDOW_S] + ([now] if count else [])
         if len(self._recreated_at) > self.RECREATE_MAX:
             raise RuntimeError(f"the transactional producer failed fatally {len(self._recreated_at)} times within "
                                f"{self.RECREATE_WINDOW_S:g}s; see the log for its errors")
         old, self.producer = self.producer, None
-        try:
-            old.purge()
-        except Exception:
-            pass
+        if not abandon:
+            try:
+                old.purge()
+            except Exception:
+                pass
         del old  # the committer's reference: with it gone the fenced client ends (a destructor) unless a frame holds it
         self._in_transaction = False
         self._tracker.take_errors()
@@ -396,8 +401,8 @@ class ExactlyOnceCommitter(Committer):
             producer = self.producer
             try:
                 self._call(lambda: producer.abort_transaction(self._timeout_s), "abort_transaction")
-            except TransactionalProducerStuck as exc:  # the broker aborts it after transaction_timeout_ms
-                log.error("%s", exc)
+            except TransactionalProducerStuck as exc:  # the new producer's init_transactions aborts it
+                self._abandon(exc)
             except KafkaException as exc:
                 if is_fenced(exc):
                     raise ProducerFenced(str(exc.args[0])) from exc
@@ -423,6 +428,14 @@ class ExactlyOnceCommitter(Committer):
                            "send_offsets_to_transaction")
             committing = True
             self._commit_transaction()  # 4
+        except TransactionalProducerStuck as exc:
+            # Step 3 or 4 never returned. The new producer's init_transactions settles the transaction: it
+            # aborts it, or completes a commit whose request reached the coordinator. Step 3's case could go
+            # the abort's way (commit_transaction was never called), but the tasks restore from their
+            # changelogs either way: the overlay is not trusted after a call whose client was given up, and
+            # the changelog tail past the stored offsets is only this transaction's (aborted) records.
+            self._abandon(exc)
+            raise TransactionOutcomeUnknown(str(exc)) from exc
         except KafkaException as exc:
             err = exc.args[0]
             if committing:
@@ -450,6 +463,25 @@ class ExactlyOnceCommitter(Committer):
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         return self._call_bounded(fn, self._call_bound_s, what)
+
+    def _abandon(self, exc: TransactionalProducerStuck) -> None:
+        """A transactional call never returned (``bounded_call``). The stuck client is left to its thread (it
+        cannot be destroyed while a call is inside it) and a new producer with the same transactional id takes
+        over: its ``init_transactions`` bumps the epoch, so the coordinator settles the open transaction (aborts
+        it, or completes a commit already prepared) and refuses whatever the stuck client sends later. Each
+        abandoned client keeps its threads and connections until its call returns, so after ``ABANDON_MAX`` of
+        them the app stops with the error instead."""
+        self.abandoned += 1
+        self._metrics.transactional_producers_abandoned_total += 1
+        if self.abandoned > self.ABANDON_MAX:
+            raise TransactionalProducerStuck(
+                f"{exc}. {self.ABANDON_MAX} transactional producers were given up this way already, and each stays "
+                "alive with its call: the app stops; restart it (its open transaction is aborted and the work "
+                "since the last commit is redone, as after a crash)") from exc
+        log.warning("%s: that producer is given up (%d of at most %d); a new one fences it and settles its "
+                    "transaction, and the tasks restore their stores from the changelogs", exc, self.abandoned,
+                    self.ABANDON_MAX)
+        self.recreate_producer(count=False, abandon=True)
 
     def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
         """Step 4 failed: the coordinator may have written PrepareCommit. A new producer's init_transactions
