@@ -480,6 +480,19 @@ class Restoring(Deployment):
 # ---------------------------------------------------------------------------------------------------------
 # Waiting for recovery.
 
+def thread_stacks(frames: int = 4) -> dict[str, list[str]]:
+    """The innermost frames of each hotstate thread (where a stream thread or state updater waits)."""
+    import traceback
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = {}
+    for ident, frame in sys._current_frames().items():
+        name = names.get(ident, str(ident))
+        if "hotstate" in name or "stream" in name.lower() or "updater" in name.lower():
+            out[f"{name}#{ident}"] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}: {f.line}"
+                                      for f in traceback.extract_stack(frame)[-frames:]]
+    return out
+
+
 def _bounded(fn, timeout_s: float = 5.0):
     """A diagnostic call on a client another thread uses: its result, its error, or "no answer" (it was seen to
     block the failure message for minutes)."""
@@ -516,6 +529,7 @@ def wait_recovered(deployments: list[Deployment], t_fault: float, timeout_s: flo
             for d in pending:
                 if hasattr(d, "diagnose"):
                     detail[f"{d.name} diagnosis"] = d.diagnose()
+            detail["threads"] = thread_stacks()
             raise AssertionError(f"not recovered {timeout_s}s after the fault: {[d.name for d in pending]}: {detail}")
         time.sleep(0.1)
 
