@@ -392,13 +392,20 @@ class SuppressNode(Node):
     The buffer is a key-value store with a changelog (``buffer_store``), so it survives restarts and rebalances
     and takes part in commits and exactly-once like any store. Its key: the window end, 8 bytes big-endian,
     then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
-    bytes (``value_serde``). Stream time is the task's (restored with its windowed stores)."""
+    bytes (``value_serde``).
 
-    __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
+    Stream time is the suppressed aggregation's (``aggregation_store``'s stream time, restored with it), as Kafka
+    Streams' suppression keeps its own observed stream time: the largest timestamp of the updates that reached it,
+    which is the aggregation's stream time (the record that raises it is never late and its updates carry its
+    time). Not the task's: a record without a key ahead in time would emit a window's result while the
+    aggregation still counts records into it, and emit it again with each of them."""
 
-    def __init__(self, buffer_store: str, suppress_ms: int, key_serde: Serde, value_serde: Serde):
+    __slots__ = ("buffer_store", "aggregation_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
+
+    def __init__(self, buffer_store: str, aggregation_store: str, suppress_ms: int, key_serde: Serde,
+                 value_serde: Serde):
         super().__init__()
-        self.buffer_store, self.suppress_ms = buffer_store, suppress_ms
+        self.buffer_store, self.aggregation_store, self.suppress_ms = buffer_store, aggregation_store, suppress_ms
         self.key_serde, self.value_serde = key_serde, value_serde
         # Per task buffer (its view): (write generation, the smallest end it may hold). Known exactly after an
         # eviction's scan, lowered by every put; a rewind clears the uncommitted writes (bringing back what was
@@ -418,16 +425,20 @@ class SuppressNode(Node):
             buffer.put(buffer_key, _TIME.pack(ctx.timestamp) + self.value_serde.serialize(value))
             if known is not None and known[0] == generation:
                 least = end if least is None else min(least, end)
-        expiry = ctx.stream_time - self.suppress_ms
+        expiry = self._stream_time(ctx) - self.suppress_ms
         if known is not None and known[0] == generation and (least is None or least > expiry):
             self._least_end[buffer] = (generation, least)
             return
         self._least_end[buffer] = (generation, self.evict(ctx))
 
+    def _stream_time(self, ctx: Any) -> int:
+        observed = ctx.store(self.aggregation_store).stream_time()
+        return -1 if observed is None else observed
+
     def evict(self, ctx: Any) -> int | None:
         """Forwards and removes every buffered window whose end is at or below stream time - suppress_ms;
         returns the smallest end left in the buffer (None: empty)."""
-        expiry = ctx.stream_time - self.suppress_ms
+        expiry = self._stream_time(ctx) - self.suppress_ms
         buffer = ctx.store(self.buffer_store)
         closed, least = [], None
         for buffer_key, raw in buffer.range(None, None):
