@@ -263,8 +263,8 @@ class SessionAggregateNode(Node):
 
 
 class SlidingAggregateNode(Node):
-    """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, its in-order
-    variant). Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by
+    """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, the variant it
+    runs with its own stores: processReverse, windows walked newest first, hence the order of the updates). Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by
     start in a windowed store with the event time of their newest record. A record at ``t``:
 
     - is dropped (and counted) when its own left window ``[t - d, t]`` ends before ``stream time - grace``;
@@ -297,35 +297,41 @@ class SlidingAggregateNode(Node):
             if ts < d:
                 self._process_early(key, value, ts, close_ms, ctx)
             else:
-                self._process_in_order(key, value, ts, close_ms, ctx)
+                self._process_reverse(key, value, ts, close_ms, ctx)
         finally:
             ctx.timestamp = ts
 
-    def _process_in_order(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+    def _process_reverse(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+        """Kafka Streams' processReverse (what it runs with its own stores, which all fetch backwards): the
+        key's windows newest start first, so the windows holding the record are updated in that order; the walk
+        stops at the first window ending before the record (the previous record's left window), or when the
+        record's left window exists and already holds a record at ``ts`` (its other windows exist then)."""
         d = self.windows.time_difference_ms
         store = ctx.store(self.store_name)
         starts: set[int] = set()
         left_agg = right_agg = None  # (aggregate, event time)
         left_exists = right_exists = False
         previous_ts: int | None = None
-        for start, agg, agg_ts in store.fetch_with_timestamps(key, max(0, ts - 2 * d), ts + 1):
+        found = list(store.fetch_with_timestamps(key, max(0, ts - 2 * d), ts + 1))
+        for start, agg, agg_ts in reversed(found):
             starts.add(start)
             end = start + d
-            if end < ts:
-                left_agg, previous_ts = (agg, agg_ts), agg_ts
+            if start == ts + 1:
+                right_exists = True
+            elif end > ts:
+                if right_agg is None:
+                    right_agg = (agg, agg_ts)
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
             elif end == ts:
                 left_exists = True
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
                 if agg_ts < ts:
                     previous_ts = agg_ts
-                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
-            elif start <= ts:
-                right_agg = (agg, agg_ts)
-                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
-            elif start == ts + 1:
-                right_exists = True
+                else:
+                    return
             else:
-                raise RuntimeError(f"sliding windows of {key!r}: a window starting at {start} was found while "
-                                   f"processing a record at {ts}; the store is not a sliding-window store")
+                left_agg, previous_ts = (agg, agg_ts), agg_ts
+                break
         if previous_ts is not None and previous_ts + 1 not in starts and previous_ts + 1 + d >= ts:
             self._update(key, value, previous_ts + 1, None, ts, close_ms, ctx)  # the previous record's right window
         if not left_exists:
