@@ -375,12 +375,16 @@ def test_session_sliding_and_suppress_equal_kafka_streams(kafka, tmp_path, tmp_s
     sliding = {p: SlidingReference(SLIDING_DIFF, SLIDING_GRACE, retention["sliding"]) for p in range(PARTITIONS)}
     stream_time: dict[int, int] = defaultdict(lambda: -1)
     null_keys: dict[str, int] = defaultdict(int)
+    partial_records: list[tuple[str, int]] = []  # late for some of their sliding windows, not all
     for key, ts, p in records:
         if key is None:
             null_keys[f"0_{p}"] += len(KINDS)
             continue
         sessions[p].process(key, ts)
+        partial = sliding[p].partial
         sliding[p].process(key, ts)
+        if sliding[p].partial > partial:
+            partial_records.append((key, ts))
         stream_time[p] = max(stream_time[p], ts)
     merges = sum(v is None for r in sessions.values() for _k, _s, _e, v, _ts in r.emitted)
     partial = sum(r.partial for r in sliding.values())
@@ -421,10 +425,14 @@ def test_session_sliding_and_suppress_equal_kafka_streams(kafka, tmp_path, tmp_s
             ref[key].append((start, end, value, ts))
     assert got["ks", "session", "updates"] == dict(ref), \
         f"Kafka Streams / reference: {first_sequence_difference(got['ks', 'session', 'updates'], ref)}"
-    # Sliding: every window's last update is its aggregate by the definition (where the reference is exact).
-    if not any(r.partial for r in sliding.values()):
-        final = {(k, s): u[-1][0] for (k, s, _e), u in per_window(got["ks", "sliding", "updates"]).items()}
-        assert final == {w: v for r in sliding.values() for w, v in r.windows().items()}
+    # Sliding: every window's last update is its aggregate by the definition, away from the records that were
+    # late for some of their windows only (the reference is not exact near those).
+    final = {(k, s): u[-1][0] for (k, s, _e), u in per_window(got["ks", "sliding", "updates"]).items()}
+    near = {key: [t for k, t in partial_records if k == key] for key in KEYS}
+    exact = lambda w: all(abs(w[1] - t) > 2 * SLIDING_DIFF + 1 for t in near[w[0]])  # noqa: E731
+    ref_sliding = {w: v for r in sliding.values() for w, v in r.windows().items() if exact(w)}
+    print(f"sliding windows checked against the definition: {len(ref_sliding)} of {len(final)}")
+    assert {w: v for w, v in final.items() if exact(w)} == ref_sliding and len(ref_sliding) > len(final) / 2
     # Final results: one per window (a session merged away has none) closed at the end, its last update.
     for name in KINDS:
         last = {w: u[-1] for w, u in per_window(got["ks", name, "updates"]).items()}
