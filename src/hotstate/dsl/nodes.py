@@ -264,8 +264,9 @@ class SessionAggregateNode(Node):
 
 class SlidingAggregateNode(Node):
     """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, the variant it
-    runs with its own stores: processReverse, windows walked newest first, hence the order of the updates). Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by
-    start in a windowed store with the event time of their newest record. A record at ``t``:
+    runs with its own stores: processReverse, windows walked newest first, hence the order of the updates).
+    Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by start in a
+    windowed store with the event time of their newest record. A record at ``t``:
 
     - is dropped (and counted) when its own left window ``[t - d, t]`` ends before ``stream time - grace``;
     - updates every stored window that holds it, and creates its left window ``[t - d, t]`` (its aggregate
