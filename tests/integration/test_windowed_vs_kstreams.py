@@ -1,14 +1,21 @@
 """Side by side with Kafka Streams 4.4: the same timed input (in order, out of order within grace, late beyond it;
-several keys, each in one of several partitions) through Kafka Streams' windowed count (tests/kstreams_windows,
-built with Maven on first use) and hotstate's, tumbling and hopping. Every window's updates (value, timestamp),
-hence its final value, the set of windows and the late drops per task must be identical. Kafka Streams' count
-also goes through suppress(untilWindowCloses): its final results are checked against its own updates, ready for
-hotstate's suppress_until_window_closes. A second test shows the difference hotstate keeps: after a restart its
-aggregation resumes stream time from its store, Kafka Streams' starts again (docs/architecture.md, "Time and
-windows").
+several keys, each in one of several partitions; a few keyless records ahead in time) through Kafka Streams'
+windowed counts (tests/kstreams_windows, built with Maven on first use) and hotstate's, under both guarantees.
 
-Run alone: scripts/test tests/integration/test_windowed_vs_kstreams.py (the first run builds the jar: about 20 s
-with Maven's cache filled, longer on a fresh machine that downloads Kafka Streams and the Maven plugins)."""
+- Tumbling and hopping: every window's updates (value, timestamp), hence its final value, the set of windows and
+  the late drops per task must be identical, and equal to the plain reference.
+- Session and sliding counts, and suppress_until_window_closes of those and of a tumbling count (Kafka Streams'
+  suppress(untilWindowCloses(unbounded()))): each key's whole sequence of updates (a session merge: the
+  tombstones of the merged sessions, then the new session; a sliding record: its windows newest first, then the
+  ones it creates), every final result and the late drops per task must be identical; sessions also equal the
+  plain reference, sliding windows' final values the definition.
+
+A restart test shows the difference hotstate keeps: after a restart its aggregation resumes stream time from its
+store, Kafka Streams' starts again (docs/architecture.md, "Time and windows").
+
+Run alone: scripts/test tests/integration/test_windowed_vs_kstreams.py (about 75 s with the jar built; the first run
+builds the jar: about 20 s with Maven's cache filled, longer on a fresh machine that downloads Kafka Streams and
+the Maven plugins)."""
 from __future__ import annotations
 
 import fcntl
@@ -27,7 +34,7 @@ import pytest
 import hotstate
 from hotstate import serde, windows
 from kafka_helpers import REPO, partition_for, wait_for
-from window_reference import Reference
+from window_reference import Reference, SessionReference, SlidingReference
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first Maven build may download a lot
 
@@ -297,3 +304,154 @@ def test_after_a_restart_hotstate_keeps_stream_time_and_kafka_streams_does_not(k
     assert hs[late] == [(1, base + 1_100), (2, base + 1_200)] and ours["dropped_late_records_total"] == {"0_0": 1}
     # Kafka Streams: its first record after the restart sets its stream time; the closed window takes it.
     assert ks[late] == hs[late] + [(3, base + 1_500)] and not any(theirs.values())
+
+
+# Session and sliding counts, and suppress_until_window_closes of them and of a tumbling count: name -> window spec
+# for the Java app (after the output topic) and hotstate's windows. A 150 ms gap with a key's records ~200 ms apart
+# on average: sessions end often and out-of-order records bridge them (merges, with tombstones).
+SESSION_GAP, SESSION_GRACE = 150, 200
+SLIDING_DIFF, SLIDING_GRACE = 500, 300
+TUMBLING_SIZE, TUMBLING_GRACE = WINDOWS["tumbling"][0], WINDOWS["tumbling"][2]
+KINDS = {
+    "session": (f"session:{SESSION_GAP}:{SESSION_GRACE}", windows.session(SESSION_GAP, SESSION_GRACE)),
+    "sliding": (f"sliding:{SLIDING_DIFF}:{SLIDING_GRACE}", windows.sliding(SLIDING_DIFF, SLIDING_GRACE)),
+    "tumbling": (f"{TUMBLING_SIZE}:{TUMBLING_SIZE}:{TUMBLING_GRACE}",
+                 windows.tumbling(TUMBLING_SIZE, TUMBLING_GRACE)),
+}
+# How long after a window's end its result is final (Kafka Streams' GraphGraceSearchUtil), and the window's end.
+SUPPRESS_MS = {"session": SESSION_GAP + SESSION_GRACE, "sliding": SLIDING_GRACE, "tumbling": TUMBLING_GRACE}
+END = {"session": None, "sliding": SLIDING_DIFF, "tumbling": TUMBLING_SIZE}
+
+
+def sequences(kafka, topic: str, kind: str) -> dict[str, list[tuple[int, int, int | None, int]]]:
+    """key -> its output records (window start, end, count or None for a tombstone, timestamp) in output order.
+    The output topics have one partition, so a key's records (all from one task) keep their processing order."""
+    got = defaultdict(list)
+    for m in kafka.read_all(topic):
+        raw = m.key()
+        if kind == "session":  # SessionKeySchema: key bytes, end, start
+            key, (end, start) = raw[:-16].decode(), struct.unpack(">qq", raw[-16:])
+        else:
+            (key, start), end = window_key(raw), None
+            end = start + END[kind]
+        value = None if m.value() is None else struct.unpack(">q", m.value())[0]
+        got[key].append((start, end, value, m.timestamp()[1]))
+    return dict(got)
+
+
+def per_window(seqs: dict) -> dict[tuple[str, int, int], list[tuple[int | None, int]]]:
+    out = defaultdict(list)
+    for key, seq in seqs.items():
+        for start, end, value, ts in seq:
+            out[(key, start, end)].append((value, ts))
+    return dict(out)
+
+
+def first_sequence_difference(ours: dict, theirs: dict) -> str:
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key, []), theirs.get(key, [])
+        if a != b:
+            i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            return (f"key {key}: first difference at update {i} of {len(a)} / {len(b)}: {a[max(0, i - 2):i + 3]} / "
+                    f"{b[max(0, i - 2):i + 3]}")
+    return "no difference"
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_session_sliding_and_suppress_equal_kafka_streams(kafka, tmp_path, tmp_state_dir, guarantee):
+    """Session and sliding counts and suppress_until_window_closes (of those and of a tumbling count) side by side
+    with Kafka Streams 4.4's count and suppress(untilWindowCloses(unbounded())), on the same kind of input as
+    above (out of order, late, keyless records ahead in time). Each key's whole sequence of updates (a session's
+    merges: the tombstones of the merged sessions, then the new session), every final result and the late drops
+    per task must be identical."""
+    kstreams_jar()
+    source = kafka.create_topic(partitions=PARTITIONS, prefix="vs-ks-in")
+    outs = {(system, name, what): kafka.create_topic(partitions=1, prefix=f"vs-ks-{system}-{name}-{what}")
+            for system in ("hs", "ks") for name in KINDS for what in ("updates", "final")}
+    base = (int(time.time() * 1000) // 60_000 - 60) * 60_000
+    records = make_records(random.Random(12), base, 1_500)
+    producer = kafka.producer()
+    for key, ts, p in records:
+        producer.produce(source, b"click", None if key is None else key.encode(), partition=p, timestamp=ts)
+    assert producer.flush(30) == 0
+
+    # The plain references (tests/window_reference.py), per partition, and each partition's stream time (keyed).
+    # Retention: the default (gap + grace, as Kafka Streams'): a session that ended before it is not merged.
+    retention = {name: w.retention_ms for name, (_, w) in KINDS.items()}
+    sessions = {p: SessionReference(SESSION_GAP, SESSION_GRACE, retention["session"]) for p in range(PARTITIONS)}
+    sliding = {p: SlidingReference(SLIDING_DIFF, SLIDING_GRACE, retention["sliding"]) for p in range(PARTITIONS)}
+    stream_time: dict[int, int] = defaultdict(lambda: -1)
+    null_keys: dict[str, int] = defaultdict(int)
+    partial_records: list[tuple[str, int]] = []  # late for some of their sliding windows, not all
+    for key, ts, p in records:
+        if key is None:
+            null_keys[f"0_{p}"] += len(KINDS)
+            continue
+        sessions[p].process(key, ts)
+        partial = sliding[p].partial
+        sliding[p].process(key, ts)
+        if sliding[p].partial > partial:
+            partial_records.append((key, ts))
+        stream_time[p] = max(stream_time[p], ts)
+    merges = sum(v is None for r in sessions.values() for _k, _s, _e, v, _ts in r.emitted)
+    partial = sum(r.partial for r in sliding.values())
+    print(f"session tombstones {merges}, late drops: sessions {sum(r.dropped for r in sessions.values())}, "
+          f"sliding {sum(r.dropped for r in sliding.values())} (+ {partial} records late for some windows)")
+    assert merges > 20 and all(r.dropped > 0 for r in sessions.values()) and all(r.dropped for r in sliding.values())
+
+    app_id = kafka.app_id("vs-ks-hs")
+    app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
+                       processing_guarantee=guarantee, commit_interval_ms=100)
+    stream = app.stream(source, key_serde=serde.STRING, value_serde=serde.STRING)
+    for name, (_spec, hs_windows) in KINDS.items():
+        table = stream.group_by_key().windowed_by(hs_windows).count(store=f"counts-{name}")
+        table.to_stream().to(outs["hs", name, "updates"], value_serde=serde.INT64)
+        table.suppress_until_window_closes().to_stream().to(outs["hs", name, "final"], value_serde=serde.INT64)
+    ks_id = kafka.app_id("vs-ks-ks")
+    specs = [f"{outs['ks', name, 'updates']}:{spec}:{outs['ks', name, 'final']}" for name, (spec, _) in KINDS.items()]
+    ks = KStreamsApp([kafka.bootstrap, ks_id, str(tmp_path / "ks-state"), guarantee, source, *specs],
+                     tmp_path / "kstreams.log")
+    started = time.monotonic()
+    metrics, theirs_dropped = run_both(kafka, app, ks, ks_id, source)
+    print(f"both apps done in {time.monotonic() - started:.1f}s; Kafka Streams: {ks.events('config')}")
+
+    got = {(system, name, what): sequences(kafka, outs[system, name, what], name)
+           for system in ("hs", "ks") for name in KINDS for what in ("updates", "final")}
+    problems = []
+    for name in KINDS:
+        for what in ("updates", "final"):
+            ours, theirs = got["hs", name, what], got["ks", name, what]
+            if ours != theirs:
+                problems.append(f"{name} {what}, hotstate / Kafka Streams: {first_sequence_difference(ours, theirs)}")
+    assert not problems, "\n".join(problems)
+
+    # Sessions: every update, tombstones included, as the plain reference has them.
+    ref = defaultdict(list)
+    for r in sessions.values():
+        for key, start, end, value, ts in r.emitted:
+            ref[key].append((start, end, value, ts))
+    assert got["ks", "session", "updates"] == dict(ref), \
+        f"Kafka Streams / reference: {first_sequence_difference(got['ks', 'session', 'updates'], ref)}"
+    # Sliding: every window's last update is its aggregate by the definition, away from the records that were
+    # late for some of their windows only (the reference is not exact near those).
+    final = {(k, s): u[-1][0] for (k, s, _e), u in per_window(got["ks", "sliding", "updates"]).items()}
+    near = {key: [t for k, t in partial_records if k == key] for key in KEYS}
+    exact = lambda w: all(abs(w[1] - t) > 2 * SLIDING_DIFF + 1 for t in near[w[0]])  # noqa: E731
+    ref_sliding = {w: v for r in sliding.values() for w, v in r.windows().items() if exact(w)}
+    print(f"sliding windows checked against the definition: {len(ref_sliding)} of {len(final)}")
+    assert {w: v for w, v in final.items() if exact(w)} == ref_sliding and len(ref_sliding) > len(final) / 2
+    # Final results: one per window (a session merged away has none) closed at the end, its last update.
+    for name in KINDS:
+        last = {w: u[-1] for w, u in per_window(got["ks", name, "updates"]).items()}
+        closed = {w: u for w, u in last.items() if u[0] is not None
+                  and w[2] + SUPPRESS_MS[name] <= stream_time[partition_for(w[0], PARTITIONS)]}
+        finals = per_window(got["ks", name, "final"])
+        assert {w: u[-1] for w, u in finals.items()} == closed and len(closed) < len(last), name
+        if name == "tumbling":  # sessions and sliding windows may be emitted again at the boundary, as in both
+            assert all(len(u) == 1 for u in finals.values()), f"{name}: a window's final result emitted twice"
+        elif name == "session":  # a session at end + gap + grace == stream time: emitted, then still accepted
+            assert any(len(u) > 1 for u in finals.values()), "the input no longer has the boundary case"
+
+    late = {t: n - null_keys[t] for t, n in theirs_dropped.items() if n - null_keys[t]}
+    assert metrics["dropped_late_records_total"] == late and late
+    assert metrics["dropped_records_null_key_total"] == sum(null_keys.values()) > 0

@@ -132,3 +132,18 @@ def test_a_record_at_the_grace_boundary_takes_its_aggregate_from_a_window_2d_old
     for ts in (40, 250, 80):
         h.pipe("k", 1, timestamp=ts)
     assert h.store("sliding").fetch("k", 0, 1_000) == [(0, 1), (40, 2), (41, 1), (210, 1)]
+
+
+def test_a_record_updates_its_windows_newest_first_as_kafka_streams_does(make_app):
+    """Kafka Streams 4.4's KStreamSlidingWindowAggregate walks a key's windows backwards (processReverse, its
+    stores all fetch backwards): the existing windows holding the record are updated newest start first, then
+    the previous record's right window, the record's left window and its right window are created. Found side by
+    side (tests/integration/test_windowed_vs_kstreams.py): hotstate updated them oldest first."""
+    h = build(make_app, windows.sliding(100, 1_000))
+    for ts in (1_000, 1_050):
+        h.pipe("a", 1, timestamp=ts)
+    del h.sent[:]
+    h.pipe("a", 1, timestamp=1_020)  # in [950, 1050] and [1001, 1101]; creates [920, 1020] and [1021, 1121]
+    key_serde = serde.time_windowed(serde.STRING, 100)
+    got = [(key_serde.deserialize(s.key).start_ms, struct.unpack(">q", s.value)[0], s.timestamp) for s in h.sent]
+    assert got == [(1_001, 2, 1_050), (950, 3, 1_050), (920, 2, 1_020), (1_021, 1, 1_050)]

@@ -152,3 +152,28 @@ def test_sliding_windows_final_results_follow_kafka_streams_rule(make_app):
     assert of_k()[1:] == [(hotstate.Windowed("k", 94, 104), 2, 104), (hotstate.Windowed("k", 101, 111), 1, 104)]
     h.pipe("k", 1, timestamp=106)  # [101, 111] ends at 116 - 5: still open to the aggregation, so emitted again
     assert of_k()[3:] == [(hotstate.Windowed("k", 101, 111), 2, 106)]
+
+
+def test_suppress_closes_windows_by_the_aggregations_stream_time_not_the_tasks(make_app):
+    """Found side by side with Kafka Streams (tests/integration/test_windowed_vs_kstreams.py): its suppression
+    keeps its own observed stream time, moved by the updates that reach it. A record without a key ahead in time
+    moves the task's stream time but closes no window of the aggregation, so the window still counts records and
+    its final result must wait: with the task's stream time, a tumbling window was emitted once per update."""
+    h, _ = build(make_app, windows.tumbling(100, 0))
+    key_serde = serde.time_windowed(serde.STRING, 100)
+    for key, ts in [("a", 10), (None, 500), ("a", 20), ("a", 30)]:
+        h.pipe(key, 1, timestamp=ts)
+    assert sent(h, key_serde) == []  # the window [0, 100) is open for the aggregation: it took all three
+    h.pipe("a", 1, timestamp=150)  # the aggregation's stream time reaches the window's end
+    assert sent(h, key_serde) == [(hotstate.Windowed("a", 0, 100), 3, 30)]
+    h.pipe("b", 1, timestamp=600)  # the keyless record's time, now reached by a keyed one
+    assert sent(h, key_serde) == [(hotstate.Windowed("a", 0, 100), 3, 30), (hotstate.Windowed("a", 100, 200), 1, 150)]
+
+
+@pytest.mark.parametrize("w", [windows.session(50, 0), windows.sliding(50, 20)])
+def test_suppressed_sessions_and_sliding_windows_wait_for_the_aggregations_stream_time(make_app, w):
+    """The same for sessions ([100, 110] closes at 160) and sliding windows ([50, 100] at 120)."""
+    h, _ = build(make_app, w)
+    for key, ts in [("a", 100), (None, 900), ("a", 110)]:
+        h.pipe(key, 1, timestamp=ts)
+    assert h.sent == []

@@ -263,9 +263,10 @@ class SessionAggregateNode(Node):
 
 
 class SlidingAggregateNode(Node):
-    """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, its in-order
-    variant). Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by
-    start in a windowed store with the event time of their newest record. A record at ``t``:
+    """Sliding-window count / aggregate / reduce (Kafka Streams' KStreamSlidingWindowAggregate, the variant it
+    runs with its own stores: processReverse, windows walked newest first, hence the order of the updates).
+    Windows are ``[start, start + d]`` (``d`` = time_difference_ms, both ends inclusive), stored by start in a
+    windowed store with the event time of their newest record. A record at ``t``:
 
     - is dropped (and counted) when its own left window ``[t - d, t]`` ends before ``stream time - grace``;
     - updates every stored window that holds it, and creates its left window ``[t - d, t]`` (its aggregate
@@ -297,35 +298,41 @@ class SlidingAggregateNode(Node):
             if ts < d:
                 self._process_early(key, value, ts, close_ms, ctx)
             else:
-                self._process_in_order(key, value, ts, close_ms, ctx)
+                self._process_reverse(key, value, ts, close_ms, ctx)
         finally:
             ctx.timestamp = ts
 
-    def _process_in_order(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+    def _process_reverse(self, key: Any, value: Any, ts: int, close_ms: int, ctx: Any) -> None:
+        """Kafka Streams' processReverse (what it runs with its own stores, which all fetch backwards): the
+        key's windows newest start first, so the windows holding the record are updated in that order; the walk
+        stops at the first window ending before the record (the previous record's left window), or when the
+        record's left window exists and already holds a record at ``ts`` (its other windows exist then)."""
         d = self.windows.time_difference_ms
         store = ctx.store(self.store_name)
         starts: set[int] = set()
         left_agg = right_agg = None  # (aggregate, event time)
         left_exists = right_exists = False
         previous_ts: int | None = None
-        for start, agg, agg_ts in store.fetch_with_timestamps(key, max(0, ts - 2 * d), ts + 1):
+        found = list(store.fetch_with_timestamps(key, max(0, ts - 2 * d), ts + 1))
+        for start, agg, agg_ts in reversed(found):
             starts.add(start)
             end = start + d
-            if end < ts:
-                left_agg, previous_ts = (agg, agg_ts), agg_ts
+            if start == ts + 1:
+                right_exists = True
+            elif end > ts:
+                if right_agg is None:
+                    right_agg = (agg, agg_ts)
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
             elif end == ts:
                 left_exists = True
+                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
                 if agg_ts < ts:
                     previous_ts = agg_ts
-                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
-            elif start <= ts:
-                right_agg = (agg, agg_ts)
-                self._update(key, value, start, (agg, agg_ts), ts, close_ms, ctx)
-            elif start == ts + 1:
-                right_exists = True
+                else:
+                    return
             else:
-                raise RuntimeError(f"sliding windows of {key!r}: a window starting at {start} was found while "
-                                   f"processing a record at {ts}; the store is not a sliding-window store")
+                left_agg, previous_ts = (agg, agg_ts), agg_ts
+                break
         if previous_ts is not None and previous_ts + 1 not in starts and previous_ts + 1 + d >= ts:
             self._update(key, value, previous_ts + 1, None, ts, close_ms, ctx)  # the previous record's right window
         if not left_exists:
@@ -392,13 +399,20 @@ class SuppressNode(Node):
     The buffer is a key-value store with a changelog (``buffer_store``), so it survives restarts and rebalances
     and takes part in commits and exactly-once like any store. Its key: the window end, 8 bytes big-endian,
     then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
-    bytes (``value_serde``). Stream time is the task's (restored with its windowed stores)."""
+    bytes (``value_serde``).
 
-    __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
+    Stream time is the suppressed aggregation's (``aggregation_store``'s stream time, restored with it), as Kafka
+    Streams' suppression keeps its own observed stream time: the largest timestamp of the updates that reached it,
+    which is the aggregation's stream time (the record that raises it is never late and its updates carry its
+    time). Not the task's: a record without a key ahead in time would emit a window's result while the
+    aggregation still counts records into it, and emit it again with each of them."""
 
-    def __init__(self, buffer_store: str, suppress_ms: int, key_serde: Serde, value_serde: Serde):
+    __slots__ = ("buffer_store", "aggregation_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
+
+    def __init__(self, buffer_store: str, aggregation_store: str, suppress_ms: int, key_serde: Serde,
+                 value_serde: Serde):
         super().__init__()
-        self.buffer_store, self.suppress_ms = buffer_store, suppress_ms
+        self.buffer_store, self.aggregation_store, self.suppress_ms = buffer_store, aggregation_store, suppress_ms
         self.key_serde, self.value_serde = key_serde, value_serde
         # Per task buffer (its view): (write generation, the smallest end it may hold). Known exactly after an
         # eviction's scan, lowered by every put; a rewind clears the uncommitted writes (bringing back what was
@@ -418,16 +432,20 @@ class SuppressNode(Node):
             buffer.put(buffer_key, _TIME.pack(ctx.timestamp) + self.value_serde.serialize(value))
             if known is not None and known[0] == generation:
                 least = end if least is None else min(least, end)
-        expiry = ctx.stream_time - self.suppress_ms
+        expiry = self._stream_time(ctx) - self.suppress_ms
         if known is not None and known[0] == generation and (least is None or least > expiry):
             self._least_end[buffer] = (generation, least)
             return
         self._least_end[buffer] = (generation, self.evict(ctx))
 
+    def _stream_time(self, ctx: Any) -> int:
+        observed = ctx.store(self.aggregation_store).stream_time()
+        return -1 if observed is None else observed
+
     def evict(self, ctx: Any) -> int | None:
         """Forwards and removes every buffered window whose end is at or below stream time - suppress_ms;
         returns the smallest end left in the buffer (None: empty)."""
-        expiry = ctx.stream_time - self.suppress_ms
+        expiry = self._stream_time(ctx) - self.suppress_ms
         buffer = ctx.store(self.buffer_store)
         closed, least = [], None
         for buffer_key, raw in buffer.range(None, None):

@@ -120,7 +120,7 @@ class WindowedTable:
                                 "(suppress a table once, or pass buffer_store=)")
         spec = StoreSpec(name, _serde.BYTES, _serde.BYTES, kind)
         s._topology.add_store(s._sub, spec)
-        node = SuppressNode(spec.name, suppress_ms(self.windows), s.key_serde, s.value_serde)
+        node = SuppressNode(spec.name, self.store.name, suppress_ms(self.windows), s.key_serde, s.value_serde)
         s._node.children.append(node)
         return SuppressedTable(Stream(s._topology, s._sub, node, s.key_serde, s.value_serde), spec, self.windows)
 

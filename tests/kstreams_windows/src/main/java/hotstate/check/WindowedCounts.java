@@ -24,23 +24,30 @@ import org.apache.kafka.streams.kstream.KTable;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.Suppressed;
+import org.apache.kafka.streams.kstream.SessionWindows;
+import org.apache.kafka.streams.kstream.SlidingWindows;
 import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.kstream.Windowed;
 import org.apache.kafka.streams.kstream.WindowedSerdes;
+import org.apache.kafka.streams.state.SessionStore;
 import org.apache.kafka.streams.state.WindowStore;
 
 /**
  * Kafka Streams 4.4's windowed count, the peer of tests/integration/test_windowed_vs_kstreams.py: String keys
- * (values ignored) from one input topic, {@code groupByKey().windowedBy(TimeWindows).count()} for each window spec
- * on the command line, every update written to the spec's output topic with Kafka Streams' time-windowed key
- * ({@code TimeWindowedSerializer}: key bytes + 8-byte big-endian window start) and Long (8-byte) counts. The
+ * (values ignored) from one input topic, {@code groupByKey().windowedBy(windows).count()} for each window spec
+ * on the command line (TimeWindows, SessionWindows or SlidingWindows), every update written to the spec's output
+ * topic with Kafka Streams' windowed key (time and sliding windows: {@code TimeWindowedSerializer}, key bytes +
+ * 8-byte big-endian window start; sessions: {@code SessionWindowedSerializer}, key bytes + 8-byte end + 8-byte
+ * start; a merged session's tombstone has no value) and Long (8-byte) counts. The
  * record cache is off and the commit interval 100 ms, so every update is emitted. A spec may name a second output
  * topic for {@code suppress(untilWindowCloses(unbounded()))} of the same count: one final result per window.
  * Store retention is Kafka Streams' default (size + grace).
  *
  * Usage: java -jar kstreams-windows-check.jar BOOTSTRAP APP_ID STATE_DIR GUARANTEE INPUT SPEC...
  *   GUARANTEE: at_least_once | exactly_once_v2
- *   SPEC: OUTPUT_TOPIC:SIZE_MS:ADVANCE_MS:GRACE_MS[:SUPPRESSED_OUTPUT_TOPIC]
+ *   SPEC: OUTPUT_TOPIC:SIZE_MS:ADVANCE_MS:GRACE_MS[:SUPPRESSED_OUTPUT_TOPIC]          (TimeWindows)
+ *       | OUTPUT_TOPIC:session:GAP_MS:GRACE_MS[:SUPPRESSED_OUTPUT_TOPIC]            (SessionWindows)
+ *       | OUTPUT_TOPIC:sliding:DIFFERENCE_MS:GRACE_MS[:SUPPRESSED_OUTPUT_TOPIC]     (SlidingWindows)
  *
  * Prints one JSON object a line on stdout: {@code config}, {@code state} (every state change), and when stdin
  * reaches its end (the test closes it once the app's committed offsets reached the input's end): {@code metrics}
@@ -77,21 +84,43 @@ public final class WindowedCounts {
         StringBuilder specs = new StringBuilder();
         for (int i = 5; i < args.length; i++) {
             String[] spec = args[i].split(":");
-            if (spec.length < 4 || spec.length > 5) {
-                throw new IllegalArgumentException("bad spec " + args[i] + ": OUT:SIZE:ADVANCE:GRACE[:SUPPRESSED]");
+            String kind = spec.length > 1 && (spec[1].equals("session") || spec[1].equals("sliding")) ? spec[1] : "time";
+            int fields = 4;  // OUT:SIZE:ADVANCE:GRACE or OUT:KIND:MS:GRACE, then an optional suppressed output
+            if (spec.length < fields || spec.length > fields + 1) {
+                throw new IllegalArgumentException("bad spec " + args[i] + ": OUT:SIZE:ADVANCE:GRACE[:SUPPRESSED], "
+                        + "OUT:session:GAP:GRACE[:SUPPRESSED] or OUT:sliding:DIFFERENCE:GRACE[:SUPPRESSED]");
             }
-            long size = Long.parseLong(spec[1]), advance = Long.parseLong(spec[2]), grace = Long.parseLong(spec[3]);
-            TimeWindows windows = TimeWindows.ofSizeAndGrace(Duration.ofMillis(size), Duration.ofMillis(grace))
-                    .advanceBy(Duration.ofMillis(advance));
-            KTable<Windowed<String>, Long> counts = stream.groupByKey()
-                    .windowedBy(windows)
-                    .count(Materialized.<String, Long, WindowStore<Bytes, byte[]>>as("counts-" + (i - 5))
-                            .withKeySerde(Serdes.String()).withValueSerde(Serdes.Long()));
-            Serde<Windowed<String>> windowedKey = WindowedSerdes.timeWindowedSerdeFrom(String.class, size);
-            counts.toStream().to(spec[0], Produced.with(windowedKey, Serdes.Long()));
-            if (spec.length == 5) {
-                counts.suppress(Suppressed.untilWindowCloses(Suppressed.BufferConfig.unbounded()))
-                        .toStream().to(spec[4], Produced.with(windowedKey, Serdes.Long()));
+            String store = "counts-" + (i - 5);
+            String suppressed = spec.length == fields + 1 ? spec[fields] : null;
+            if (kind.equals("session")) {
+                long gap = Long.parseLong(spec[2]), grace = Long.parseLong(spec[3]);
+                KTable<Windowed<String>, Long> counts = stream.groupByKey()
+                        .windowedBy(SessionWindows.ofInactivityGapAndGrace(Duration.ofMillis(gap),
+                                Duration.ofMillis(grace)))
+                        .count(Materialized.<String, Long, SessionStore<Bytes, byte[]>>as(store)
+                                .withKeySerde(Serdes.String()).withValueSerde(Serdes.Long()));
+                write(counts, WindowedSerdes.sessionWindowedSerdeFrom(String.class), spec[0], suppressed);
+            } else {
+                TimeWindows timeWindows = null;
+                SlidingWindows slidingWindows = null;
+                long size;
+                if (kind.equals("sliding")) {
+                    size = Long.parseLong(spec[2]);
+                    slidingWindows = SlidingWindows.ofTimeDifferenceAndGrace(Duration.ofMillis(size),
+                            Duration.ofMillis(Long.parseLong(spec[3])));
+                } else {
+                    size = Long.parseLong(spec[1]);
+                    long advance = Long.parseLong(spec[2]), grace = Long.parseLong(spec[3]);
+                    timeWindows = TimeWindows.ofSizeAndGrace(Duration.ofMillis(size), Duration.ofMillis(grace))
+                            .advanceBy(Duration.ofMillis(advance));
+                }
+                Materialized<String, Long, WindowStore<Bytes, byte[]>> materialized =
+                        Materialized.<String, Long, WindowStore<Bytes, byte[]>>as(store)
+                                .withKeySerde(Serdes.String()).withValueSerde(Serdes.Long());
+                KTable<Windowed<String>, Long> counts = timeWindows != null
+                        ? stream.groupByKey().windowedBy(timeWindows).count(materialized)
+                        : stream.groupByKey().windowedBy(slidingWindows).count(materialized);
+                write(counts, WindowedSerdes.timeWindowedSerdeFrom(String.class, size), spec[0], suppressed);
             }
             specs.append(specs.length() == 0 ? "" : ", ").append('"').append(args[i]).append('"');
         }
@@ -123,6 +152,16 @@ public final class WindowedCounts {
                 .withGroupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP));
         emit("{\"ev\": \"closed\", \"clean\": " + clean + "}");
         System.exit(clean ? 0 : 1);
+    }
+
+    /** Every update of {@code counts} to {@code out}; its final results too when {@code suppressed} is given. */
+    private static void write(KTable<Windowed<String>, Long> counts, Serde<Windowed<String>> key, String out,
+                              String suppressed) {
+        counts.toStream().to(out, Produced.with(key, Serdes.Long()));
+        if (suppressed != null) {
+            counts.suppress(Suppressed.untilWindowCloses(Suppressed.BufferConfig.unbounded()))
+                    .toStream().to(suppressed, Produced.with(key, Serdes.Long()));
+        }
     }
 
     /** The task-level dropped-records-total per task id, as a JSON object (tasks with none included). */
