@@ -406,7 +406,13 @@ class Standby(Deployment):
         from hotstate.runtime.state_updater import StateUpdater
 
         out: dict = {"batches_since_fault": [x.batches_since(self._fault_at) for x in self.listeners],
-                     "suspended": [x.suspended[-5:] for x in self.listeners]}
+                     "suspended": [x.suspended[-5:] for x in self.listeners],
+                     # Is the active side behind (its changelog stopped growing) or the standby (it stopped
+                     # reading a changelog that grows)?
+                     "changelog_ends": _bounded(lambda: self.kafka.ends(self.changelog)),
+                     "source_ends": _bounded(lambda: self.kafka.ends(self.source)),
+                     "committed": _bounded(self.committed),
+                     "main_consumers": [_bounded(lambda a=a: _main_consumer_view(a)) for a in self.apps]}
         for i, u in enumerate(o for o in gc.get_objects()
                               if isinstance(o, StateUpdater) and o._config.app_id == self.app_id):
             reader = u._reader
@@ -479,6 +485,17 @@ class Restoring(Deployment):
 
 # ---------------------------------------------------------------------------------------------------------
 # Waiting for recovery.
+
+def _main_consumer_view(app: hotstate.App) -> dict:
+    """The main consumer's assignment, positions and paused partitions (librdkafka's view)."""
+    tm = app._thread.task_manager if app._thread is not None else None
+    consumer = getattr(tm, "_consumer", None)
+    if consumer is None:
+        return {}
+    assigned = consumer.assignment()
+    return {"positions": {p.partition: p.offset for p in consumer.position(assigned)},
+            "tasks": {t.id: (t.next_offset, t.committed_offset) for t in list(tm.tasks.values())}}
+
 
 def thread_stacks(frames: int = 4) -> dict[str, list[str]]:
     """The innermost frames of each hotstate thread (where a stream thread or state updater waits)."""
