@@ -129,6 +129,40 @@ class ProcessNode(Node):
             ctx._node = outer
 
 
+class ProcessorNode(Node):
+    """The processor API: ``processor_class`` is instantiated once per task (Task.init_processors); this node
+    hands each record to the task's instance as a Record. The instance forwards through its context
+    (processor.Context.forward), which sends to this node's children."""
+
+    __slots__ = ("processor_class", "store_names")
+
+    def __init__(self, processor_class: type, store_names: list[str]):
+        super().__init__()
+        self.processor_class, self.store_names = processor_class, store_names
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        instance = ctx._task.processors[self][0]
+        outer = ctx._node
+        ctx._node = self
+        try:
+            instance.process(ctx.record(key, value))
+        finally:
+            ctx._node = outer
+
+
+def walk(node: Node) -> Iterable[Node]:
+    """``node`` and every node after it, each once, parents before children."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        yield n
+        stack.extend(reversed(n.children))
+
+
 class AggregateNode(Node):
     """count / aggregate / reduce: ``agg = update(key, value, old_agg_or_None)``, stored, forwarded."""
 
