@@ -175,3 +175,115 @@ def test_start_creates_every_changelog_of_a_many_store_app(kafka, tmp_state_dir)
             app.close()
         for name in names:
             assert len(kafka.watermarks(kafka.changelog(app.config.app_id, name))) == 4
+
+
+# ---- the processor API (issue 11: timers and the processor API) ----
+
+class _Totals(hotstate.Processor):
+    """Keeps a running total per key (store "totals") and forwards each update; on every STREAM_TIME punctuation
+    (1 s) forwards one summary of all keys and counts its summaries in the store (under "#summaries")."""
+
+    def init(self, context):
+        self.context = context
+        self.totals = context.store("totals")
+        context.schedule(1_000, hotstate.Punctuation.STREAM_TIME, self.summarize)
+
+    def process(self, record):
+        total = (self.totals.get(record.key) or 0) + record.value["n"]
+        self.totals.put(record.key, total)
+        self.context.forward(record.with_value({"total": total}))  # the input's timestamp and headers
+
+    def summarize(self, timestamp):
+        keys = {k: v for k, v in self.totals.all() if k != "#summaries"}
+        self.totals.put("#summaries", (self.totals.get("#summaries") or 0) + 1)
+        self.context.forward(hotstate.Record("summary", {"at": timestamp, "totals": keys}, timestamp)
+                             .with_headers([("kind", b"summary")]))
+
+
+# (key, n, timestamp, headers): stream time 1000 (first record: fires), 1500, 2100 (fires: passed 2000),
+# 1800 (out of order: no), 2999, 5200 (fires once although 3000, 4000 and 5000 were passed), 5999 (no: next 6000)
+_TIMED = [("a", 1, 1_000, [("trace", b"t0")]), ("b", 2, 1_500, None), ("a", 3, 2_100, [("trace", b"t2")]),
+          ("b", 4, 1_800, None), ("a", 5, 2_999, None), ("b", 6, 5_200, None), ("a", 7, 5_999, None)]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_processor_stream_time_punctuation_forwards_summaries(kafka, tmp_state_dir, guarantee):
+    source = kafka.create_topic(partitions=1, prefix="it-punct")
+    sink = kafka.create_topic(partitions=1, prefix="it-punct-out")
+    app_id = kafka.app_id("it-punct")
+    producer = kafka.producer()
+    for key, n, ts, headers in _TIMED:
+        producer.produce(source, json.dumps({"n": n}).encode(), key.encode(), timestamp=ts, headers=headers)
+    assert producer.flush(30) == 0
+
+    app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
+                       commit_interval_ms=100, processing_guarantee=guarantee)
+    (app.stream(source, key_serde=serde.STRING, value_serde=serde.JSON)
+        .process(_Totals, stores=["totals"], key_serde=serde.STRING, value_serde=serde.JSON)
+        .to(sink))
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        wait_processed(app, len(_TIMED))
+    finally:
+        assert app.close()
+
+    out = [(utf8(m.key()), json.loads(m.value()), m.timestamp()[1], m.headers()) for m in kafka.read_all(sink)]
+    summary = [("kind", b"summary")]
+    assert out == [
+        ("a", {"total": 1}, 1_000, [("trace", b"t0")]),
+        ("summary", {"at": 1_000, "totals": {"a": 1}}, 1_000, summary),
+        ("b", {"total": 2}, 1_500, None),
+        ("a", {"total": 4}, 2_100, [("trace", b"t2")]),
+        ("summary", {"at": 2_100, "totals": {"a": 4, "b": 2}}, 2_100, summary),
+        ("b", {"total": 6}, 1_800, None),
+        ("a", {"total": 9}, 2_999, None),
+        ("b", {"total": 12}, 5_200, None),
+        ("summary", {"at": 5_200, "totals": {"a": 9, "b": 12}}, 5_200, summary),
+        ("a", {"total": 16}, 5_999, None),
+    ]
+    # What the punctuations wrote is committed with the task: in the changelog (read_committed under EOS).
+    changelog = {utf8(m.key()): json.loads(m.value()) for m in kafka.read_all(kafka.changelog(app_id, "totals"))}
+    assert changelog == {"a": 16, "b": 12, "#summaries": 3}
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_processor_wall_clock_punctuation_fires_without_input(kafka, tmp_state_dir, guarantee):
+    source = kafka.create_topic(partitions=1, prefix="it-tick")  # never written to
+    sink = kafka.create_topic(partitions=1, prefix="it-tick-out")
+    app_id = kafka.app_id("it-tick")
+
+    class Ticker:
+        def init(self, context):
+            self.context = context
+            self.store = context.store("ticks")
+            context.schedule(100, hotstate.Punctuation.WALL_CLOCK_TIME, self.tick)
+
+        def process(self, record):
+            raise AssertionError("no input is produced")
+
+        def tick(self, timestamp):
+            n = (self.store.get("n") or 0) + 1
+            self.store.put("n", n)
+            self.context.forward(hotstate.Record("tick", {"n": n, "at": timestamp}, timestamp))
+
+    app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
+                       commit_interval_ms=100, processing_guarantee=guarantee)
+    (app.stream(source, key_serde=serde.STRING, value_serde=serde.JSON)
+        .process(Ticker, stores=["ticks"], key_serde=serde.STRING, value_serde=serde.JSON)
+        .to(sink))
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=60)
+        # Committed ticks (read_committed under EOS): bounded polling, no timing expectation.
+        wait_for(lambda: len(kafka.read_all(sink)) >= 3, "3 committed ticks in the sink", 60, interval_s=0.2)
+        assert app.metrics()["records_processed_total"] == 0
+    finally:
+        assert app.close()
+    out = [(utf8(m.key()), json.loads(m.value()), m.timestamp()[1], m.headers()) for m in kafka.read_all(sink)]
+    assert len(out) >= 3
+    assert [v["n"] for _, v, _, _ in out] == list(range(1, len(out) + 1))
+    assert all(k == "tick" and ts == v["at"] and h is None for k, v, ts, h in out)  # stamped with the wall clock
+    assert [ts for _, _, ts, _ in out] == sorted(ts for _, _, ts, _ in out)
+    changelog = [json.loads(m.value()) for m in kafka.read_all(kafka.changelog(app_id, "ticks"))]
+    assert changelog and changelog[-1] == len(out)  # the store's writes committed with the outputs
