@@ -382,3 +382,46 @@ def test_function_form_keeps_headers_and_forwards_records(make_app):
     h.pipe("k", "v", timestamp=5, headers=[("in", b"x")])
     assert [(s.key, s.value, s.timestamp, s.headers) for s in h.sent] == [
         (b"k", b"v", 5, [("in", b"x")]), (b"k", b"v", 99, [("new", b"1")])]
+
+
+class _FailsOnce:
+    calls: list[int] = []
+
+    def init(self, context):
+        self.context = context
+        context.schedule(10, Punctuation.STREAM_TIME, self.boom)
+        context.schedule(10, Punctuation.STREAM_TIME, self.fine)
+
+    def process(self, record):
+        pass
+
+    def boom(self, timestamp):
+        raise ZeroDivisionError("oops")
+
+    def fine(self, timestamp):
+        _FailsOnce.calls.append(timestamp)
+
+
+def test_processing_handler_continue_skips_a_failing_punctuation(make_app):
+    _FailsOnce.calls = []
+    tm, _ = build(make_app, _FailsOnce, processing_exception_handler="log_and_continue")
+    running(tm)
+    tm.process(msgs(("a", "1", 5), ("a", "1", 15)))
+    assert _FailsOnce.calls == [5, 15]  # the other schedule fired each time; the failing one went on too
+    assert tm._metrics.dropped_records_total == 2
+
+
+def test_processing_handler_callable_sees_the_punctuation(make_app):
+    _FailsOnce.calls = []
+    seen = []
+
+    def handler(context, record, exc):
+        seen.append((context.topic, context.partition, context.offset, context.timestamp, context.task_id, record,
+                     type(exc).__name__))
+        return hotstate.ProcessingHandlerResponse.FAIL
+
+    tm, _ = build(make_app, _FailsOnce, processing_exception_handler=handler)
+    running(tm)
+    with pytest.raises(PunctuationError):
+        tm.process(msgs(("a", "1", 5)))
+    assert seen == [("", -1, -1, 5, "0_0", None, "ZeroDivisionError")]

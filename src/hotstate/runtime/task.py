@@ -141,16 +141,23 @@ class Task:
         for queue in self.punctuations.values():
             queue.clear()
 
-    def punctuate(self, punctuation: Punctuation, now: int, runtime: "ProcessorContext") -> bool:
+    def punctuate(self, punctuation: Punctuation, now: int, runtime: "ProcessorContext",
+                  on_error: Callable[[Exception], None] | None = None) -> bool:
         """Fires this task's schedules of ``punctuation`` due at ``now`` (stream time or wall-clock ms). A callback
         runs like a record with timestamp ``now``, no headers and no input (topic "", partition and offset -1).
-        Returns whether one fired."""
+        ``on_error(exc)``: told when a callback raises; the other due callbacks fire if it returns. Returns
+        whether one fired."""
         def fire(schedule: PunctuationSchedule, at: int) -> None:
             runtime.bind(self)
             runtime.topic, runtime.partition, runtime.offset = "", -1, -1
             runtime.timestamp, runtime.headers = at, None
             runtime._node = schedule.owner._node
-            schedule.callback(at)
+            try:
+                schedule.callback(at)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
 
         return self.punctuations[punctuation].punctuate(now, fire)
 

@@ -18,7 +18,7 @@ from ..config import Config
 from ..dsl.topology import Topology
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, is_too_large
-from ..errors import PunctuationError, RecordTooLargeError, StoreCorruptedError
+from ..errors import RecordTooLargeError, StoreCorruptedError
 from ..processor import Punctuation
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
@@ -404,17 +404,19 @@ class TaskManager:
             self.recover_from_fencing()
 
     def _punctuate(self, task: Task, punctuation: Punctuation, now: int) -> bool:
-        """Fires ``task``'s due punctuations. A callback that raises stops the app (PunctuationError); a damaged
+        """Fires ``task``'s due punctuations. A callback that raises: processing_exception_handler decides, as
+        Kafka Streams asks it for punctuators (no record; FAIL stops the app with a PunctuationError). A damaged
         store revives the task as in processing (returns False)."""
+        def on_error(exc: Exception) -> None:
+            if isinstance(exc, (ProducerFenced, RecordTooLargeError, StoreCorruptedError)):
+                raise exc  # not the callback's fault: handled as while processing
+            self._bad.punctuation_failed(task.id, punctuation.value, now, exc)
+
         try:
-            task.punctuate(punctuation, now, self._ctx)
-        except (ProducerFenced, RecordTooLargeError):
-            raise
+            task.punctuate(punctuation, now, self._ctx, on_error)
         except StoreCorruptedError as exc:
             self._revive_corrupted(task, exc)
             return False
-        except Exception as exc:
-            raise PunctuationError(task.id, punctuation.value, now, exc) from exc
         return True
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
