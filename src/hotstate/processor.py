@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import enum
 import heapq
+import inspect
 import itertools
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -167,6 +168,14 @@ def check_processor_class(cls: type) -> None:
         attr = getattr(cls, name, None)
         if attr is not None and not callable(attr):
             raise TopologyError(f"process({cls.__name__}): {name} must be a method, got {type(attr).__name__}")
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        raise TopologyError(f"process({cls.__name__}): hotstate makes one instance per task as {cls.__name__}(), "
+                            "so its __init__ must take no arguments; pass settings as class attributes (e.g. a "
+                            "subclass per setting) and set per-task state up in init(context)") from None
+    except ValueError:  # no signature to read (a builtin): the instance is made as is
+        pass
 
 
 class Context:
@@ -190,6 +199,10 @@ class Context:
     @property
     def stream_time(self) -> int:
         """The task's stream time: the largest record timestamp it has processed (-1 before the first)."""
+        return self._task.stream_time
+
+    def current_stream_time_ms(self) -> int:
+        """``stream_time`` (Kafka Streams' ``currentStreamTimeMs``)."""
         return self._task.stream_time
 
     def current_wall_clock_ms(self) -> int:

@@ -425,3 +425,37 @@ def test_processing_handler_callable_sees_the_punctuation(make_app):
     with pytest.raises(PunctuationError):
         tm.process(msgs(("a", "1", 5)))
     assert seen == [("", -1, -1, 5, "0_0", None, "ZeroDivisionError")]
+
+
+def test_a_class_whose_init_takes_arguments_is_refused(make_app):
+    class Configured:
+        def __init__(self, threshold):
+            self.threshold = threshold
+
+        def process(self, record):
+            pass
+
+    app = make_app()
+    with pytest.raises(TopologyError, match="must take no arguments"):
+        app.stream("in", key_serde=serde.STRING).process(Configured)
+
+
+def test_context_metadata(make_app):
+    seen = []
+
+    class Meta:
+        def init(self, context):
+            self.context = context
+            seen.append(("init", context.task_id, context.partition, context.stream_time))
+
+        def process(self, record):
+            c = self.context
+            seen.append(("process", c.stream_time, c.current_stream_time_ms(), c.current_wall_clock_ms(),
+                         record.topic, record.partition, record.offset))
+
+    tm, _ = build(make_app, Meta, Clock(77))
+    running(tm, (1,))
+    tm.process(msgs(("a", "1", 40), ("a", "1", 30), partition=1))
+    assert seen == [("init", "0_1", 1, -1), ("process", 40, 40, 77, "in", 1, 0), ("process", 40, 40, 77, "in", 1, 1)]
+    with pytest.raises(KeyError, match="not connected"):
+        tm.tasks["0_1"].processors[next(iter(tm.tasks["0_1"].processors))][1].store("other")

@@ -59,6 +59,7 @@ class Harness:
         self.sent: list[Sent] = []
         self.metrics = Metrics()
         self.ctx = ProcessorContext(lambda t, k, v, ts, h=None: self.sent.append(Sent(t, k, v, ts, h)), self.metrics)
+        self.task.init_processors(self.ctx, lambda: 0)  # processor classes: their instances (punctuations not run)
         self._offset = 0
         self._changelog_offsets: dict[str, int] = {}
 
