@@ -229,6 +229,10 @@ class Context:
         if not isinstance(record, Record):
             raise TypeError(f"context.forward() takes a hotstate.Record (e.g. record.with_value(v)), got "
                             f"{type(record).__name__}")
+        ts = record.timestamp
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+            raise ValueError(f"context.forward(): the record's timestamp is {ts!r}; a timestamp is an int >= 0 (ms "
+                             "since the epoch): use record.with_timestamp(ms)")
         self._runtime.forward_record(self._node, record)
 
     def schedule(self, interval_ms: int | datetime.timedelta, punctuation_type: Punctuation,

@@ -459,3 +459,32 @@ def test_context_metadata(make_app):
     assert seen == [("init", "0_1", 1, -1), ("process", 40, 40, 77, "in", 1, 0), ("process", 40, 40, 77, "in", 1, 1)]
     with pytest.raises(KeyError, match="not connected"):
         tm.tasks["0_1"].processors[next(iter(tm.tasks["0_1"].processors))][1].store("other")
+
+
+def test_a_record_skipped_by_the_handler_still_fires_the_punctuation_it_advanced(make_app):
+    class Picky(Summary):
+        def process(self, record):
+            if record.value == "bad":
+                raise ValueError("bad record")
+            super().process(record)
+
+    tm, producer = build(make_app, Picky, processing_exception_handler="log_and_continue")
+    running(tm)
+    tm.process(msgs(("a", "1", 3), ("a", "bad", 25)))
+    assert Summary.made[0].punctuated == [3, 25]
+    assert tm.tasks["0_0"].next_offset == 2
+
+
+def test_forwarding_a_record_without_a_valid_timestamp_is_refused(make_app):
+    class NoTime:
+        def init(self, context):
+            self.context = context
+
+        def process(self, record):
+            self.context.forward(Record(record.key, record.value, None))
+
+    tm, _ = build(make_app, NoTime)
+    running(tm)
+    with pytest.raises(hotstate.ProcessingError) as info:
+        tm.process(msgs(("a", "1", 5)))
+    assert "with_timestamp" in str(info.value.__cause__)

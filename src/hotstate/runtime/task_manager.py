@@ -377,10 +377,11 @@ class TaskManager:
                 continue
             except Exception as exc:
                 self._bad.processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
-                continue
-            task.next_offset = offset + 1
-            metrics.records_processed_total += 1
-            # STREAM_TIME punctuations: after the record that moved stream time to (or past) their time
+            else:
+                task.next_offset = offset + 1
+                metrics.records_processed_total += 1
+            # STREAM_TIME punctuations: after the record that moved stream time to (or past) their time (also one
+            # the processing_exception_handler skipped: its timestamp counted)
             if task.punctuations[Punctuation.STREAM_TIME].due(task.stream_time):
                 if not self._punctuate(task, Punctuation.STREAM_TIME, task.stream_time) and self._config.exactly_once:
                     return  # a store was damaged: every task was rewound, the rest of this batch is read again
