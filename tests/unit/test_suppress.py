@@ -152,3 +152,10 @@ def test_sliding_windows_final_results_follow_kafka_streams_rule(make_app):
     assert of_k()[1:] == [(hotstate.Windowed("k", 94, 104), 2, 104), (hotstate.Windowed("k", 101, 111), 1, 104)]
     h.pipe("k", 1, timestamp=106)  # [101, 111] ends at 116 - 5: still open to the aggregation, so emitted again
     assert of_k()[3:] == [(hotstate.Windowed("k", 101, 111), 2, 106)]
+
+
+def test_final_results_carry_no_headers_of_the_record_that_closed_the_window(make_app):
+    h, _ = build(make_app, windows.tumbling(size_ms=100, grace_ms=0))
+    h.pipe("k", 1, timestamp=10, headers=[("from", b"k")])
+    h.pipe("x", 1, timestamp=100, headers=[("from", b"x")])  # closes [0, 100)
+    assert [(s.timestamp, s.headers) for s in h.sent] == [(10, None)]

@@ -426,7 +426,8 @@ class SuppressNode(Node):
     The buffer is a key-value store with a changelog (``buffer_store``), so it survives restarts and rebalances
     and takes part in commits and exactly-once like any store. Its key: the window end, 8 bytes big-endian,
     then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
-    bytes (``value_serde``). Stream time is the task's (restored with its windowed stores)."""
+    bytes (``value_serde``). Stream time is the task's (restored with its windowed stores). Final results carry
+    no headers (Kafka Streams' buffer keeps each update's headers; this buffer's format has no room for them)."""
 
     __slots__ = ("buffer_store", "suppress_ms", "key_serde", "value_serde", "_least_end")
 
@@ -470,14 +471,15 @@ class SuppressNode(Node):
                 least = end
                 break
             closed.append((buffer_key, raw))
-        ts = ctx.timestamp
+        ts, headers = ctx.timestamp, ctx.headers
+        ctx.headers = None  # the buffer keeps no headers: not the headers of the record that closed the window
         try:
             for buffer_key, raw in closed:
                 buffer.delete(buffer_key)
                 ctx.timestamp = _TIME.unpack_from(raw)[0]
                 self.forward(self.key_serde.deserialize(buffer_key[8:]), self.value_serde.deserialize(raw[8:]), ctx)
         finally:
-            ctx.timestamp = ts
+            ctx.timestamp, ctx.headers = ts, headers
         return least
 
 
