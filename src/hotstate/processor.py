@@ -218,7 +218,8 @@ class Context:
     def forward(self, record: Record) -> None:
         """Sends ``record`` to the nodes after this processor (``to()``, ...), with its key, value, timestamp and
         headers. Build it from the input record (``record.with_value(...)``: it keeps the input's timestamp and
-        headers) or with ``hotstate.Record(key, value, timestamp, headers)``."""
+        headers) or with ``hotstate.Record(key, value[, timestamp][, headers])`` (no timestamp: the current one,
+        the record's being processed or the punctuation's; no headers unless given)."""
         if self._initializing:
             raise TopologyError("context.forward() was called from init(): a processor may forward only while "
                                 "processing a record or in a punctuation; schedule a punctuation in init() and "
@@ -229,8 +230,8 @@ class Context:
         if not isinstance(record, Record):
             raise TypeError(f"context.forward() takes a hotstate.Record (e.g. record.with_value(v)), got "
                             f"{type(record).__name__}")
-        ts = record.timestamp
-        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        ts = record.timestamp  # None: the current record's or punctuation's (forward_record)
+        if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or ts < 0):
             raise ValueError(f"context.forward(): the record's timestamp is {ts!r}; a timestamp is an int >= 0 (ms "
                              "since the epoch): use record.with_timestamp(ms)")
         self._runtime.forward_record(self._node, record)

@@ -16,15 +16,16 @@ class TopicPartition(NamedTuple):
 
 class Record:
     """A record as processors and ``process`` functions see it. ``topic``/``partition``/``offset`` name the input
-    record the current one descends from (``""``/-1/-1 for a record made in a punctuation). ``timestamp`` is in ms;
-    ``headers`` a list of ``(name, bytes)`` pairs or None.
+    record the current one descends from (``""``/-1/-1 for a record made in a punctuation). ``timestamp`` is in ms
+    (a new record made without one is forwarded with the current timestamp: the record being processed's, or the
+    punctuation's); ``headers`` a list of ``(name, bytes)`` pairs or None.
 
     Records are used as values: ``with_key``, ``with_value``, ``with_timestamp`` and ``with_headers`` return a new
     record with one field changed, the rest (headers included) kept (Kafka Streams' ``api.Record``)."""
 
     __slots__ = ("key", "value", "timestamp", "headers", "topic", "partition", "offset")
 
-    def __init__(self, key: Any, value: Any, timestamp: int, headers: Any = None, topic: str = "",
+    def __init__(self, key: Any, value: Any, timestamp: int | None = None, headers: Any = None, topic: str = "",
                  partition: int = -1, offset: int = -1):
         self.key, self.value, self.timestamp, self.headers = key, value, timestamp, headers
         self.topic, self.partition, self.offset = topic, partition, offset

@@ -375,13 +375,14 @@ def test_function_form_keeps_headers_and_forwards_records(make_app):
     def fn(record, ctx):
         ctx.forward(record.key, record.value)  # the input's timestamp and headers
         ctx.forward(record.with_timestamp(99).with_headers([("new", b"1")]))
+        ctx.forward(Record("n", "new"))  # a new record: the current timestamp, no headers
 
     (app.stream("in", key_serde=serde.STRING, value_serde=serde.STRING)
         .process(fn, key_serde=serde.STRING, value_serde=serde.STRING).to("out"))
     h = Harness(app, "in")
     h.pipe("k", "v", timestamp=5, headers=[("in", b"x")])
     assert [(s.key, s.value, s.timestamp, s.headers) for s in h.sent] == [
-        (b"k", b"v", 5, [("in", b"x")]), (b"k", b"v", 99, [("new", b"1")])]
+        (b"k", b"v", 5, [("in", b"x")]), (b"k", b"v", 99, [("new", b"1")]), (b"n", b"new", 5, None)]
 
 
 class _FailsOnce:
@@ -481,10 +482,26 @@ def test_forwarding_a_record_without_a_valid_timestamp_is_refused(make_app):
             self.context = context
 
         def process(self, record):
-            self.context.forward(Record(record.key, record.value, None))
+            self.context.forward(Record(record.key, record.value, -5))
 
     tm, _ = build(make_app, NoTime)
     running(tm)
     with pytest.raises(hotstate.ProcessingError) as info:
         tm.process(msgs(("a", "1", 5)))
     assert "with_timestamp" in str(info.value.__cause__)
+
+
+def test_a_new_record_without_a_timestamp_takes_the_current_one(make_app):
+    class Plain:
+        def init(self, context):
+            self.context = context
+            context.schedule(10, Punctuation.STREAM_TIME, lambda ts: context.forward(Record("p", "punct")))
+
+        def process(self, record):
+            self.context.forward(Record("r", "new"))
+
+    tm, producer = build(make_app, Plain)
+    running(tm)
+    tm.process(msgs(("a", "1", 7, [("in", b"x")]), ("a", "1", 23)))
+    assert producer.sent == [("out", "r", "new", 7, None), ("out", "p", "punct", 7, None),
+                             ("out", "r", "new", 23, None), ("out", "p", "punct", 23, None)]

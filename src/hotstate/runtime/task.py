@@ -258,10 +258,11 @@ class ProcessorContext:
         self._node.forward(key, value, self)
 
     def forward_record(self, node: Any, record: Record) -> None:
-        """Sends ``record`` to the children of ``node`` with its timestamp and headers; the current record's are
-        back afterwards."""
+        """Sends ``record`` to the children of ``node`` with its timestamp (None: the current one) and headers; the
+        current record's are back afterwards."""
         timestamp, headers = self.timestamp, self.headers
-        self.timestamp, self.headers = record.timestamp, record.headers
+        self.timestamp = timestamp if record.timestamp is None else record.timestamp
+        self.headers = record.headers
         try:
             node.forward(record.key, record.value, self)
         finally:
