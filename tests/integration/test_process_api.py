@@ -287,3 +287,45 @@ def test_processor_wall_clock_punctuation_fires_without_input(kafka, tmp_state_d
     assert [ts for _, _, ts, _ in out] == sorted(ts for _, _, ts, _ in out)
     changelog = [json.loads(m.value()) for m in kafka.read_all(kafka.changelog(app_id, "ticks"))]
     assert changelog and changelog[-1] == len(out)  # the store's writes committed with the outputs
+
+
+def test_processor_instances_close_with_the_app_and_start_fresh_on_restart(kafka, tmp_state_dir):
+    """close() runs when the app closes; a restart makes a new instance whose init() schedules again, over the
+    store the first run committed (its first record fires the STREAM_TIME punctuation: stream time restarts)."""
+    source = kafka.create_topic(partitions=1, prefix="it-life")
+    sink = kafka.create_topic(partitions=1, prefix="it-life-out")
+    app_id = kafka.app_id("it-life")
+    events = []
+
+    class Lifecycle(_Totals):
+        def init(self, context):
+            events.append(("init", id(self)))
+            super().init(context)
+
+        def close(self):
+            events.append(("close", id(self)))
+
+    def run(records):
+        producer = kafka.producer()
+        for key, n, ts in records:
+            producer.produce(source, json.dumps({"n": n}).encode(), key.encode(), timestamp=ts)
+        assert producer.flush(30) == 0
+        app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_state_dir),
+                           commit_interval_ms=100)
+        (app.stream(source, key_serde=serde.STRING, value_serde=serde.JSON)
+            .process(Lifecycle, stores=["totals"], key_serde=serde.STRING, value_serde=serde.JSON)
+            .to(sink))
+        app.start()
+        try:
+            app.wait_until_running(timeout_s=60)
+            wait_processed(app, len(records))
+        finally:
+            assert app.close()
+
+    run([("a", 1, 1_000), ("a", 2, 1_200)])
+    assert [e for e, _ in events] == ["init", "close"]
+    run([("a", 4, 1_300)])
+    assert [e for e, _ in events] == ["init", "close", "init", "close"]
+    assert events[0][1] == events[1][1] and events[2][1] == events[3][1]  # each close ends its own instance
+    summaries = [(json.loads(m.value()), m.timestamp()[1]) for m in kafka.read_all(sink) if m.key() == b"summary"]
+    assert summaries == [({"at": 1_000, "totals": {"a": 1}}, 1_000), ({"at": 1_300, "totals": {"a": 7}}, 1_300)]
