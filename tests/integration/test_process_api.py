@@ -329,3 +329,73 @@ def test_processor_instances_close_with_the_app_and_start_fresh_on_restart(kafka
     assert events[0][1] == events[1][1] and events[2][1] == events[3][1]  # each close ends its own instance
     summaries = [(json.loads(m.value()), m.timestamp()[1]) for m in kafka.read_all(sink) if m.key() == b"summary"]
     assert summaries == [({"at": 1_000, "totals": {"a": 1}}, 1_000), ({"at": 1_300, "totals": {"a": 7}}, 1_300)]
+
+
+@pytest.mark.timeout(300)
+def test_processor_instances_follow_their_task_through_a_rebalance(kafka, tmp_path):
+    """A second instance joins: the task that moves has its processor closed on the first instance and a new
+    one initialized on the second, over the store restored from the changelog; each task has exactly one open
+    instance, and its punctuations run where the task runs."""
+    source = kafka.create_topic(partitions=2, prefix="it-move")
+    sink = kafka.create_topic(partitions=1, prefix="it-move-out")
+    app_id = kafka.app_id("it-move")
+    producer = kafka.producer()
+    keys = {0: "k0", 1: "k1"}  # written to that partition
+
+    def produce(ts):
+        for p, key in keys.items():
+            producer.produce(source, json.dumps({"n": 1}).encode(), key.encode(), partition=p, timestamp=ts)
+        assert producer.flush(30) == 0
+
+    def app_with(name, events):
+        class Tracked(_Totals):
+            def init(self, context):
+                events.append(("init", context.task_id))
+                super().init(context)
+
+            def close(self):
+                events.append(("close", self.context.task_id))
+
+        app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_path / name),
+                           commit_interval_ms=100, session_timeout_ms=6000)
+        (app.stream(source, key_serde=serde.STRING, value_serde=serde.JSON)
+            .process(Tracked, stores=["totals"], key_serde=serde.STRING, value_serde=serde.JSON)
+            .to(sink))
+        return app
+
+    def open_instances(events):
+        count: dict[str, int] = {}
+        for what, tid in events:
+            count[tid] = count.get(tid, 0) + (1 if what == "init" else -1)
+        return {tid for tid, n in count.items() if n}
+
+    def active(app):
+        return {t.id for t in app.tasks() if not t.standby and t.state is hotstate.TaskState.RUNNING}
+
+    first_events, second_events = [], []
+    first, second = app_with("first", first_events), app_with("second", second_events)
+    produce(1_000)
+    first.start()
+    try:
+        first.wait_until_running(timeout_s=60)
+        wait_processed(first, 2)
+        assert open_instances(first_events) == {"0_0", "0_1"}
+        second.start()
+        try:
+            wait_for(lambda: len(active(first)) == 1 and len(active(second)) == 1, "one task on each instance", 120)
+            moved = active(second)
+            # (init runs right after a task turns RUNNING, close right after it leaves the task list: polled)
+            wait_for(lambda: open_instances(first_events) == active(first) and open_instances(second_events) == moved,
+                     "one open processor instance per task, where the task runs", 30,
+                     detail=lambda: (first_events, second_events, active(first), moved))
+            assert ("close", next(iter(moved))) in first_events
+            produce(2_500)  # each task's next punctuation: on the instance that runs it now
+            wait_for(lambda: first.metrics()["records_processed_total"] + second.metrics()["records_processed_total"]
+                     >= 4, "the second records processed", 60)
+        finally:
+            assert second.close()
+    finally:
+        assert first.close()
+    summaries = [json.loads(m.value()) for m in kafka.read_all(sink) if m.key() == b"summary"]
+    late = sorted((s["at"], sorted(s["totals"].items())) for s in summaries if s["at"] == 2_500)
+    assert late == sorted((2_500, [(key, 2)]) for key in keys.values())  # the moved task's store was restored
