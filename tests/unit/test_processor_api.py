@@ -268,6 +268,10 @@ def test_a_failing_punctuation_stops_with_a_punctuation_error(make_app):
     with pytest.raises(PunctuationError, match="STREAM_TIME punctuation at 5") as info:
         tm.process(msgs(("a", "1", 5)))
     assert isinstance(info.value.__cause__, ZeroDivisionError) and info.value.task_id == "0_0"
+    closed = []
+    Failing.close = lambda self: closed.append(self)
+    tm.shutdown(clean=False)  # what the stream thread does when the app fails
+    assert len(closed) == 1
 
 
 def test_forward_with_new_timestamp_and_headers(make_app):
