@@ -101,6 +101,8 @@ class PunctuationQueue:
     def due(self, now: int) -> bool:
         """Whether ``punctuate(now, ...)`` would fire something (cancelled schedules are dropped here)."""
         heap = self._heap
+        if not heap:
+            return False
         while heap and heap[0][2].cancellable.cancelled:
             heapq.heappop(heap)
         return bool(heap) and heap[0][0] <= now

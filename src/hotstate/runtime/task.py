@@ -84,6 +84,7 @@ class Task:
         # with its context, and the task's punctuation schedules by type.
         self.processors: dict[Any, tuple[Any, Context]] = {}
         self.punctuations: dict[Punctuation, PunctuationQueue] = {p: PunctuationQueue() for p in Punctuation}
+        self.stream_time_punctuations = self.punctuations[Punctuation.STREAM_TIME]  # checked after every record
 
     def resume_stream_time(self) -> None:
         """Stream time survives a restart through the windowed stores, which keep the largest event time they

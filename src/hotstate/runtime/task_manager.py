@@ -382,7 +382,7 @@ class TaskManager:
                 metrics.records_processed_total += 1
             # STREAM_TIME punctuations: after the record that moved stream time to (or past) their time (also one
             # the processing_exception_handler skipped: its timestamp counted)
-            if task.punctuations[Punctuation.STREAM_TIME].due(task.stream_time):
+            if task.stream_time_punctuations.due(task.stream_time):
                 if not self._punctuate(task, Punctuation.STREAM_TIME, task.stream_time) and self._config.exactly_once:
                     return  # a store was damaged: every task was rewound, the rest of this batch is read again
 
