@@ -11,6 +11,9 @@
   fix the disk or the limit and start again.
 - ``ProcessingError``: user code raised while processing a record; the app stops (at-least-once: the
   record is processed again after a restart), unless ``processing_exception_handler`` says to continue.
+- ``PunctuationError``: a punctuation callback (``context.schedule``) raised; the app stops without committing
+  (as for a ``ProcessingError``: the work since the last commit is redone after a restart), unless
+  ``processing_exception_handler`` says to continue.
 - ``RecordTooLargeError``: a store value or an output record is larger than its topic (or the producer)
   allows; raise the limit or make the value smaller. The app stops.
 - ``SnapshotStoreError``: the object store holding snapshots failed a request (unreachable, timed out, an
@@ -70,6 +73,20 @@ class DeserializationError(HotstateError):
             "Fix the producer or the serde, or set deserialization_exception_handler='log_and_continue' "
             "to skip such records"
         )
+
+
+class PunctuationError(HotstateError):
+    """A punctuation callback raised and ``processing_exception_handler`` said FAIL (the default). Carries the task
+    id, the punctuation type and its timestamp; ``__cause__`` is what the callback raised, ``handler_error`` what
+    a handler callable raised (if it did). The app stops; fix the callback and start it again."""
+
+    def __init__(self, task_id: str, punctuation: str, timestamp: int, cause: BaseException,
+                 handler_error: BaseException | None = None):
+        self.task_id, self.punctuation, self.timestamp = task_id, punctuation, timestamp
+        self.handler_error = handler_error
+        super().__init__(f"task {task_id}: a {punctuation} punctuation at {timestamp} raised {cause!r}; the app "
+                         "stops. Fix the callback given to context.schedule(...), or set processing_exception_handler "
+                         "to skip failed punctuations, and start the app again")
 
 
 class ProcessingError(HotstateError):

@@ -11,6 +11,11 @@ aggregator, a serde of a sink or a store) raised while processing one input reco
 record (its offset counts as processed, ``dropped_records_total`` counts it); ``FAIL`` stops the app with a
 ``ProcessingError``. A handler that raises, or returns anything else, counts as ``FAIL``.
 
+It is also called when a punctuation callback (``context.schedule``) raised, as Kafka Streams does for
+punctuators: ``record`` is None and the context's topic is ``""``, partition and offset -1, timestamp the
+punctuation's. ``CONTINUE`` skips that call (the schedule goes on; ``dropped_records_total`` counts it); ``FAIL``
+stops the app with a ``PunctuationError``.
+
 What the record wrote before the exception is not rolled back (as in Kafka Streams): store updates stay in
 the task's uncommitted state and are committed with it, and records already forwarded to a sink are sent.
 """

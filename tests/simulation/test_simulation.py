@@ -68,3 +68,33 @@ def test_the_checks_see_a_lost_update():
         assert failures([Scenario(s, "exactly_once_v2", records=200, vocabulary=20) for s in range(20)])
     finally:
         SimBackend.write = original
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_punctuations_commit_with_their_task(guarantee):
+    """The processor API under kills and client errors: a STREAM_TIME punctuation's store write and output commit
+    with the task's input (exactly-once: every committed summary counts exactly the records up to its offset,
+    and the stored count of summaries equals the committed summaries)."""
+    faults = {f: 0.02 for f in FAULTS}
+    seeds = max(1, SEEDS // 3)
+    bad = failures(Scenario(seed, guarantee, faults=faults, punctuate=True) for seed in range(seeds))
+    assert not bad, f"{len(bad)} of {seeds} seeds failed, e.g.:\n" + "\n".join(bad[:10])
+
+
+def test_the_checks_see_a_punctuation_outside_the_transaction():
+    """The summaries' checks themselves: a punctuation whose processor keeps counting across a rewind (its
+    summaries then count records whose transaction was aborted) is found."""
+    from hotstate.runtime.task import Task  # noqa: PLC0415
+
+    original = Task.init_processors
+
+    def keep_instances(self, runtime, wall_clock):
+        if not self.processors:
+            original(self, runtime, wall_clock)
+
+    Task.init_processors = keep_instances  # a rewind no longer makes fresh processors: stale schedules remain
+    try:
+        assert failures([Scenario(s, "exactly_once_v2", faults={f: 0.05 for f in FAULTS}, punctuate=True)
+                         for s in range(60)])
+    finally:
+        Task.init_processors = original

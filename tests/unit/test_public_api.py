@@ -4,8 +4,9 @@ from __future__ import annotations
 import hotstate
 
 EXPECTED = [
-    "App", "AppState", "BrokerUnavailableError", "Config", "ConfigError", "DeserializationError",
-    "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Record",
+    "App", "AppState", "BrokerUnavailableError", "Cancellable", "Config", "ConfigError", "DeserializationError",
+    "ErrorHandlerContext", "HotstateError", "ProcessingError", "ProcessingHandlerResponse", "Processor",
+    "Punctuation", "PunctuationError", "Record",
     "RecordTooLargeError", "RestoreListener", "StandbyUpdateListener", "StateDirError", "StoreClosedError",
     "StoreCorruptedError", "StoreInfo", "StoreIOError", "SuspendReason",
     "StoreSpec", "TaskInfo", "TaskState", "TopicPartition", "TopologyError", "Windowed", "serde", "windows",
@@ -29,7 +30,7 @@ def test_star_import_gives_exactly_all():
 
 
 def test_errors_share_a_base_and_say_what_to_do():
-    for name in ("BrokerUnavailableError", "ConfigError", "DeserializationError", "ProcessingError",
+    for name in ("BrokerUnavailableError", "ConfigError", "DeserializationError", "ProcessingError", "PunctuationError",
                  "RecordTooLargeError", "StateDirError", "StoreCorruptedError", "TopologyError"):
         assert issubclass(getattr(hotstate, name), hotstate.HotstateError), name
 
@@ -68,3 +69,16 @@ def test_issue_11_window_names():
     from hotstate.dsl.windowed import WindowedTable
     assert callable(WindowedTable.suppress_until_window_closes)
     assert callable(hotstate.serde.session_windowed) and callable(hotstate.serde.time_windowed)
+
+
+def test_issue_11_processor_api_names():
+    # names fixed by issue 11's "Timers and the processor API"
+    assert {p.name for p in hotstate.Punctuation} == {"STREAM_TIME", "WALL_CLOCK_TIME"}
+    for m in ("with_timestamp", "with_headers", "with_key", "with_value"):
+        assert callable(getattr(hotstate.Record, m))
+    for m in ("init", "process", "close"):
+        assert callable(getattr(hotstate.Processor, m))
+    from hotstate.processor import Context
+    for m in ("schedule", "forward", "store"):
+        assert callable(getattr(Context, m))
+    assert callable(hotstate.Cancellable.cancel)

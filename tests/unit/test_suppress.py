@@ -177,3 +177,10 @@ def test_suppressed_sessions_and_sliding_windows_wait_for_the_aggregations_strea
     for key, ts in [("a", 100), (None, 900), ("a", 110)]:
         h.pipe(key, 1, timestamp=ts)
     assert h.sent == []
+
+
+def test_final_results_carry_no_headers_of_the_record_that_closed_the_window(make_app):
+    h, _ = build(make_app, windows.tumbling(size_ms=100, grace_ms=0))
+    h.pipe("k", 1, timestamp=10, headers=[("from", b"k")])
+    h.pipe("x", 1, timestamp=100, headers=[("from", b"x")])  # closes [0, 100)
+    assert [(s.timestamp, s.headers) for s in h.sent] == [(10, None)]

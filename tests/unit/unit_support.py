@@ -46,6 +46,7 @@ class Sent:
     key: bytes | None
     value: bytes | None
     timestamp: int
+    headers: Any = None
 
 
 class Harness:
@@ -57,7 +58,8 @@ class Harness:
         self.task.transition(TaskState.RUNNING)
         self.sent: list[Sent] = []
         self.metrics = Metrics()
-        self.ctx = ProcessorContext(lambda t, k, v, ts: self.sent.append(Sent(t, k, v, ts)), self.metrics)
+        self.ctx = ProcessorContext(lambda t, k, v, ts, h=None: self.sent.append(Sent(t, k, v, ts, h)), self.metrics)
+        self.task.init_processors(self.ctx, lambda: 0)  # processor classes: their instances (punctuations not run)
         self._offset = 0
         self._changelog_offsets: dict[str, int] = {}
 

@@ -129,6 +129,40 @@ class ProcessNode(Node):
             ctx._node = outer
 
 
+class ProcessorNode(Node):
+    """The processor API: ``processor_class`` is instantiated once per task (Task.init_processors); this node
+    hands each record to the task's instance as a Record. The instance forwards through its context
+    (processor.Context.forward), which sends to this node's children."""
+
+    __slots__ = ("processor_class", "store_names")
+
+    def __init__(self, processor_class: type, store_names: list[str]):
+        super().__init__()
+        self.processor_class, self.store_names = processor_class, store_names
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        instance = ctx._task.processors[self][0]
+        outer = ctx._node
+        ctx._node = self
+        try:
+            instance.process(ctx.record(key, value))
+        finally:
+            ctx._node = outer
+
+
+def walk(node: Node) -> Iterable[Node]:
+    """``node`` and every node after it, each once, parents before children."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        yield n
+        stack.extend(reversed(n.children))
+
+
 class AggregateNode(Node):
     """count / aggregate / reduce: ``agg = update(key, value, old_agg_or_None)``, stored, forwarded."""
 
@@ -399,7 +433,8 @@ class SuppressNode(Node):
     The buffer is a key-value store with a changelog (``buffer_store``), so it survives restarts and rebalances
     and takes part in commits and exactly-once like any store. Its key: the window end, 8 bytes big-endian,
     then the windowed key's bytes (``key_serde``); its value: the update's timestamp, 8 bytes, then the value's
-    bytes (``value_serde``).
+    bytes (``value_serde``). Final results carry no headers (Kafka Streams' buffer keeps each update's headers;
+    this buffer's format has no room for them).
 
     Stream time is the suppressed aggregation's (``aggregation_store``'s stream time, restored with it), as Kafka
     Streams' suppression keeps its own observed stream time: the largest timestamp of the updates that reached it,
@@ -454,14 +489,15 @@ class SuppressNode(Node):
                 least = end
                 break
             closed.append((buffer_key, raw))
-        ts = ctx.timestamp
+        ts, headers = ctx.timestamp, ctx.headers
+        ctx.headers = None  # the buffer keeps no headers: not the headers of the record that closed the window
         try:
             for buffer_key, raw in closed:
                 buffer.delete(buffer_key)
                 ctx.timestamp = _TIME.unpack_from(raw)[0]
                 self.forward(self.key_serde.deserialize(buffer_key[8:]), self.value_serde.deserialize(raw[8:]), ctx)
         finally:
-            ctx.timestamp = ts
+            ctx.timestamp, ctx.headers = ts, headers
         return least
 
 

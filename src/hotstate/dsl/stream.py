@@ -5,12 +5,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import serde as _serde
 from ..errors import TopologyError
+from ..processor import check_processor_class
 from ..records import Record
 from ..serde import Serde
 from ..state.store import ROCKSDB, StoreSpec
 from .aggregations import Aggregations
 from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PeekNode,
-                    ProcessNode, SinkNode)
+                    ProcessNode, ProcessorNode, SinkNode)
 from .topology import SubTopology, Topology
 
 if TYPE_CHECKING:
@@ -65,20 +66,36 @@ class Stream:
         """Calls ``fn(key, value)`` for its side effect; forwards the record unchanged."""
         return self._then(PeekNode(fn), self.key_serde, self.value_serde, self._key_changed)
 
-    def process(self, fn: Callable[[Record, Any], None], stores: Iterable[str | StoreSpec] = (),
+    def process(self, fn: Callable[[Record, Any], None] | type, stores: Iterable[str | StoreSpec] = (),
                 key_serde: Serde | None = None, value_serde: Serde | None = None) -> "Stream":
-        """Low-level processing: ``fn(record, ctx)``. ``ctx.store(name)`` gives one of ``stores``
-        (get / put / delete / range); ``ctx.forward(key, value)`` sends a record downstream.
+        """Low-level processing, in two forms.
+
+        A processor class (Kafka Streams' Processor API): one instance per task, made when the task starts
+        running; ``init(context)`` first (``context.store(name)``, ``context.schedule(interval_ms,
+        hotstate.Punctuation.STREAM_TIME | WALL_CLOCK_TIME, callback)``), then ``process(record)`` per record
+        (``context.forward(record)`` sends downstream, e.g. ``record.with_value(v)``, keeping the input's timestamp
+        and headers unless changed), ``close()`` when the task closes. See :mod:`hotstate.processor`.
+
+        A function ``fn(record, ctx)``: ``ctx.store(name)`` gives one of ``stores`` (get / put / delete / range);
+        ``ctx.forward(key, value)`` (or ``ctx.forward(record)``) sends a record downstream.
 
         A store given by name is a RocksDB store with this stream's key serde (BYTES if unknown) and
         JSON values; pass a :class:`hotstate.StoreSpec` to choose serdes or an in-memory store.
         ``key_serde``/``value_serde`` describe the forwarded records, for a later ``to``."""
+        if isinstance(fn, type):
+            check_processor_class(fn)
+        elif not callable(fn):
+            raise TopologyError(f"process() takes a processor class or a function fn(record, ctx), got "
+                                f"{type(fn).__name__}")
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
         names = []
         for store in stores:
             spec = store if isinstance(store, StoreSpec) else StoreSpec(store, self.key_serde or _serde.BYTES, _serde.JSON)
             self._topology.add_store(self._sub, spec)
             names.append(spec.name)
-        return self._then(ProcessNode(fn, names), key_serde, value_serde, True)
+        node = ProcessorNode(fn, names) if isinstance(fn, type) else ProcessNode(fn, names)
+        return self._then(node, key_serde, value_serde, True)
 
     def group_by_key(self) -> "GroupedStream":
         """Groups by the current key. The key must not have been changed since the source: hotstate has

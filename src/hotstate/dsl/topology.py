@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import TopologyError
 from ..state.store import StoreSpec
-from .nodes import SinkNode, SourceNode
+from .nodes import ProcessorNode, SinkNode, SourceNode, walk
 
 
 @dataclass
@@ -17,6 +17,10 @@ class SubTopology:
     source: SourceNode
     stores: dict[str, StoreSpec] = field(default_factory=dict)
     sink_topics: set[str] = field(default_factory=set)
+
+    def processor_nodes(self) -> list[ProcessorNode]:
+        """The nodes of ``stream.process(ProcessorClass, ...)``: each task makes its own instance of each."""
+        return [n for n in walk(self.source) if isinstance(n, ProcessorNode)]
 
 
 class Topology:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from confluent_kafka import KafkaError, KafkaException
 
 from ..config import LOG_AND_CONTINUE, LOG_AND_FAIL, Config
-from ..errors import DeserializationError, ProcessingError, StoreCorruptedError
+from ..errors import DeserializationError, ProcessingError, PunctuationError, StoreCorruptedError
 from ..handlers import ErrorHandlerContext, ProcessingHandlerResponse
 from ..observe.metrics import Metrics
 from ..observe.rate_limited import RateLimitedLog
@@ -47,7 +47,7 @@ def error_context(msg: Any, task_id: str) -> ErrorHandlerContext:
                                task_id, msg.key(), msg.value())
 
 
-def ask_handler(handler: Callable[..., Any], context: ErrorHandlerContext, record: Record,
+def ask_handler(handler: Callable[..., Any], context: ErrorHandlerContext, record: Record | None,
                 exc: Exception) -> tuple[ProcessingHandlerResponse, BaseException | None]:
     """The handler's answer, and what it raised. A handler that raises, or answers anything but a
     ProcessingHandlerResponse, counts as FAIL."""
@@ -119,6 +119,28 @@ class BadRecords:
                     "continue)", topic, partition, offset, exc, exc_info=exc)
         self._metrics.dropped_records_total += 1
         task.next_offset = offset + 1
+
+    def punctuation_failed(self, task_id: str, punctuation: str, timestamp: int, exc: Exception) -> None:
+        """A punctuation callback raised: processing_exception_handler decides, with no record and a context
+        whose topic is "" and partition and offset -1 (Kafka Streams does the same for punctuators). FAIL raises
+        PunctuationError; CONTINUE skips that callback this time (``dropped_records_total`` counts it) and the
+        schedule goes on. Nothing goes to the dead-letter topic: there is no input record."""
+        if isinstance(exc, KafkaException):  # the producer failed, not the callback
+            raise PunctuationError(task_id, punctuation, timestamp, exc) from exc
+        handler = self._config.processing_exception_handler
+        handler_error = None
+        if handler == LOG_AND_CONTINUE:
+            response = ProcessingHandlerResponse.CONTINUE
+        elif handler == LOG_AND_FAIL:
+            response = ProcessingHandlerResponse.FAIL
+        else:
+            context = ErrorHandlerContext("", -1, -1, timestamp, None, task_id, None, None)
+            response, handler_error = ask_handler(handler, context, None, exc)
+        if response is not ProcessingHandlerResponse.CONTINUE:
+            raise PunctuationError(task_id, punctuation, timestamp, exc, handler_error) from exc
+        log.warning("task %s: a %s punctuation at %d raised %r; processing_exception_handler says continue",
+                    task_id, punctuation, timestamp, exc, exc_info=exc)
+        self._metrics.dropped_records_total += 1
 
     def _dead_letter(self, msg: Any, exc: BaseException) -> None:
         """The record as consumed (key, value, headers, timestamp) plus the __streams.errors.* headers, to

@@ -1,4 +1,4 @@
-"""The processing thread: poll, hand restored tasks back, process, commit on the interval.
+"""The processing thread: poll, hand restored tasks back, process, punctuate, commit on the interval.
 
 It owns the main consumer, the task manager and the committer (which owns the producer and replaces it); the
 state updater runs beside it, and, with ``snapshot_store`` set, the snapshot uploader (runtime/snapshots.py:
@@ -140,7 +140,8 @@ class StreamThread(threading.Thread):
             msgs = consumer.consume(cfg.poll_records_max, poll_s)
             tm.handle_restored()
             if msgs:
-                tm.process(msgs)
+                tm.process(msgs)  # STREAM_TIME punctuations fire in here, after the records that advance them
+            tm.punctuate()  # WALL_CLOCK_TIME punctuations, records or not (resolution: poll_ms)
             tm.handle_corrupted()
             tm.producer.poll(0)
             now = time.monotonic()

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..dsl.topology import SubTopology
 from ..errors import IllegalStateTransition
+from ..processor import Context, Punctuation, PunctuationQueue, PunctuationSchedule
 from ..records import Record, TopicPartition
 from ..state.backend import StoreBackend
 from ..state.overlay import Overlay
@@ -79,6 +80,11 @@ class Task:
         # -1 before the first. A task that starts RUNNING resumes it from its windowed stores (``resume_stream_time``).
         self.stream_time = -1
         self.committed_stream_time = -1  # as of the last commit: what a rewind goes back to
+        # The processor API (processor.py): one instance per processor node of this sub-topology while RUNNING,
+        # with its context, and the task's punctuation schedules by type.
+        self.processors: dict[Any, tuple[Any, Context]] = {}
+        self.punctuations: dict[Punctuation, PunctuationQueue] = {p: PunctuationQueue() for p in Punctuation}
+        self.stream_time_punctuations = self.punctuations[Punctuation.STREAM_TIME]  # checked after every record
 
     def resume_stream_time(self) -> None:
         """Stream time survives a restart through the windowed stores, which keep the largest event time they
@@ -99,6 +105,62 @@ class Task:
             ctx.timestamp = source.extract_timestamp(ctx.record(key, value), self.stream_time)
         if ctx.timestamp > self.stream_time:
             self.stream_time = ctx.timestamp
+
+    # ---- the processor API (processor.py) ----
+    def init_processors(self, runtime: "ProcessorContext", wall_clock: Callable[[], int]) -> None:
+        """A fresh instance of each processor class of the sub-topology, ``init(context)`` called on it: when the
+        task starts running, and again after a rewind (Kafka Streams re-initializes a revived task's topology).
+        Punctuations start afresh with them."""
+        self.close_processors()
+        runtime.bind(self)
+        for node in self.sub.processor_nodes():
+            context = Context(node, self, runtime, wall_clock)
+            instance = node.processor_class()
+            self.processors[node] = (instance, context)
+            init = getattr(instance, "init", None)
+            if init is not None:
+                context._initializing = True
+                try:
+                    init(context)
+                finally:
+                    context._initializing = False
+
+    def close_processors(self) -> None:
+        """Calls ``close()`` on each processor instance (each one, even if one raises: logged) and drops them
+        and their punctuations."""
+        processors, self.processors = self.processors, {}
+        for node, (instance, context) in processors.items():
+            context._closed = True
+            close = getattr(instance, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                log.exception("task %s: close() of processor %s raised; the task closes all the same", self.id,
+                              type(instance).__name__)
+        for queue in self.punctuations.values():
+            queue.clear()
+
+    def punctuate(self, punctuation: Punctuation, now: int, runtime: "ProcessorContext",
+                  on_error: Callable[[Exception], None] | None = None) -> bool:
+        """Fires this task's schedules of ``punctuation`` due at ``now`` (stream time or wall-clock ms). A callback
+        runs like a record with timestamp ``now``, no headers and no input (topic "", partition and offset -1).
+        ``on_error(exc)``: told when a callback raises; the other due callbacks fire if it returns. Returns
+        whether one fired."""
+        def fire(schedule: PunctuationSchedule, at: int) -> None:
+            runtime.bind(self)
+            runtime.topic, runtime.partition, runtime.offset = "", -1, -1
+            runtime.timestamp, runtime.headers = at, None
+            runtime._node = schedule.owner._node
+            try:
+                schedule.callback(at)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+
+        return self.punctuations[punctuation].punctuate(now, fire)
 
     def mark_committed(self) -> None:
         self.committed_offset = self.next_offset
@@ -153,6 +215,9 @@ class Task:
         return kept
 
 
+_NO_VALUE: Any = object()
+
+
 class ProcessorContext:
     """What nodes and ``process`` functions see: stores of the current task, forward, record metadata."""
 
@@ -183,14 +248,33 @@ class ProcessorContext:
                 f"store {name!r} is not connected to this processor's sub-topology; list it in process(stores=[...])"
             ) from None
 
-    def forward(self, key: Any, value: Any) -> None:
+    def forward(self, key: Any, value: Any = _NO_VALUE) -> None:
+        """``forward(key, value)``: the current record's timestamp and headers go along; ``forward(record)`` (a
+        :class:`hotstate.Record`): its own key, value, timestamp and headers."""
+        if value is _NO_VALUE:
+            if not isinstance(key, Record):
+                raise TypeError("ctx.forward takes (key, value) or one hotstate.Record")
+            self.forward_record(self._node, key)
+            return
         self._node.forward(key, value, self)
+
+    def forward_record(self, node: Any, record: Record) -> None:
+        """Sends ``record`` to the children of ``node`` with its timestamp (None: the current one) and headers; the
+        current record's are back afterwards."""
+        timestamp, headers = self.timestamp, self.headers
+        self.timestamp = timestamp if record.timestamp is None else record.timestamp
+        self.headers = record.headers
+        try:
+            node.forward(record.key, record.value, self)
+        finally:
+            self.timestamp, self.headers = timestamp, headers
 
     def record(self, key: Any, value: Any) -> Record:
         return Record(key, value, self.timestamp, self.headers, self.topic, self.partition, self.offset)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self._send(topic, key, value, self.timestamp)
+        """A sink's output: the current timestamp and headers (the input record's unless changed on the way)."""
+        self._send(topic, key, value, self.timestamp, self.headers)
 
     @property
     def task_id(self) -> str:

@@ -19,6 +19,7 @@ from ..dsl.topology import Topology
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, is_too_large
 from ..errors import RecordTooLargeError, StoreCorruptedError
+from ..processor import Punctuation
 from ..observe.metrics import Metrics
 from ..records import TopicPartition
 from ..state.backend import StoreBackend, backend_kind
@@ -44,14 +45,15 @@ class TaskManager:
                  updater: StateUpdater, metrics: Metrics, committer: Committer,
                  membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None,
                  committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None,
-                 snapshots: TaskSnapshots | None = None):
+                 snapshots: TaskSnapshots | None = None, wall_clock: Callable[[], int] | None = None):
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
         ``open_backend(store_name, path)``: opens every persistent key-value store (default: the factory registered
         for the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
         Windowed stores always open through their kind's factory (it needs their retention).
-        ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py)."""
+        ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py).
+        ``wall_clock()``: ms since the epoch, which WALL_CLOCK_TIME punctuations go by (default: the system clock)."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -63,6 +65,7 @@ class TaskManager:
         self._open_backend = open_backend
         self._read_committed = committed_offsets or (lambda tps, timeout: consumer.committed(tps, timeout=timeout))
         self._snapshots = snapshots
+        self._wall_clock = wall_clock or (lambda: int(time.time() * 1000))
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
@@ -222,6 +225,7 @@ class TaskManager:
         self._remember_disk_offsets(task)
         if self._snapshots is not None:
             self._snapshots.task_closed(task)  # before its stores close: nothing of it is published from now on
+        task.close_processors()  # before the stores close: close() may still read them
         if task.state is not TaskState.SUSPENDED:
             task.transition(TaskState.SUSPENDED)
         if not clean and task.dirty_records():
@@ -298,6 +302,7 @@ class TaskManager:
                 continue  # revoked meanwhile
             task.transition(TaskState.RUNNING)
             task.resume_stream_time()
+            task.init_processors(self._ctx, self._wall_clock)  # the processor API: instances, init(), schedules
             resume.append(KTopicPartition(task.input.topic, task.input.partition))
             log.info("task %s: RUNNING (restored %s)", task.id,
                      {n: s.restored_records for n, s in task.stores.items()})
@@ -318,13 +323,16 @@ class TaskManager:
         """The committer's producer: the committer owns it and replaces it (commit.py); nothing else keeps one."""
         return self._committer.producer
 
-    def _process(self, msgs: list) -> None:
+    def _begin(self) -> None:
         try:
             self._committer.begin()
         except KafkaException as exc:
             if is_fenced(exc):
                 raise ProducerFenced(str(exc.args[0])) from exc
             raise
+
+    def _process(self, msgs: list) -> None:
+        self._begin()
         ctx = self._ctx
         by_input = self._by_input
         metrics = self._metrics
@@ -369,12 +377,52 @@ class TaskManager:
                 continue
             except Exception as exc:
                 self._bad.processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
-                continue
-            task.next_offset = offset + 1
-            metrics.records_processed_total += 1
+            else:
+                task.next_offset = offset + 1
+                metrics.records_processed_total += 1
+            # STREAM_TIME punctuations: after the record that moved stream time to (or past) their time (also one
+            # the processing_exception_handler skipped: its timestamp counted)
+            if task.stream_time_punctuations.due(task.stream_time):
+                if not self._punctuate(task, Punctuation.STREAM_TIME, task.stream_time) and self._config.exactly_once:
+                    return  # a store was damaged: every task was rewound, the rest of this batch is read again
 
-    def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int) -> None:
-        self._produce(topic, key, value, timestamp)
+    def punctuate(self) -> None:
+        """WALL_CLOCK_TIME punctuations of the running tasks that are due by the wall clock: called from the
+        processing thread's loop, records or not. Under exactly-once inside the open transaction (begun here if
+        none is), so what they forward and write commits with the task's next commit."""
+        try:
+            now = self._wall_clock()
+            due = [t for t in self.tasks.values()
+                   if t.state is TaskState.RUNNING and t.punctuations[Punctuation.WALL_CLOCK_TIME].due(now)]
+            if not due:
+                return
+            self._begin()
+            for task in due:
+                if task.state is TaskState.RUNNING:  # not revived by a damaged store meanwhile
+                    if not self._punctuate(task, Punctuation.WALL_CLOCK_TIME, now) and self._config.exactly_once:
+                        return
+        except ProducerFenced:
+            self.recover_from_fencing()
+
+    def _punctuate(self, task: Task, punctuation: Punctuation, now: int) -> bool:
+        """Fires ``task``'s due punctuations. A callback that raises: processing_exception_handler decides, as
+        Kafka Streams asks it for punctuators (no record; FAIL stops the app with a PunctuationError). A damaged
+        store revives the task as in processing (returns False)."""
+        def on_error(exc: Exception) -> None:
+            if isinstance(exc, (ProducerFenced, RecordTooLargeError, StoreCorruptedError)):
+                raise exc  # not the callback's fault: handled as while processing
+            self._bad.punctuation_failed(task.id, punctuation.value, now, exc)
+
+        try:
+            task.punctuate(punctuation, now, self._ctx, on_error)
+        except StoreCorruptedError as exc:
+            self._revive_corrupted(task, exc)
+            return False
+        return True
+
+    def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
+              headers: list | None = None) -> None:
+        self._produce(topic, key, value, timestamp, headers)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
                  headers: list | None = None) -> None:
@@ -485,6 +533,10 @@ class TaskManager:
         for task in tasks:
             task.drop_uncommitted()
             task.next_offset = task.committed_offset
+            if task.state is TaskState.RUNNING:
+                # Fresh processors: their schedules and fields must not remember what was just undone (a
+                # punctuation whose output the abort dropped fires again when stream time reaches it again).
+                task.init_processors(self._ctx, self._wall_clock)
         self._seek_committed(tasks)
 
     def restore_from_changelogs(self, tasks: list[Task], why: str = "a transaction's outcome was unknown") -> None:
@@ -498,6 +550,7 @@ class TaskManager:
         self._consumer.pause([KTopicPartition(t.input.topic, t.input.partition) for t in tasks])
         for task in tasks:
             task.drop_uncommitted()
+            task.close_processors()  # made again when it runs again
             task.transition(TaskState.SUSPENDED)
             task.transition(TaskState.RESTORING)
             self._updater.add(task)
