@@ -26,17 +26,21 @@ keys (the sampled keys first) is written to every system's changelog, so every r
              checksum), and its upload / download throughput for one object of ``--object-bytes`` (1 GB);
   floor-cp:  ``cp -r`` of the same files on the local disk.
 
-With ``--windowed`` (issue #11; systems hotstate and kstreams only): a windowed count instead of a key-value
-store, the same tumbling window (``--window-ms``, ``--grace-ms``) and retention (``--retention-ms``) in both.
+With ``--windowed`` (issue #11; systems hotstate, kstreams and kstreams-4.3): a windowed count instead of a
+key-value store, the same tumbling window (``--window-ms``, ``--grace-ms``) and retention (``--retention-ms``) in
+each. ``kstreams`` is Kafka Streams 4.4.0, whose restore of a windowed store without a checkpoint seeks by
+timestamp as hotstate's does (KAFKA-13499); ``kstreams-4.3`` is the same app built against Kafka Streams 4.3.0,
+the last release that replays the whole windowed changelog (bench/kstreams/target/kafka-4.3.0, built on first use).
 
     .venv/bin/python bench/restore.py --windowed --records 2000000 --partitions 4 [--window-keys 2000]
         [--window-ms 60000] [--grace-ms 5000] [--retention-ms 7200000] [--span-retentions 10]
+        [--systems hotstate,kstreams,kstreams-4.3]
 
 Each system's changelog is written directly in its own format (bench/changelog_data.py ``window_updates``: one
 count update per input record, event times in order over ``--span-retentions`` x the retention, ending now,
 record timestamp = event time): hotstate's ``window-1`` (key + 8-byte window start; value: 8-byte event time +
 the count as INT64) and Kafka Streams' window-store changelog (key + 8-byte window start + 4-byte sequence number
-0; value: the count as a Long). Both topics are ``compact,delete`` with ``retention.ms`` = retention + 1 day
+0; value: the count as a Long). The topics are ``compact,delete`` with ``retention.ms`` = retention + 1 day
 (Kafka Streams' ``windowstore.changelog.additional.retention.ms``) and a week's ``min.compaction.lag.ms``, so
 the broker deletes and compacts nothing during the run and about ``1 - 1 / span`` of the records are expired but
 still there. Per system: start -> ready as above, the records its restore read (hotstate: the records it
@@ -81,8 +85,13 @@ CACHE = os.environ.get("HOTSTATE_CACHE", os.path.join(os.path.expanduser("~"), "
 QUIX_VERSION = "3.28.1"
 QUIX_VENV = os.path.join(CACHE, f"bench-venv-quix-{QUIX_VERSION}")
 KSTREAMS_JAR = os.path.join(HERE, "kstreams", "target", "kstreams-restore-bench.jar")
+# --windowed: Kafka Streams 4.3.0 as well, the last release whose restore replays a windowed changelog from its
+# start (4.4.0 seeks by timestamp like hotstate: KAFKA-13499); the same app built against it.
+KSTREAMS_OLD_VERSION = "4.3.0"
+KSTREAMS_OLD_TARGET = f"target/kafka-{KSTREAMS_OLD_VERSION}"
+KSTREAMS_OLD_JAR = os.path.join(HERE, "kstreams", KSTREAMS_OLD_TARGET, "kstreams-restore-bench.jar")
 SYSTEMS = ("floor-read", "floor-write", "hotstate", "kstreams", "quix", "snapshot", "floor-s3", "floor-cp")
-WINDOWED_SYSTEMS = ("hotstate", "kstreams")
+WINDOWED_SYSTEMS = ("hotstate", "kstreams", "kstreams-4.3")
 PEERS = ("kstreams", "quix", "floor-read", "floor-write")
 # The systems that need the snapshot (and the S3 server); the others restore the changelog alone.
 SNAPSHOT_SYSTEMS = ("snapshot", "floor-s3", "floor-cp")
@@ -206,9 +215,14 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 # ---- tools ----
 
 def _prepare_tools(args: argparse.Namespace, systems: list[str]) -> None:
-    if "kstreams" in systems and _kstreams_jar_stale():
+    if "kstreams" in systems and _kstreams_jar_stale(KSTREAMS_JAR):
         _log(args, "building the Kafka Streams app (mvn package, once per change of bench/kstreams) ...")
         subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=os.path.join(HERE, "kstreams"),
+                       check=True, stdout=sys.stderr)
+    if "kstreams-4.3" in systems and _kstreams_jar_stale(KSTREAMS_OLD_JAR):
+        _log(args, f"building the Kafka Streams app against Kafka Streams {KSTREAMS_OLD_VERSION} (mvn package) ...")
+        subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", f"-Dkafka.version={KSTREAMS_OLD_VERSION}",
+                        f"-Dbench.target={KSTREAMS_OLD_TARGET}", "package"], cwd=os.path.join(HERE, "kstreams"),
                        check=True, stdout=sys.stderr)
     if any(s in systems for s in SNAPSHOT_SYSTEMS):
         seaweedfs.install(lambda msg: _log(args, msg))
@@ -220,10 +234,10 @@ def _prepare_tools(args: argparse.Namespace, systems: list[str]) -> None:
         open(os.path.join(QUIX_VENV, ".complete"), "w").close()
 
 
-def _kstreams_jar_stale() -> bool:
-    if not os.path.exists(KSTREAMS_JAR):
+def _kstreams_jar_stale(jar: str) -> bool:
+    if not os.path.exists(jar):
         return True
-    built = os.path.getmtime(KSTREAMS_JAR)
+    built = os.path.getmtime(jar)
     sources = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(HERE, "kstreams", "src")) for f in files]
     return any(os.path.getmtime(f) > built for f in [*sources, os.path.join(HERE, "kstreams", "pom.xml")])
 
@@ -232,7 +246,9 @@ def _kstreams_jar_stale() -> bool:
 
 def _names(run: str) -> dict[str, dict[str, str]]:
     hs, ks, qx = f"bench-restore-hs-{run}", f"bench-restore-ks-{run}", f"bench-restore-qx-{run}"
+    ks_old = f"bench-restore-ks43-{run}"
     return {
+        "kstreams-4.3": {"app_id": ks_old, "source": f"{ks_old}-in", "changelog": f"{ks_old}-store-changelog"},
         "hotstate": {"app_id": hs, "source": f"{hs}-in", "changelog": f"{hs}-store-changelog"},
         "kstreams": {"app_id": ks, "source": f"{ks}-in", "changelog": f"{ks}-store-changelog"},
         # Quix: changelog__<group>--<source topic>--<store>, the default store is "default"
@@ -447,8 +463,9 @@ def _child(system: str, job: dict, job_file: str, profile: str | None = None) ->
                    *cmd]
     elif system == "quix":
         cmd = [os.path.join(QUIX_VENV, "bin", "python"), os.path.join(HERE, "restore_quix.py"), job_file]
-    elif system == "kstreams" and job.get("windowed"):
-        cmd = ["java", "-Xmx2g", "-cp", KSTREAMS_JAR, "hotstate.bench.WindowedRestoreBench", job["bootstrap"],
+    elif system in ("kstreams", "kstreams-4.3") and job.get("windowed"):
+        jar = KSTREAMS_JAR if system == "kstreams" else KSTREAMS_OLD_JAR
+        cmd = ["java", "-Xmx2g", "-cp", jar, "hotstate.bench.WindowedRestoreBench", job["bootstrap"],
                job["app_id"], job["source"], job["state_dir"], str(job["partitions"]), str(job["timeout_s"]),
                str(job["size_ms"]), str(job["grace_ms"]), str(job["retention_ms"]), job["sample_lines"],
                job["sample_out"]]
@@ -615,8 +632,8 @@ def _produce_windowed(bootstrap: str, names: dict, systems: list[str],
                          "queue.buffering.max.kbytes": 1_048_576, "queue.buffering.max.messages": 2_000_000,
                          "compression.type": "none", "acks": "all"})
     ref = changelog_data.WindowReference(shape, WINDOWED_SAMPLE_KEYS)
-    hs = names["hotstate"]["changelog"] if "hotstate" in systems else None
-    ks = names["kstreams"]["changelog"] if "kstreams" in systems else None
+    hs = [names["hotstate"]["changelog"]] if "hotstate" in systems else []
+    ks = [names[s]["changelog"] for s in ("kstreams", "kstreams-4.3") if s in systems]
     pack = struct.Struct(">q").pack
     seqnum = b"\x00\x00\x00\x00"  # Kafka Streams: WindowKeySchema.toStoreKeyBinary(key, start, 0), no duplicates
     produce = producer.produce
@@ -624,9 +641,7 @@ def _produce_windowed(bootstrap: str, names: dict, systems: list[str],
     for p, j, key, ws, ts, count in changelog_data.window_updates(shape):
         add(p, j, ws, ts, count)
         wkey, c = key + pack(ws), pack(count)
-        for topic, k, v in ((hs, wkey, pack(ts) + c), (ks, wkey + seqnum, c)):
-            if topic is None:
-                continue
+        for topic, k, v in [*((t, wkey, pack(ts) + c) for t in hs), *((t, wkey + seqnum, c) for t in ks)]:
             while True:
                 try:
                     produce(topic, v, k, p, timestamp=ts)
@@ -698,6 +713,17 @@ def _windowed_summary(results: list[dict], counts: dict) -> dict:
     if ks is not None:
         out["kstreams_replayed/live"] = round(ks["records_replayed"] / live, 4)
         out["kstreams_replayed/records"] = round(ks["records_replayed"] / max(1, counts["records"]), 4)
+    old = by.get("kstreams-4.3")
+    if old is not None:
+        out["kstreams_4.3_replayed/records"] = round(old["records_replayed"] / max(1, counts["records"]), 4)
+    if hs is not None and old is not None:
+        out["replayed_hotstate/kstreams_4.3"] = round(hs["records_replayed"] / max(1, old["records_replayed"]), 4)
+        out["speedup_vs_kstreams_4.3"] = round(old["seconds"] / hs["seconds"], 2)
+        out["goals_vs_kstreams_4.3"] = {
+            "hotstate_reads_at_most_live_plus_1pct": hs["records_read"] <= counts["live_records"] * 1.01,
+            "kstreams_4.3_reads_all": old["records_replayed"] >= counts["records"],
+            "3x_faster": out["speedup_vs_kstreams_4.3"] >= 3,
+            "same_live_windows": not hs["sample_wrong"] and not old["sample_wrong"]}
     if hs is not None and ks is not None:
         out["replayed_hotstate/kstreams"] = round(hs["records_replayed"] / max(1, ks["records_replayed"]), 4)
         out["speedup_vs_kstreams"] = round(ks["seconds"] / hs["seconds"], 2)
@@ -719,9 +745,10 @@ def _human_windowed(res: dict) -> str:
 
 
 _WINDOWED_HEADER = (
-    "| date | machine | command | records (live) | hotstate | Kafka Streams | hs replayed (+ end read) / live "
-    "| KS replayed / live | hs / KS replayed | KS time / hs time | live windows equal |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    "| date | machine | command | records (live) | hotstate | Kafka Streams 4.4.0 | Kafka Streams 4.3.0 "
+    "| hs replayed (+ end read) / live | KS 4.4 replayed / live | KS 4.3 replayed / records | KS 4.4 time / hs time "
+    "| KS 4.3 time / hs time | live windows equal |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 _WINDOWED_END = "<!-- bench/restore.py inserts windowed rows above this line -->"
 
 
@@ -740,12 +767,12 @@ def _record_windowed(args, shape: changelog_data.WindowShape, results: list[dict
     cmd = "bench/restore.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     where = (f"{_machine()}; load {'/'.join(f'{x:.1f}' for x in load[0])} before, "
              f"{'/'.join(f'{x:.1f}' for x in load[1])} after")
-    equal = "" if "goals" not in summary else ("yes" if summary["goals"]["same_live_windows"] else "**no**")
+    equal = "yes" if all(not r["sample_wrong"] for r in results) else "**no**"
     row = (f"| {datetime.date.today().isoformat()} | {where} | `{cmd}` | {summary['records']:,} "
-           f"({summary['live_records']:,}) | {cell('hotstate')} | {cell('kstreams')} "
+           f"({summary['live_records']:,}) | {cell('hotstate')} | {cell('kstreams')} | {cell('kstreams-4.3')} "
            f"| {summary.get('hotstate_replayed/live', '')} ({summary.get('hotstate_read/live', '')}) "
-           f"| {summary.get('kstreams_replayed/live', '')} | {summary.get('replayed_hotstate/kstreams', '')} "
-           f"| {summary.get('speedup_vs_kstreams', '')}x | {equal} |\n")
+           f"| {summary.get('kstreams_replayed/live', '')} | {summary.get('kstreams_4.3_replayed/records', '')} "
+           f"| {summary.get('speedup_vs_kstreams', '')}x | {summary.get('speedup_vs_kstreams_4.3', '')}x | {equal} |\n")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     if _WINDOWED_END not in text:
         section = f"### Windowed restore runs (issue #11, `--windowed`)\n\n{_WINDOWED_HEADER}{_WINDOWED_END}\n\n"
