@@ -775,9 +775,13 @@ def _record_windowed(args, shape: changelog_data.WindowShape, results: list[dict
            f"| {summary.get('speedup_vs_kstreams', '')}x | {summary.get('speedup_vs_kstreams_4.3', '')}x | {equal} |\n")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     if _WINDOWED_END not in text:
+        # Before the restore-by-download runs (and the key-value rows that follow them), else before the
+        # key-value rows, else at the end.
         section = f"### Windowed restore runs (issue #11, `--windowed`)\n\n{_WINDOWED_HEADER}{_WINDOWED_END}\n\n"
-        if _TABLE_START in text:
-            text = text.replace(_TABLE_START, section + _TABLE_START, 1)
+        for anchor in (_SNAPSHOT_SECTION, _TABLE_START):
+            if anchor in text:
+                text = text.replace(anchor, section + anchor, 1)
+                break
         else:
             text = text.rstrip("\n") + "\n\n" + section
     text = text.replace(_WINDOWED_END, row + _WINDOWED_END, 1)
@@ -832,6 +836,7 @@ _SNAPSHOT_HEADER = (
     "| vs hotstate | vs KS | download / S3 floor | restore / S3 floor |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 _SNAPSHOT_END = "<!-- bench/restore.py inserts restore-by-download rows above this line -->"
+_SNAPSHOT_SECTION = "### Restore by download runs (issue #9)"
 
 
 def _snapshot_row(by: dict, snap: dict, shape: changelog_data.Shape, cmd: str, where: str) -> str:
@@ -859,7 +864,7 @@ def _snapshot_row(by: dict, snap: dict, shape: changelog_data.Shape, cmd: str, w
 def _insert_snapshot_row(text: str, row: str) -> str:
     """Above the section's end marker; the section (header, marker) goes before the changelog-replay rows."""
     if _SNAPSHOT_END not in text:
-        section = f"### Restore by download runs (issue #9)\n\n{_SNAPSHOT_HEADER}{_SNAPSHOT_END}\n\n"
+        section = f"{_SNAPSHOT_SECTION}\n\n{_SNAPSHOT_HEADER}{_SNAPSHOT_END}\n\n"
         text = text.replace(_TABLE_START, section + _TABLE_START, 1)
     return text.replace(_SNAPSHOT_END, row + _SNAPSHOT_END, 1)
 
