@@ -777,7 +777,7 @@ def _record_windowed(args, shape: changelog_data.WindowShape, results: list[dict
     if _WINDOWED_END not in text:
         # Before the restore-by-download runs (and the key-value rows that follow them), else before the
         # key-value rows, else at the end.
-        section = f"### Windowed restore runs (issue #11, `--windowed`)\n\n{_WINDOWED_HEADER}{_WINDOWED_END}\n\n"
+        section = f"#### Windowed restore runs (issue #11, `--windowed`)\n\n{_WINDOWED_HEADER}{_WINDOWED_END}\n\n"
         for anchor in (_SNAPSHOT_SECTION, _TABLE_START):
             if anchor in text:
                 text = text.replace(anchor, section + anchor, 1)
