@@ -168,7 +168,7 @@ def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--windowed", action="store_true",
-                    help="a windowed count's restore (hotstate and kstreams only; see below)")
+                    help="a windowed count's restore (systems hotstate, kstreams, kstreams-4.3; see below)")
     ap.add_argument("--records", type=int, default=2_000_000, help="--windowed: changelog records (count updates)")
     ap.add_argument("--window-keys", type=int, default=2_000, help="--windowed: distinct keys")
     ap.add_argument("--window-ms", type=int, default=60_000, help="--windowed: tumbling window size")
