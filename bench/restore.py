@@ -25,6 +25,29 @@ keys (the sampled keys first) is written to every system's changelog, so every r
   floor-s3:  the server's download rate for the same bytes (every snapshot object, 16 GETs in flight, to files, no
              checksum), and its upload / download throughput for one object of ``--object-bytes`` (1 GB);
   floor-cp:  ``cp -r`` of the same files on the local disk.
+
+With ``--windowed`` (issue #11; systems hotstate, kstreams and kstreams-4.3): a windowed count instead of a
+key-value store, the same tumbling window (``--window-ms``, ``--grace-ms``) and retention (``--retention-ms``) in
+each. ``kstreams`` is Kafka Streams 4.4.0, whose restore of a windowed store without a checkpoint seeks by
+timestamp as hotstate's does (KAFKA-13499); ``kstreams-4.3`` is the same app built against Kafka Streams 4.3.0,
+the last release that replays the whole windowed changelog (bench/kstreams/target/kafka-4.3.0, built on first use).
+
+    .venv/bin/python bench/restore.py --windowed --records 2000000 --partitions 4 [--window-keys 2000]
+        [--window-ms 60000] [--grace-ms 5000] [--retention-ms 7200000] [--span-retentions 10]
+        [--systems hotstate,kstreams,kstreams-4.3]
+
+Each system's changelog is written directly in its own format (bench/changelog_data.py ``window_updates``: one
+count update per input record, event times in order over ``--span-retentions`` x the retention, ending now,
+record timestamp = event time): hotstate's ``window-1`` (key + 8-byte window start; value: 8-byte event time +
+the count as INT64) and Kafka Streams' window-store changelog (key + 8-byte window start + 4-byte sequence number
+0; value: the count as a Long). The topics are ``compact,delete`` with ``retention.ms`` = retention + 1 day
+(Kafka Streams' ``windowstore.changelog.additional.retention.ms``) and a week's ``min.compaction.lag.ms``, so
+the broker deletes and compacts nothing during the run and about ``1 - 1 / span`` of the records are expired but
+still there. Per system: start -> ready as above, the records its restore read (hotstate: the records it
+replayed after its retention-aware seek, plus the up to 500 last offsets per partition it reads first to find
+the newest timestamp; Kafka Streams: the sum of ``onBatchRestored``), and the live windows of 100 sampled keys
+(interactive queries) against the reference computed here. Prints the ratios (records read, time) and the
+issue's goals; appends a row to the windowed table of docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -36,6 +59,7 @@ import random
 import shlex
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +71,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from hotstate.runtime.live_restore import TAIL_OFFSETS
 from hotstate.snapshot import ObjectStore
 
 import changelog_data
@@ -60,7 +85,13 @@ CACHE = os.environ.get("HOTSTATE_CACHE", os.path.join(os.path.expanduser("~"), "
 QUIX_VERSION = "3.28.1"
 QUIX_VENV = os.path.join(CACHE, f"bench-venv-quix-{QUIX_VERSION}")
 KSTREAMS_JAR = os.path.join(HERE, "kstreams", "target", "kstreams-restore-bench.jar")
+# --windowed: Kafka Streams 4.3.0 as well, the last release whose restore replays a windowed changelog from its
+# start (4.4.0 seeks by timestamp like hotstate: KAFKA-13499); the same app built against it.
+KSTREAMS_OLD_VERSION = "4.3.0"
+KSTREAMS_OLD_TARGET = f"target/kafka-{KSTREAMS_OLD_VERSION}"
+KSTREAMS_OLD_JAR = os.path.join(HERE, "kstreams", KSTREAMS_OLD_TARGET, "kstreams-restore-bench.jar")
 SYSTEMS = ("floor-read", "floor-write", "hotstate", "kstreams", "quix", "snapshot", "floor-s3", "floor-cp")
+WINDOWED_SYSTEMS = ("hotstate", "kstreams", "kstreams-4.3")
 PEERS = ("kstreams", "quix", "floor-read", "floor-write")
 # The systems that need the snapshot (and the S3 server); the others restore the changelog alone.
 SNAPSHOT_SYSTEMS = ("snapshot", "floor-s3", "floor-cp")
@@ -71,6 +102,9 @@ NO_COMPACTION_MS = 7 * 24 * 3600 * 1000
 
 def main() -> None:
     args = _parse()
+    if args.windowed:
+        main_windowed(args)
+        return
     shape = changelog_data.Shape(args.keys, args.partitions, args.value_bytes, args.update_fraction)
     systems = [s for s in SYSTEMS if s in args.systems]
     run = uuid.uuid4().hex[:8]
@@ -133,6 +167,15 @@ def _write_sample(path: str, sample: dict[bytes, bytes]) -> None:
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--windowed", action="store_true",
+                    help="a windowed count's restore (systems hotstate, kstreams, kstreams-4.3; see below)")
+    ap.add_argument("--records", type=int, default=2_000_000, help="--windowed: changelog records (count updates)")
+    ap.add_argument("--window-keys", type=int, default=2_000, help="--windowed: distinct keys")
+    ap.add_argument("--window-ms", type=int, default=60_000, help="--windowed: tumbling window size")
+    ap.add_argument("--grace-ms", type=int, default=5_000, help="--windowed: grace")
+    ap.add_argument("--retention-ms", type=int, default=7_200_000, help="--windowed: the store's retention")
+    ap.add_argument("--span-retentions", type=float, default=10.0,
+                    help="--windowed: event times span this many retentions (1 - 1/x of the records expired)")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--update-fraction", type=float, default=0.1, help="extra updates of earlier keys, per key")
@@ -140,7 +183,9 @@ def _parse() -> argparse.Namespace:
                     help="with snapshot rows: updates written after the snapshot, per key")
     ap.add_argument("--object-bytes", type=int, default=1_000_000_000,
                     help="floor-s3: the size of the one object uploaded and downloaded")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
+    ap.add_argument("--systems", default=None,
+                    help=f"comma-separated, of {','.join(SYSTEMS)} (default: all; --windowed: "
+                         f"{','.join(WINDOWED_SYSTEMS)})")
     ap.add_argument("--repeat", type=int, default=1, help="restores per system; the median is reported")
     ap.add_argument("--json", action="store_true", help="one JSON object per line, nothing else on stdout")
     ap.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('HOTSTATE_KAFKA_PORT', '9092')}")
@@ -152,10 +197,13 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--no-record", action="store_true", help="do not append a row to docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the topics and state dirs")
     args = ap.parse_args()
+    allowed = WINDOWED_SYSTEMS if args.windowed else SYSTEMS
+    if args.systems is None:
+        args.systems = ",".join(allowed)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    unknown = sorted(set(args.systems) - set(allowed))
     if unknown:
-        ap.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+        ap.error(f"unknown systems {unknown}{' with --windowed' if args.windowed else ''}; choose from {list(allowed)}")
     args.hotstate_config = json.loads(args.hotstate_config)
     return args
 
@@ -167,9 +215,14 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 # ---- tools ----
 
 def _prepare_tools(args: argparse.Namespace, systems: list[str]) -> None:
-    if "kstreams" in systems and not os.path.exists(KSTREAMS_JAR):
-        _log(args, "building the Kafka Streams app (mvn package, once) ...")
+    if "kstreams" in systems and _kstreams_jar_stale(KSTREAMS_JAR):
+        _log(args, "building the Kafka Streams app (mvn package, once per change of bench/kstreams) ...")
         subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=os.path.join(HERE, "kstreams"),
+                       check=True, stdout=sys.stderr)
+    if "kstreams-4.3" in systems and _kstreams_jar_stale(KSTREAMS_OLD_JAR):
+        _log(args, f"building the Kafka Streams app against Kafka Streams {KSTREAMS_OLD_VERSION} (mvn package) ...")
+        subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", f"-Dkafka.version={KSTREAMS_OLD_VERSION}",
+                        f"-Dbench.target={KSTREAMS_OLD_TARGET}", "package"], cwd=os.path.join(HERE, "kstreams"),
                        check=True, stdout=sys.stderr)
     if any(s in systems for s in SNAPSHOT_SYSTEMS):
         seaweedfs.install(lambda msg: _log(args, msg))
@@ -181,11 +234,21 @@ def _prepare_tools(args: argparse.Namespace, systems: list[str]) -> None:
         open(os.path.join(QUIX_VENV, ".complete"), "w").close()
 
 
+def _kstreams_jar_stale(jar: str) -> bool:
+    if not os.path.exists(jar):
+        return True
+    built = os.path.getmtime(jar)
+    sources = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(HERE, "kstreams", "src")) for f in files]
+    return any(os.path.getmtime(f) > built for f in [*sources, os.path.join(HERE, "kstreams", "pom.xml")])
+
+
 # ---- topics and data ----
 
 def _names(run: str) -> dict[str, dict[str, str]]:
     hs, ks, qx = f"bench-restore-hs-{run}", f"bench-restore-ks-{run}", f"bench-restore-qx-{run}"
+    ks_old = f"bench-restore-ks43-{run}"
     return {
+        "kstreams-4.3": {"app_id": ks_old, "source": f"{ks_old}-in", "changelog": f"{ks_old}-store-changelog"},
         "hotstate": {"app_id": hs, "source": f"{hs}-in", "changelog": f"{hs}-store-changelog"},
         "kstreams": {"app_id": ks, "source": f"{ks}-in", "changelog": f"{ks}-store-changelog"},
         # Quix: changelog__<group>--<source topic>--<store>, the default store is "default"
@@ -400,6 +463,12 @@ def _child(system: str, job: dict, job_file: str, profile: str | None = None) ->
                    *cmd]
     elif system == "quix":
         cmd = [os.path.join(QUIX_VENV, "bin", "python"), os.path.join(HERE, "restore_quix.py"), job_file]
+    elif system in ("kstreams", "kstreams-4.3") and job.get("windowed"):
+        jar = KSTREAMS_JAR if system == "kstreams" else KSTREAMS_OLD_JAR
+        cmd = ["java", "-Xmx2g", "-cp", jar, "hotstate.bench.WindowedRestoreBench", job["bootstrap"],
+               job["app_id"], job["source"], job["state_dir"], str(job["partitions"]), str(job["timeout_s"]),
+               str(job["size_ms"]), str(job["grace_ms"]), str(job["retention_ms"]), job["sample_lines"],
+               job["sample_out"]]
     elif system == "kstreams":
         cmd = ["java", "-Xmx2g", "-jar", KSTREAMS_JAR, job["bootstrap"], job["app_id"], job["source"],
                job["state_dir"], str(job["partitions"]), str(job["timeout_s"])]
@@ -483,6 +552,243 @@ def _human(res: dict) -> str:
             f"{res['records_per_s']:>10,} records/s, {res['mb_per_s']:7.1f} MB/s  {more}")
 
 
+# ---- --windowed: a windowed count's restore (issue #11) ----
+
+# Kafka Streams' windowstore.changelog.additional.retention.ms and hotstate's
+# windowstore_changelog_additional_retention_ms, both at their default.
+ADDITIONAL_RETENTION_MS = 86_400_000
+WINDOWED_SAMPLE_KEYS = 100
+
+
+def main_windowed(args: argparse.Namespace) -> None:
+    shape = changelog_data.WindowShape(args.records, args.window_keys, args.partitions, args.window_ms,
+                                       args.grace_ms, args.retention_ms, args.span_retentions,
+                                       end_ms=int(time.time() * 1000))
+    systems = [s for s in WINDOWED_SYSTEMS if s in args.systems]
+    run = uuid.uuid4().hex[:8]
+    work = tempfile.mkdtemp(prefix=f"hotstate-bench-{run}-", dir=args.work_dir)
+    load_before = os.getloadavg()
+    _log(args, f"run {run} (windowed): {shape.records:,} count updates of {shape.keys:,} keys in "
+               f"{shape.partitions} partitions, {shape.size_ms} ms tumbling windows, grace {shape.grace_ms} ms, "
+               f"retention {shape.retention_ms} ms, event times over {shape.span_retentions:g} retentions; "
+               f"work dir {work}")
+    _prepare_tools(args, systems)
+    names = _names(run)
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    topics = _create_windowed_topics(admin, names, systems, shape)
+    try:
+        t0 = time.monotonic()
+        ref = _produce_windowed(args.bootstrap, names, systems, shape)
+        counts = ref.counts()
+        _log(args, f"produced the changelogs in {time.monotonic() - t0:.1f}s: {counts['records']:,} records, "
+                   f"{counts['live_records']:,} of live windows, {counts['in_retention_records']:,} with a "
+                   f"timestamp within the retention")
+        expected = ref.sample()
+        sample_json = os.path.join(work, "sample.json")
+        with open(sample_json, "w") as f:
+            json.dump(expected, f)
+        sample_lines = os.path.join(work, "sample.txt")
+        with open(sample_lines, "w") as f:
+            for k, q in expected.items():
+                f.write(f"{k} {q['from_ms']} {q['to_ms']}\n")
+        results = []
+        for system in systems:
+            res = _measure_windowed(args, system, names, shape, ref, work, sample_json, sample_lines, expected)
+            results.append(res)
+            _log(args, f"{system}: {res['seconds']:.2f}s, replayed {res['records_replayed']:,} records")
+        load_after = os.getloadavg()
+        summary = _windowed_summary(results, counts)
+        for res in results:
+            print(json.dumps(res) if args.json else _human_windowed(res))
+        print(json.dumps(summary) if args.json else f"windowed restore: {summary}")
+        if not args.no_record:
+            _record_windowed(args, shape, results, summary, (load_before, load_after))
+    finally:
+        if not args.keep:
+            admin.delete_topics(topics)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _create_windowed_topics(admin: AdminClient, names: dict, systems: list[str],
+                            shape: changelog_data.WindowShape) -> list[str]:
+    """The source and the changelog of each system, the changelog as both systems create a windowed store's."""
+    new = []
+    for owner in systems:
+        n = names[owner]
+        new.append(NewTopic(n["source"], shape.partitions, 1))
+        new.append(NewTopic(n["changelog"], shape.partitions, 1, config={
+            "cleanup.policy": "compact,delete", "retention.ms": str(shape.retention_ms + ADDITIONAL_RETENTION_MS),
+            "min.compaction.lag.ms": str(NO_COMPACTION_MS)}))
+    for topic, fut in admin.create_topics(new, operation_timeout=30).items():
+        fut.result(60)
+    return [t.topic for t in new]
+
+
+def _produce_windowed(bootstrap: str, names: dict, systems: list[str],
+                      shape: changelog_data.WindowShape) -> changelog_data.WindowReference:
+    """Fills each system's changelog with the same count updates in its own format (record timestamp = the
+    window's event time, as both systems write it); returns the reference fed with every update."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 100, "batch.size": 1_000_000,
+                         "queue.buffering.max.kbytes": 1_048_576, "queue.buffering.max.messages": 2_000_000,
+                         "compression.type": "none", "acks": "all"})
+    ref = changelog_data.WindowReference(shape, WINDOWED_SAMPLE_KEYS)
+    hs = [names["hotstate"]["changelog"]] if "hotstate" in systems else []
+    ks = [names[s]["changelog"] for s in ("kstreams", "kstreams-4.3") if s in systems]
+    pack = struct.Struct(">q").pack
+    seqnum = b"\x00\x00\x00\x00"  # Kafka Streams: WindowKeySchema.toStoreKeyBinary(key, start, 0), no duplicates
+    produce = producer.produce
+    add = ref.add
+    for p, j, key, ws, ts, count in changelog_data.window_updates(shape):
+        add(p, j, ws, ts, count)
+        wkey, c = key + pack(ws), pack(count)
+        for topic, k, v in [*((t, wkey, pack(ts) + c) for t in hs), *((t, wkey + seqnum, c) for t in ks)]:
+            while True:
+                try:
+                    produce(topic, v, k, p, timestamp=ts)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} changelog records not delivered")
+    return ref
+
+
+def _measure_windowed(args, system: str, names: dict, shape: changelog_data.WindowShape,
+                      ref: changelog_data.WindowReference, work: str, sample_json: str, sample_lines: str,
+                      expected: dict) -> dict:
+    """Median of ``--repeat`` cold restores (empty state dir, child process) of one system's windowed count."""
+    runs = []
+    for i in range(args.repeat):
+        state_dir = os.path.join(work, f"{system}-{i}")
+        os.makedirs(state_dir)
+        sample_out = os.path.join(work, f"{system}-{i}-sample.json")
+        job = {"bootstrap": args.bootstrap, **names[system], "state_dir": state_dir, "windowed": True,
+               "partitions": shape.partitions, "size_ms": shape.size_ms, "grace_ms": shape.grace_ms,
+               "retention_ms": shape.retention_ms, "sample_file": sample_json, "sample_lines": sample_lines,
+               "sample_out": sample_out, "timeout_s": 120 + shape.records // 5_000, "config": args.hotstate_config}
+        job_file = os.path.join(work, f"{system}-{i}.json")
+        with open(job_file, "w") as f:
+            json.dump(job, f)
+        profile = os.path.join(args.py_spy, f"windowed-{system}-{i}.txt") if args.py_spy else None
+        out = _child(system, job, job_file, profile)
+        found = json.load(open(sample_out))
+        out["sample_wrong"] = sum(1 for k, q in expected.items() if found.get(k) != q["windows"])
+        out["sample_windows"] = sum(len(q["windows"]) for q in expected.values())
+        runs.append(out)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    res = {"system": system, "records": ref.counts()["records"], "seconds": round(statistics.median(
+        r["seconds"] for r in runs), 3), "restore_seconds": round(best["restore_seconds"], 3),
+        "records_replayed": best["records"]}
+    if system == "hotstate":
+        # live_restore.newest_committed_timestamp reads the last TAIL_OFFSETS offsets of each partition first
+        # (when more than that is to be restored): records fetched too, counted here.
+        tail = sum(min(TAIL_OFFSETS, len(ref.times[p])) for p in range(shape.partitions)
+                   if len(ref.times[p]) > TAIL_OFFSETS)
+        res.update(tail_records_read=tail, records_read=best["records"] + tail, skipped=best["skipped"])
+    else:
+        res["records_read"] = best["records"]  # its end probe (KAFKA-20876) is not reported: not counted
+    res.update({k: v for k, v in best.items() if k not in ("seconds", "restore_seconds", "records", "skipped")})
+    if best["sample_wrong"]:
+        res["warning"] = (f"{best['sample_wrong']} of {best['sample_checked']} sampled keys have other live windows "
+                          f"than the reference")
+    if args.repeat > 1:
+        res["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
+    return res
+
+
+def _windowed_summary(results: list[dict], counts: dict) -> dict:
+    """The issue's goals against the peer of the same run: hotstate reads at most the live records + 1% while
+    Kafka Streams reads all of them, and restores at least 3x faster (start -> ready). Records "replayed" are
+    what each restore listener reports (both systems); hotstate's "read" adds the last offsets of each partition
+    it reads first for the newest timestamp (Kafka Streams 4.4 probes the end too, uncounted by its listener)."""
+    by = {r["system"]: r for r in results}
+    out: dict = dict(counts)
+    hs, ks = by.get("hotstate"), by.get("kstreams")
+    live = max(1, counts["live_records"])
+    if hs is not None:
+        out["hotstate_replayed/live"] = round(hs["records_replayed"] / live, 4)
+        out["hotstate_read/live"] = round(hs["records_read"] / live, 4)
+    if ks is not None:
+        out["kstreams_replayed/live"] = round(ks["records_replayed"] / live, 4)
+        out["kstreams_replayed/records"] = round(ks["records_replayed"] / max(1, counts["records"]), 4)
+    old = by.get("kstreams-4.3")
+    if old is not None:
+        out["kstreams_4.3_replayed/records"] = round(old["records_replayed"] / max(1, counts["records"]), 4)
+    if hs is not None and old is not None:
+        out["replayed_hotstate/kstreams_4.3"] = round(hs["records_replayed"] / max(1, old["records_replayed"]), 4)
+        out["speedup_vs_kstreams_4.3"] = round(old["seconds"] / hs["seconds"], 2)
+        out["goals_vs_kstreams_4.3"] = {
+            "hotstate_reads_at_most_live_plus_1pct": hs["records_read"] <= counts["live_records"] * 1.01,
+            "kstreams_4.3_reads_all": old["records_replayed"] >= counts["records"],
+            "3x_faster": out["speedup_vs_kstreams_4.3"] >= 3,
+            "same_live_windows": not hs["sample_wrong"] and not old["sample_wrong"]}
+    if hs is not None and ks is not None:
+        out["replayed_hotstate/kstreams"] = round(hs["records_replayed"] / max(1, ks["records_replayed"]), 4)
+        out["speedup_vs_kstreams"] = round(ks["seconds"] / hs["seconds"], 2)
+        out["restore_window_speedup_vs_kstreams"] = round(ks["restore_seconds"] / hs["restore_seconds"], 2)
+        out["goals"] = {
+            "hotstate_replays_at_most_live_plus_1pct": hs["records_replayed"] <= counts["live_records"] * 1.01,
+            "hotstate_reads_at_most_live_plus_1pct": hs["records_read"] <= counts["live_records"] * 1.01,
+            "kstreams_reads_all": ks["records_replayed"] >= counts["records"],
+            "3x_faster": out["speedup_vs_kstreams"] >= 3,
+            "same_live_windows": not hs["sample_wrong"] and not ks["sample_wrong"]}
+    return out
+
+
+def _human_windowed(res: dict) -> str:
+    more = ", ".join(f"{k}={v}" for k, v in res.items()
+                     if k not in ("system", "records", "seconds", "records_replayed"))
+    return (f"{res['system']:>12}: {res['seconds']:8.2f}s, replayed {res['records_replayed']:>11,} of "
+            f"{res['records']:,} records  {more}")
+
+
+_WINDOWED_HEADER = (
+    "| date | machine | command | records (live) | hotstate | Kafka Streams 4.4.0 | Kafka Streams 4.3.0 "
+    "| hs replayed (+ end read) / live | KS 4.4 replayed / live | KS 4.3 replayed / records | KS 4.4 time / hs time "
+    "| KS 4.3 time / hs time | live windows equal |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+_WINDOWED_END = "<!-- bench/restore.py inserts windowed rows above this line -->"
+
+
+def _record_windowed(args, shape: changelog_data.WindowShape, results: list[dict], summary: dict,
+                     load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    by = {r["system"]: r for r in results}
+
+    def cell(system: str) -> str:
+        r = by.get(system)
+        if r is None:
+            return ""
+        tail = f" + {r['tail_records_read']:,}" if r.get("tail_records_read") else ""
+        return f"{r['seconds']:.2f}s, replayed {r['records_replayed']:,}{tail}"
+
+    cmd = "bench/restore.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    where = (f"{_machine()}; load {'/'.join(f'{x:.1f}' for x in load[0])} before, "
+             f"{'/'.join(f'{x:.1f}' for x in load[1])} after")
+    equal = "yes" if all(not r["sample_wrong"] for r in results) else "**no**"
+    row = (f"| {datetime.date.today().isoformat()} | {where} | `{cmd}` | {summary['records']:,} "
+           f"({summary['live_records']:,}) | {cell('hotstate')} | {cell('kstreams')} | {cell('kstreams-4.3')} "
+           f"| {summary.get('hotstate_replayed/live', '')} ({summary.get('hotstate_read/live', '')}) "
+           f"| {summary.get('kstreams_replayed/live', '')} | {summary.get('kstreams_4.3_replayed/records', '')} "
+           f"| {summary.get('speedup_vs_kstreams', '')}x | {summary.get('speedup_vs_kstreams_4.3', '')}x | {equal} |\n")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if _WINDOWED_END not in text:
+        # Before the restore-by-download runs (and the key-value rows that follow them), else before the
+        # key-value rows, else at the end.
+        section = f"#### Windowed restore runs (issue #11, `--windowed`)\n\n{_WINDOWED_HEADER}{_WINDOWED_END}\n\n"
+        for anchor in (_SNAPSHOT_SECTION, _TABLE_START):
+            if anchor in text:
+                text = text.replace(anchor, section + anchor, 1)
+                break
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    text = text.replace(_WINDOWED_END, row + _WINDOWED_END, 1)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 # ---- docs/benchmarks.md ----
 
 _TABLE_HEADER = (
@@ -530,6 +836,7 @@ _SNAPSHOT_HEADER = (
     "| vs hotstate | vs KS | download / S3 floor | restore / S3 floor |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 _SNAPSHOT_END = "<!-- bench/restore.py inserts restore-by-download rows above this line -->"
+_SNAPSHOT_SECTION = "### Restore by download runs (issue #9)"
 
 
 def _snapshot_row(by: dict, snap: dict, shape: changelog_data.Shape, cmd: str, where: str) -> str:
@@ -557,7 +864,7 @@ def _snapshot_row(by: dict, snap: dict, shape: changelog_data.Shape, cmd: str, w
 def _insert_snapshot_row(text: str, row: str) -> str:
     """Above the section's end marker; the section (header, marker) goes before the changelog-replay rows."""
     if _SNAPSHOT_END not in text:
-        section = f"### Restore by download runs (issue #9)\n\n{_SNAPSHOT_HEADER}{_SNAPSHOT_END}\n\n"
+        section = f"{_SNAPSHOT_SECTION}\n\n{_SNAPSHOT_HEADER}{_SNAPSHOT_END}\n\n"
         text = text.replace(_TABLE_START, section + _TABLE_START, 1)
     return text.replace(_SNAPSHOT_END, row + _SNAPSHOT_END, 1)
 

@@ -1,7 +1,13 @@
 """bench/restore.py's hotstate child: a cold restore of one RocksDB store through App, start -> RUNNING.
 
 Reads the job (JSON) from argv[1]; prints one JSON line. The changelog ``<app_id>-store-changelog`` is filled
-and the source topic exists, empty, with the same partition count."""
+and the source topic exists, empty, with the same partition count.
+
+With ``"windowed": true`` (bench/restore.py --windowed) the store is a windowed count,
+``group_by_key().windowed_by(windows.tumbling(size, grace, retention)).count(store="store")``: the line adds the
+offsets its retention-aware restore seeked past (``restore_skipped_records_total``), the offsets announced by
+``on_restore_start`` and the windows of the sampled keys (``sample_file``: {key hex: {"from_ms", "to_ms", ...}})
+as ``store.fetch`` returns them, written to ``sample_out``."""
 from __future__ import annotations
 
 import json
@@ -11,7 +17,7 @@ import sys
 import time
 
 import hotstate
-from hotstate import serde
+from hotstate import serde, windows
 
 
 class _Window(hotstate.RestoreListener):
@@ -20,6 +26,7 @@ class _Window(hotstate.RestoreListener):
     def __init__(self) -> None:
         self.first_start = self.last_end = None
         self.restored = 0
+        self.announced = 0  # end - start offsets of every on_restore_start
         self.download_s = 0.0  # summed over store partitions
         self.download_first_start = self.download_last_end = None  # the window, however the downloads overlap
 
@@ -34,6 +41,7 @@ class _Window(hotstate.RestoreListener):
         now = time.perf_counter()
         if self.first_start is None or now < self.first_start:
             self.first_start = now
+        self.announced += end_offset - start_offset
 
     def on_restore_end(self, partition, store_name, total_restored):
         self.last_end = time.perf_counter()
@@ -65,6 +73,9 @@ def _thread_cpu_s() -> dict[str, float]:
 
 def main() -> None:
     job = json.load(open(sys.argv[1]))
+    if job.get("windowed"):
+        windowed(job)
+        return
     sample = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.load(open(job["sample_file"])).items()}
     app = hotstate.App(app_id=job["app_id"], bootstrap_servers=job["bootstrap"], state_dir=job["state_dir"],
                        commit_interval_ms=60_000, **job.get("config", {}))
@@ -90,6 +101,37 @@ def main() -> None:
                       "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records,
                       "sample_checked": len(sample), "sample_wrong": wrong, "download_bytes": download_bytes,
                       "download_seconds": round(window.download_s, 3), "download_window_seconds": download_window}))
+
+
+def windowed(job: dict) -> None:
+    sample = json.load(open(job["sample_file"]))
+    app = hotstate.App(app_id=job["app_id"], bootstrap_servers=job["bootstrap"], state_dir=job["state_dir"],
+                       commit_interval_ms=60_000, **job.get("config", {}))
+    (app.stream(job["source"], key_serde=serde.BYTES, value_serde=serde.BYTES)
+        .group_by_key()
+        .windowed_by(windows.tumbling(size_ms=job["size_ms"], grace_ms=job["grace_ms"],
+                                      retention_ms=job["retention_ms"]))
+        .count(store="store"))
+    window = _Window()
+    app.set_restore_listener(window)
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    app.start()
+    try:
+        app.wait_until_running(timeout_s=job["timeout_s"])
+        seconds, cpu_seconds = time.perf_counter() - t0, _cpu_s() - cpu0
+        threads = _thread_cpu_s()
+        records = sum(s.restored_records for t in app.tasks() for s in t.stores.values())
+        skipped = app.metrics()["restore_skipped_records_total"]
+        store = app.store("store")
+        found = {k: [[start, count] for start, count in store.fetch(bytes.fromhex(k), q["from_ms"], q["to_ms"])]
+                 for k, q in sample.items()}
+    finally:
+        app.close()
+    with open(job["sample_out"], "w") as f:
+        json.dump(found, f)
+    print(json.dumps({"seconds": seconds, "restore_seconds": window.last_end - window.first_start,
+                      "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records,
+                      "records_announced": window.announced, "skipped": skipped, "sample_checked": len(found)}))
 
 
 if __name__ == "__main__":
