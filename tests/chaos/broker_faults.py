@@ -340,6 +340,8 @@ class Deployment:
             fig.doubled += doubled
         fig.recovery_s = self.recovered_at
         fig.notes.update(self.condition_s)
+        # Transactional producers given up inside a call librdkafka never returned from (runtime/commit.py).
+        fig.notes["abandoned"] = sum(app.metrics()["transactional_producers_abandoned_total"] for app in self.apps)
         return fig
 
     def close(self) -> None:
