@@ -366,8 +366,14 @@ class Standby(Deployment):
 
     def start(self) -> None:
         self.listeners = [StandbyEvents(), StandbyEvents()]
+        # HOTSTATE_FAULTS_DEBUG=fetch,topic: librdkafka's debug contexts for the main consumers (printed with a
+        # failure), to see why a main consumer stopped fetching after the restart.
+        debug = os.environ.get("HOTSTATE_FAULTS_DEBUG")
+        extra = {"consumer_config": {"debug": debug}} if debug else {}
+        if debug:
+            logging.getLogger("hotstate.librdkafka").setLevel(logging.DEBUG)
         for tag, listener in zip("ab", self.listeners):
-            app = self.new_app(tag, num_standby_replicas=1)
+            app = self.new_app(tag, num_standby_replicas=1, **extra)
             app.set_standby_listener(listener)
         self.apps[0].start()
         self.apps[1].start()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -300,6 +301,37 @@ def test_past_abandon_max_stuck_producers_the_app_stops_instead_of_leaking_more(
         assert isinstance(exc, TransactionalProducerStuck), exc
         assert "restart" in str(exc) and c.abandoned == ExactlyOnceCommitter.ABANDON_MAX + 1
         assert len(stuck) == ExactlyOnceCommitter.ABANDON_MAX + 1  # no producer made after the last give-up
+    finally:
+        for p in stuck:
+            p.release.set()
+
+
+def test_a_given_up_call_that_returns_later_frees_its_place(monkeypatch):
+    """Only calls still inside their producers count toward ABANDON_MAX: one that returned (a call delayed by a
+    broker restart, not lost) ended with its client."""
+    import hotstate.runtime.commit as commit_module
+    monkeypatch.setattr(commit_module, "HANG_GRACE_S", 0.1, raising=False)
+    log = []
+    stuck: list = []
+
+    def factory():
+        stuck.append(HangingProducer(log, "send_offsets"))
+        return stuck[-1]
+
+    c = ExactlyOnceCommitter(FakeConsumer(), factory(), DeliveryTracker(set()), Metrics(), 0.05,
+                             producer_factory=factory)
+    try:
+        for _ in range(ExactlyOnceCommitter.ABANDON_MAX):
+            c.begin()
+            assert isinstance(commit_in_thread(c, one_task(), within_s=5), TransactionOutcomeUnknown)
+        stuck[0].release.set()  # the first given-up call returns, and its thread ends
+        deadline = time.monotonic() + 5
+        while len(c._stuck) == ExactlyOnceCommitter.ABANDON_MAX and c._stuck[0].is_alive():
+            assert time.monotonic() < deadline, "the released call's thread did not end"
+            time.sleep(0.01)
+        c.begin()
+        assert isinstance(commit_in_thread(c, one_task(), within_s=5), TransactionOutcomeUnknown)
+        assert c.abandoned == ExactlyOnceCommitter.ABANDON_MAX + 1
     finally:
         for p in stuck:
             p.release.set()

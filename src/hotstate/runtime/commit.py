@@ -136,7 +136,12 @@ HANG_GRACE_S = 5.0
 class TransactionalProducerStuck(RuntimeError):
     """A transactional call did not return within its own timeout + ``HANG_GRACE_S``: librdkafka lost its
     request (see ``bounded_call``). The committer abandons that producer and goes on with a new one
-    (``ExactlyOnceCommitter._abandon``); only after ``ABANDON_MAX`` abandoned producers is it fatal."""
+    (``ExactlyOnceCommitter._abandon``); it is fatal only while ``ABANDON_MAX`` given-up calls are still inside
+    their clients. ``thread`` is the thread the call runs on."""
+
+    def __init__(self, message: str, thread: threading.Thread | None = None):
+        super().__init__(message)
+        self.thread = thread
 
 
 def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -165,13 +170,14 @@ def bounded_call(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"hotstate-{what}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"hotstate-{what}", daemon=True)
+    thread.start()
     bound_s = timeout_s + HANG_GRACE_S
     if not done.wait(bound_s):
         raise TransactionalProducerStuck(
             f"exactly-once: {what} did not return within {bound_s:.0f}s (its own timeout is "
             f"{timeout_s:.0f}s): librdkafka lost the request, a known librdkafka defect after a broker restart or "
-            "a broker's loss (librdkafka issues 5456, 5511)")
+            "a broker's loss (librdkafka issues 5456, 5511)", thread)
     if error:
         raise error[0]
     return result[0]
@@ -352,6 +358,7 @@ class ExactlyOnceCommitter(Committer):
         self._recreated_at: list[float] = []
         self._in_transaction = False
         self.abandoned = 0
+        self._stuck: list[threading.Thread] = []  # the given-up calls' threads (alive: still inside their clients)
 
     def init(self) -> None:
         """Fences an earlier producer with the same transactional id and aborts its open transaction.
@@ -469,18 +476,22 @@ class ExactlyOnceCommitter(Committer):
         cannot be destroyed while a call is inside it) and a new producer with the same transactional id takes
         over: its ``init_transactions`` bumps the epoch, so the coordinator settles the open transaction (aborts
         it, or completes a commit already prepared) and refuses whatever the stuck client sends later. Each
-        abandoned client keeps its threads and connections until its call returns, so after ``ABANDON_MAX`` of
-        them the app stops with the error instead."""
+        abandoned client keeps its threads and connections until its call returns (calls delayed by a broker restart
+        were seen to return after up to a minute; then the client ends), so while ``ABANDON_MAX`` given-up calls are
+        still inside their clients the app stops with the error instead of leaking another."""
         self.abandoned += 1
         self._metrics.transactional_producers_abandoned_total += 1
-        if self.abandoned > self.ABANDON_MAX:
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        if len(self._stuck) >= self.ABANDON_MAX:
             raise TransactionalProducerStuck(
-                f"{exc}. {self.ABANDON_MAX} transactional producers were given up this way already, and each stays "
-                "alive with its call: the app stops; restart it (its open transaction is aborted and the work "
-                "since the last commit is redone, as after a crash)") from exc
-        log.warning("%s: that producer is given up (%d of at most %d); a new one fences it and settles its "
-                    "transaction, and the tasks restore their stores from the changelogs", exc, self.abandoned,
-                    self.ABANDON_MAX)
+                f"{exc}. {len(self._stuck)} calls given up earlier are still inside their producers, each of which "
+                "stays alive with its call: the app stops; restart it (its open transaction is aborted and the "
+                "work since the last commit is redone, as after a crash)") from exc
+        if exc.thread is not None:
+            self._stuck.append(exc.thread)
+        log.warning("%s: that producer is given up (%d given-up calls still inside their producers, at most %d); a "
+                    "new one fences it and settles its transaction, and the tasks restore their stores from the "
+                    "changelogs", exc, len(self._stuck), self.ABANDON_MAX)
         self.recreate_producer(count=False, abandon=True)
 
     def _outcome_unknown(self, err: KafkaError, fatal: bool) -> None:
