@@ -155,6 +155,15 @@ class _CommitsThenTimesOut:
         return self._inner.commit_transaction(*args)
 
 
+def three_waves(kafka, app_id, source, arm) -> None:
+    """Ten records of key "a" per wave, each wave committed before the next; ``arm()`` before the second."""
+    for wave in range(3):
+        if wave == 1:
+            arm()
+        kafka.produce(source, [("a", "x")] * 10)
+        wait_for(lambda: kafka.committed(app_id, source, 1) == {0: 10 * (wave + 1)}, f"wave {wave} committed", 60, 0.2)
+
+
 @pytest.mark.parametrize("committed", [True, False], ids=["committed", "aborted"])
 def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka, tmp_state_dir, monkeypatch,
                                                                            committed):
@@ -175,12 +184,8 @@ def test_a_commit_whose_outcome_is_unknown_restores_and_counts_on_exactly(kafka,
     app.start()
     try:
         app.wait_until_running(timeout_s=60)
-        for wave in range(3):
-            if wave == 1:
-                _CommitsThenTimesOut.armed = True  # the commit of the second wave fails after committing
-            kafka.produce(source, [("a", "x")] * 10)
-            wait_for(lambda: kafka.committed(app_id, source, 1) == {0: 10 * (wave + 1)},
-                     f"wave {wave} committed", 60, 0.2)
+        # the commit of the second wave fails after committing
+        three_waves(kafka, app_id, source, arm=lambda: setattr(_CommitsThenTimesOut, "armed", True))
         assert _CommitsThenTimesOut.fired == 1
         wait_for(lambda: app.store("word-counts").get("a") == 30, "the store at 30", 60, 0.2)
         # The replaced producer is gone: only the committer held it (before, the stream thread kept the first
@@ -269,12 +274,7 @@ def test_a_transactional_call_that_never_returns_is_given_up_and_the_counts_stay
     app.start()
     try:
         app.wait_until_running(timeout_s=60)
-        for wave in range(3):
-            if wave == 1:
-                _HangsOnce.armed = True
-            kafka.produce(source, [("a", "x")] * 10)
-            wait_for(lambda: kafka.committed(app_id, source, 1) == {0: 10 * (wave + 1)},
-                     f"wave {wave} committed", 60, 0.2)
+        three_waves(kafka, app_id, source, arm=lambda: setattr(_HangsOnce, "armed", True))
         assert not _HangsOnce.armed  # the hang happened
         assert app.metrics()["transactional_producers_abandoned_total"] == 1
         wait_for(lambda: app.store("word-counts").get("a") == 30, "the store at 30", 60, 0.2)

@@ -279,19 +279,24 @@ def test_an_abort_that_never_returns_is_given_up_too(monkeypatch):
         stuck.release.set()
 
 
-def test_past_abandon_max_stuck_producers_the_app_stops_instead_of_leaking_more(monkeypatch):
-    """Each given-up producer stays alive with its call: after ABANDON_MAX of them the error is fatal."""
+def always_stuck_committer(monkeypatch):
+    """A committer each of whose producers hangs in send_offsets until released; returns it and its producers."""
     import hotstate.runtime.commit as commit_module
     monkeypatch.setattr(commit_module, "HANG_GRACE_S", 0.1, raising=False)
-    log = []
+    log: list = []
     stuck: list = []
 
     def factory():
         stuck.append(HangingProducer(log, "send_offsets"))
         return stuck[-1]
 
-    c = ExactlyOnceCommitter(FakeConsumer(), factory(), DeliveryTracker(set()), Metrics(), 0.05,
-                             producer_factory=factory)
+    return ExactlyOnceCommitter(FakeConsumer(), factory(), DeliveryTracker(set()), Metrics(), 0.05,
+                                producer_factory=factory), stuck
+
+
+def test_past_abandon_max_stuck_producers_the_app_stops_instead_of_leaking_more(monkeypatch):
+    """Each given-up producer stays alive with its call: after ABANDON_MAX of them the error is fatal."""
+    c, stuck = always_stuck_committer(monkeypatch)
     try:
         for _ in range(ExactlyOnceCommitter.ABANDON_MAX):
             c.begin()
@@ -309,17 +314,7 @@ def test_past_abandon_max_stuck_producers_the_app_stops_instead_of_leaking_more(
 def test_a_given_up_call_that_returns_later_frees_its_place(monkeypatch):
     """Only calls still inside their producers count toward ABANDON_MAX: one that returned (a call delayed by a
     broker restart, not lost) ended with its client."""
-    import hotstate.runtime.commit as commit_module
-    monkeypatch.setattr(commit_module, "HANG_GRACE_S", 0.1, raising=False)
-    log = []
-    stuck: list = []
-
-    def factory():
-        stuck.append(HangingProducer(log, "send_offsets"))
-        return stuck[-1]
-
-    c = ExactlyOnceCommitter(FakeConsumer(), factory(), DeliveryTracker(set()), Metrics(), 0.05,
-                             producer_factory=factory)
+    c, stuck = always_stuck_committer(monkeypatch)
     try:
         for _ in range(ExactlyOnceCommitter.ABANDON_MAX):
             c.begin()

@@ -103,15 +103,10 @@ class BadRecords:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if isinstance(exc, (KafkaException, StoreCorruptedError)):  # the producer or a store failed, not the
             raise ProcessingError(topic, partition, offset, exc) from exc  # record: never skipped
-        handler = self._config.processing_exception_handler
-        handler_error = None
-        if handler == LOG_AND_CONTINUE:
-            response = ProcessingHandlerResponse.CONTINUE
-        elif handler == LOG_AND_FAIL:
-            response = ProcessingHandlerResponse.FAIL
-        else:
-            record = Record(key, value, msg.timestamp()[1], msg.headers(), topic, partition, offset)
-            response, handler_error = ask_handler(handler, error_context(msg, task.id), record, exc)
+        response, handler_error = self._processing_response(
+            lambda handler: ask_handler(handler, error_context(msg, task.id),
+                                        Record(key, value, msg.timestamp()[1], msg.headers(), topic, partition, offset),
+                                        exc))
         self._dead_letter(msg, exc)
         if response is not ProcessingHandlerResponse.CONTINUE:
             raise ProcessingError(topic, partition, offset, exc, handler_error) from exc
@@ -120,6 +115,16 @@ class BadRecords:
         self._metrics.dropped_records_total += 1
         task.next_offset = offset + 1
 
+    def _processing_response(self, ask: Callable[[Any], tuple]) -> tuple:
+        """processing_exception_handler's answer, with the error the handler itself raised (or None): the named
+        handlers answer at once, a callable one is asked through ``ask(handler)``."""
+        handler = self._config.processing_exception_handler
+        if handler == LOG_AND_CONTINUE:
+            return ProcessingHandlerResponse.CONTINUE, None
+        if handler == LOG_AND_FAIL:
+            return ProcessingHandlerResponse.FAIL, None
+        return ask(handler)
+
     def punctuation_failed(self, task_id: str, punctuation: str, timestamp: int, exc: Exception) -> None:
         """A punctuation callback raised: processing_exception_handler decides, with no record and a context
         whose topic is "" and partition and offset -1 (Kafka Streams does the same for punctuators). FAIL raises
@@ -127,15 +132,9 @@ class BadRecords:
         schedule goes on. Nothing goes to the dead-letter topic: there is no input record."""
         if isinstance(exc, KafkaException):  # the producer failed, not the callback
             raise PunctuationError(task_id, punctuation, timestamp, exc) from exc
-        handler = self._config.processing_exception_handler
-        handler_error = None
-        if handler == LOG_AND_CONTINUE:
-            response = ProcessingHandlerResponse.CONTINUE
-        elif handler == LOG_AND_FAIL:
-            response = ProcessingHandlerResponse.FAIL
-        else:
-            context = ErrorHandlerContext("", -1, -1, timestamp, None, task_id, None, None)
-            response, handler_error = ask_handler(handler, context, None, exc)
+        response, handler_error = self._processing_response(
+            lambda handler: ask_handler(handler, ErrorHandlerContext("", -1, -1, timestamp, None, task_id, None, None),
+                                        None, exc))
         if response is not ProcessingHandlerResponse.CONTINUE:
             raise PunctuationError(task_id, punctuation, timestamp, exc, handler_error) from exc
         log.warning("task %s: a %s punctuation at %d raised %r; processing_exception_handler says continue",
