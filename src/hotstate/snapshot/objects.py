@@ -43,6 +43,8 @@ _RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
 _DEFAULT_CLIENT = {"connect_timeout": "5s"}
 # A download is written in chunks of this size: one object never costs more memory than one chunk.
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+# ``read_into`` copies each chunk into the caller's buffer as it arrives: obstore need not gather big ones first.
+READ_CHUNK_BYTES = 256 * 1024
 _OS_MESSAGE = re.compile(r'message: "([^"]+)"')
 
 
@@ -165,6 +167,34 @@ class ObjectStore:
                 if on_chunk is not None:
                     on_chunk(len(chunk))
             return at - start, size
+
+        return self._call("download", name, run)
+
+    def read_into(self, name: str, buffer: memoryview, start: int, end: int, whole: bool = False,
+                  on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:
+        """Reads bytes [start, end) of the object into ``buffer`` (from its beginning; at least ``end - start``
+        long), a stream of chunks each copied as it arrives (no chunk is accumulated by obstore first); returns
+        (bytes read, the object's size as the store reports it). ``whole``: one plain GET of the object
+        (``start`` 0, ``end`` its expected size; also works for an empty object, which no range can ask for).
+        Fewer bytes than asked when the object ends before ``end``; never more than ``end - start`` (a longer
+        object's size says so); a range that starts at or past its end fails (SnapshotStoreError)."""
+        want = end - start
+        if len(buffer) < want:
+            raise ValueError(f"a buffer of {len(buffer)} bytes cannot hold {want}")
+
+        def run() -> tuple[int, int]:
+            result = obstore.get(self._store, name, options={} if whole else {"range": (start, end)})
+            size = int(result.meta["size"])
+            at = 0
+            for chunk in result.stream(min_chunk_size=READ_CHUNK_BYTES):
+                n = min(len(chunk), want - at)
+                buffer[at:at + n] = memoryview(chunk)[:n]
+                at += n
+                if on_chunk is not None:
+                    on_chunk(n)
+                if at == want and n < len(chunk):
+                    break  # a longer object than the manifest's: its size tells the caller
+            return at, size
 
         return self._call("download", name, run)
 
