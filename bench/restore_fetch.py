@@ -7,7 +7,7 @@ flight, no checksum). Prints one JSON line per round: wall seconds, MB/s and thi
 (user + system), with the load average.
 
     .venv/bin/python bench/restore_fetch.py [--partitions 4] [--mb-per-partition 315] [--repeat 3]
-        [--concurrency 4] [--part-mb 16]
+        [--concurrency 4] [--part-mb 16[,8,...]] [--direct-io 1|0|0,1] [--rows fetch,floor-s3]
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def publish(objects: ObjectStore, partitions: int, mb: int, work: Path) -> int:
     return total
 
 
-def fetch_round(objects: ObjectStore, partitions: int, work: Path, concurrency: int, part_bytes: int) -> dict:
-    restorer = Restorer(objects, APP, concurrency=concurrency, part_bytes=part_bytes)
+def fetch_round(objects: ObjectStore, partitions: int, work: Path, concurrency: int, part_bytes: int,
+                direct_io: bool = True) -> dict:
+    restorer = Restorer(objects, APP, concurrency=concurrency, part_bytes=part_bytes, direct_io=direct_io)
     dirs = [work / f"into-{p}" for p in range(partitions)]
     t0, c0 = time.perf_counter(), os.times()
     with concurrent.futures.ThreadPoolExecutor(partitions) as pool:
@@ -104,7 +105,8 @@ def main() -> None:
     ap.add_argument("--mb-per-partition", type=int, default=315)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--part-mb", type=float, default=16)
+    ap.add_argument("--part-mb", default="16", help="MiB per range; several, comma-separated: alternated per round")
+    ap.add_argument("--direct-io", default="1", help="1, 0 or both (0,1): alternated per round")
     ap.add_argument("--rows", default="fetch,floor-s3")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hotstate-fetchbench-"))
@@ -117,11 +119,14 @@ def main() -> None:
         print(json.dumps({"published_bytes": total, "load": os.getloadavg()}), flush=True)
         for _ in range(args.repeat):
             for row in args.rows.split(","):
-                if row == "fetch":
-                    res = fetch_round(objects, args.partitions, work, args.concurrency, int(args.part_mb * (1 << 20)))
-                else:
-                    res = floor_round(objects, work)
-                print(json.dumps(res), flush=True)
+                if row != "fetch":
+                    print(json.dumps(floor_round(objects, work)), flush=True)
+                    continue
+                for part_mb in args.part_mb.split(","):
+                    for direct in args.direct_io.split(","):
+                        res = fetch_round(objects, args.partitions, work, args.concurrency,
+                                          int(float(part_mb) * (1 << 20)), direct == "1")
+                        print(json.dumps({**res, "part_mb": float(part_mb), "direct_io": direct == "1"}), flush=True)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

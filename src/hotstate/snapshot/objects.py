@@ -41,7 +41,7 @@ _RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
           "backoff": {"init_backoff": dt.timedelta(milliseconds=100), "max_backoff": dt.timedelta(seconds=2),
                       "base": 2}}
 _DEFAULT_CLIENT = {"connect_timeout": "5s"}
-# A download is written in chunks of this size: one object never costs more memory than one chunk.
+# ``download`` writes in chunks of this size: one object never costs more memory than one chunk.
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 # ``read_into`` copies each chunk into the caller's buffer as it arrives: obstore need not gather big ones first.
 READ_CHUNK_BYTES = 256 * 1024
@@ -144,31 +144,9 @@ class ObjectStore:
 
     @property
     def supports_ranges(self) -> bool:
-        """Whether ``download_range`` is worth it: ranged GETs run in parallel against a server; a ``file://``
+        """Whether ``read_into`` of ranges is worth it: ranged GETs run in parallel against a server; a ``file://``
         store's objects are copied whole by the kernel, faster than any split."""
         return self.location.scheme != "file"
-
-    def download_range(self, name: str, fd: int, start: int, end: int,
-                       on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:
-        """Streams bytes [start, end) of the object into the open file ``fd`` at the same offsets (``os.pwrite``:
-        several ranges of one file may be written at once, from several threads), one chunk in memory at a time;
-        returns (bytes written, the object's size as the store reports it). Fewer bytes than asked when the
-        object ends before ``end``; a range that starts at or past its end fails (SnapshotStoreError)."""
-
-        def run() -> tuple[int, int]:
-            result = obstore.get(self._store, name, options={"range": (start, end)})
-            size = int(result.meta["size"])
-            at = start
-            for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK_BYTES):
-                view = memoryview(chunk)
-                while view:
-                    n = os.pwrite(fd, view, at)
-                    view, at = view[n:], at + n
-                if on_chunk is not None:
-                    on_chunk(len(chunk))
-            return at - start, size
-
-        return self._call("download", name, run)
 
     def read_into(self, name: str, buffer: memoryview, start: int, end: int, whole: bool = False,
                   on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:

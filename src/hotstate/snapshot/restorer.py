@@ -4,12 +4,18 @@ returned offset).
 
 - Manifests are tried newest first (epoch, then offset); one of an unknown format is skipped (a warning).
 - A snapshot no newer than the local state (``local_offset``) is not downloaded: None.
-- Files download in parallel (``concurrency`` GETs at a time), each streamed to disk in chunks: memory stays
-  under ``concurrency`` x ``objects.DOWNLOAD_CHUNK_BYTES`` whatever the sizes. From an object server, a file
-  larger than ``part_bytes`` is fetched as ranges of that size, in parallel too (``ObjectStore.download_range``):
-  a store partition's snapshot is mostly one or two large SST files, and one GET stream is far slower than
-  the server (docs/benchmarks.md, "Restore by download in bench/restore.py"). Such a file is hashed once all its
-  ranges are written.
+- Files download in parallel (``concurrency`` GETs at a time). From an object server every file comes as ranges
+  of ``part_bytes`` (a file of one range: one plain GET), in parallel too: a store partition's snapshot is
+  mostly one or two large SST files, and one GET stream is far slower than the server (docs/benchmarks.md,
+  "Restore by download in bench/restore.py"). Each download thread reads a range into its own aligned buffer
+  (reused; memory stays under ``concurrency`` x ``part_bytes`` whatever the sizes), writes it to the file, then
+  hashes it in its turn (the ranges of a file in order), so the sha256 is computed from memory as the bytes
+  arrive, in parallel across files, and no byte is read back from the disk.
+- The files are written with O_DIRECT where the file system allows it (``direct_io``; Linux): on this
+  benchmark machine (a VM) a buffered write of a fresh file cost about 3 CPU-s per GB in the kernel
+  (``copy_folio_from_iter_atomic`` on newly allocated page cache: perf, docs/benchmarks.md), an O_DIRECT write
+  0.05; the opened store then reads its blocks from the disk rather than from the page cache. A ``file://``
+  store's objects are copied whole by the kernel (``ObjectStore.download``), then hashed from the copy.
 - Every file's size and sha256 are checked against the manifest. A missing, truncated or altered object:
   a warning, and the next older manifest is tried; none left: None (the caller replays the changelog).
 - Files land in a hidden sibling directory that is renamed to ``into`` only when all are verified: the
