@@ -3,7 +3,10 @@ more GETs in flight than ``concurrency``, and the file put together is the one t
 whether written with O_DIRECT or through the page cache."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import os
 import threading
 import time
 
@@ -144,3 +147,26 @@ def test_files_on_disk_are_the_manifests_bytes_whatever_order_the_ranges_arrive(
         assert contents(restored) == published
     finally:
         restored.close()
+
+
+def test_a_file_system_refusing_o_direct_writes_gets_the_files_through_the_page_cache(objects, published, tmp_path,
+                                                                                     monkeypatch):
+    """Some file systems accept O_DIRECT at open and refuse the writes (EINVAL): the file is then written without."""
+    if not objects.supports_ranges:
+        pytest.skip("file:// stores copy whole files")
+    real_pwrite, refused = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    restorer = Restorer(objects, APP, concurrency=3, part_bytes=12 * 1024, direct_io=True)
+    fetched = restorer.fetch("counts", 0, None, tmp_path / "restored")
+    assert fetched is not None and refused, "O_DIRECT was tried and refused"
+    [manifest] = [ref.manifest for ref in restorer.catalog.list_partition(PartitionPaths(APP, "counts", 0)).readable]
+    for f in manifest.files:
+        data = (fetched.path / f.name).read_bytes()
+        assert len(data) == f.size and hashlib.sha256(data).hexdigest() == f.sha256, f.name
