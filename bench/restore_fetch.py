@@ -1,7 +1,7 @@
 """The snapshot download alone (``Restorer.fetch``), without Kafka or RocksDB: for profiling and comparing download
 paths quickly (issue #9). Starts SeaweedFS on loopback (bench/seaweedfs.py), publishes ``--partitions`` synthetic
-snapshots shaped like a compacted store partition's (``--sst-mb`` SST files of 64 MB and one smaller, plus a
-few small files; random bytes), then runs ``--repeat`` rounds of: every partition's ``Restorer.fetch`` at once
+snapshots shaped like a compacted store partition's (``--mb-per-partition``: SST files of 64 MB and one smaller, plus
+4 small files; random bytes), then runs ``--repeat`` rounds of: every partition's ``Restorer.fetch`` at once
 (as the changelog reader's download pool does), and the S3 floor (the same objects, 16 whole-object GETs in
 flight, no checksum). Prints one JSON line per round: wall seconds, MB/s and this process's CPU seconds per GB
 (user + system), with the load average.
