@@ -76,7 +76,7 @@ class SnapshotDownloading:
     the listener and the pool attribute (closed in ``ChangelogReader.close``)."""
 
     # Store partitions whose snapshots download at once (each with the snapshot source's own GETs in flight:
-    # 4 with RestorerSource, so 16 GETs and at most 16 x 8 MiB of chunks in memory). docs/benchmarks.md.
+    # 4 with RestorerSource, so 16 GETs and at most 16 x 16 MiB range buffers in memory). docs/benchmarks.md.
     SNAPSHOT_DOWNLOAD_PARTITIONS_MAX = 4
 
     # The reader's, set in its __init__.

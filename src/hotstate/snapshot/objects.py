@@ -41,8 +41,10 @@ _RETRY = {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=10),
           "backoff": {"init_backoff": dt.timedelta(milliseconds=100), "max_backoff": dt.timedelta(seconds=2),
                       "base": 2}}
 _DEFAULT_CLIENT = {"connect_timeout": "5s"}
-# A download is written in chunks of this size: one object never costs more memory than one chunk.
+# ``download`` writes in chunks of this size: one object never costs more memory than one chunk.
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+# ``read_into`` copies each chunk into the caller's buffer as it arrives: obstore need not gather big ones first.
+READ_CHUNK_BYTES = 256 * 1024
 _OS_MESSAGE = re.compile(r'message: "([^"]+)"')
 
 
@@ -142,29 +144,35 @@ class ObjectStore:
 
     @property
     def supports_ranges(self) -> bool:
-        """Whether ``download_range`` is worth it: ranged GETs run in parallel against a server; a ``file://``
+        """Whether ``read_into`` of ranges is worth it: ranged GETs run in parallel against a server; a ``file://``
         store's objects are copied whole by the kernel, faster than any split."""
         return self.location.scheme != "file"
 
-    def download_range(self, name: str, fd: int, start: int, end: int,
-                       on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:
-        """Streams bytes [start, end) of the object into the open file ``fd`` at the same offsets (``os.pwrite``:
-        several ranges of one file may be written at once, from several threads), one chunk in memory at a time;
-        returns (bytes written, the object's size as the store reports it). Fewer bytes than asked when the
-        object ends before ``end``; a range that starts at or past its end fails (SnapshotStoreError)."""
+    def read_into(self, name: str, buffer: memoryview, start: int, end: int, whole: bool = False,
+                  on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:
+        """Reads bytes [start, end) of the object into ``buffer`` (from its beginning; at least ``end - start``
+        long), a stream of chunks each copied as it arrives (no chunk is accumulated by obstore first); returns
+        (bytes read, the object's size as the store reports it). ``whole``: one plain GET of the object
+        (``start`` 0, ``end`` its expected size; also works for an empty object, which no range can ask for).
+        Fewer bytes than asked when the object ends before ``end``; never more than ``end - start`` (a longer
+        object's size says so); a range that starts at or past its end fails (SnapshotStoreError)."""
+        want = end - start
+        if len(buffer) < want:
+            raise ValueError(f"a buffer of {len(buffer)} bytes cannot hold {want}")
 
         def run() -> tuple[int, int]:
-            result = obstore.get(self._store, name, options={"range": (start, end)})
+            result = obstore.get(self._store, name, options={} if whole else {"range": (start, end)})
             size = int(result.meta["size"])
-            at = start
-            for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK_BYTES):
-                view = memoryview(chunk)
-                while view:
-                    n = os.pwrite(fd, view, at)
-                    view, at = view[n:], at + n
+            at = 0
+            for chunk in result.stream(min_chunk_size=READ_CHUNK_BYTES):
+                n = min(len(chunk), want - at)
+                buffer[at:at + n] = memoryview(chunk)[:n]
+                at += n
                 if on_chunk is not None:
-                    on_chunk(len(chunk))
-            return at - start, size
+                    on_chunk(n)
+                if at == want and n < len(chunk):
+                    break  # a longer object than the manifest's: its size tells the caller
+            return at, size
 
         return self._call("download", name, run)
 
