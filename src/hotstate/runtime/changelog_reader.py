@@ -72,7 +72,7 @@ from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .changelog_partition import CONSUME_WAIT_S, ChangelogPartition, ChangelogState, Mode, ReaderTask
-from .live_restore import TAIL_OFFSETS, live_start, newest_committed_timestamp
+from .live_restore import LOOKUP_OFFSETS_MIN, live_start, newest_committed_timestamp
 from .snapshot_download import ChangelogRange, Download, SnapshotDownloading, SnapshotSource
 from .standby_reading import StandbyReading
 from .task import Task, TaskStore
@@ -285,7 +285,7 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
         ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""
         store = p.store
-        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= TAIL_OFFSETS:
+        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= LOOKUP_OFFSETS_MIN:
             return start  # a short tail (a clean restart's) is read, not looked up: the lookup costs more
         tp = store.changelog
         timeout_s = self._config.broker_timeout_ms / 1000
@@ -403,12 +403,14 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         of one partition (librdkafka hands out a partition's records in long runs), at most
         ``restore_batch_records_max``; it is written with the offset after its last record.
 
-        This loop is the restore's hot path: it touches each message as few times as it can."""
+        This loop is the restore's hot path: it touches each message as few times as it can. A batch with a
+        ``take`` (windowed stores: ``WindowRestoreBatch``) gets the messages themselves, one C-level append
+        each, and does its per-record work in bulk when it is written."""
         limit = self._config.restore_batch_records_max
         partitions = self._partitions
         run_partition = run_topic = None
         p: ChangelogPartition | None = None  # None: the run's partition is not read here; skip
-        put = delete = batch = last = None
+        put = delete = take = batch = last = None
         n = 0
         for m in msgs:
             key = m.key()
@@ -427,13 +429,17 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
                 if p is not None:
                     batch = p.store.backend.restore_batch()
                     put, delete = batch.put, batch.delete
+                    take = getattr(batch, "take", None)  # a batch that takes messages as they are, in bulk
             if p is None:
                 continue
-            value = m.value()
-            if value is None:
-                delete(key)
+            if take is not None:
+                take(m)
             else:
-                put(key, value)
+                value = m.value()
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
             n += 1
             last = m
         if n:
