@@ -695,6 +695,8 @@ def _measure_windowed(args, system: str, names: dict, shape: changelog_data.Wind
                           f"than the reference")
     if args.repeat > 1:
         res["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
+        if all(r.get("updater_cpu_seconds") is not None for r in runs):  # hotstate: the restoring thread's CPU
+            res["runs_updater_cpu_seconds"] = [r["updater_cpu_seconds"] for r in runs]
     return res
 
 
