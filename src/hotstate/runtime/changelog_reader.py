@@ -403,14 +403,12 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         of one partition (librdkafka hands out a partition's records in long runs), at most
         ``restore_batch_records_max``; it is written with the offset after its last record.
 
-        This loop is the restore's hot path: it touches each message as few times as it can. A batch with a
-        ``take`` (windowed stores: ``WindowRestoreBatch``) gets the messages themselves, one C-level append
-        each, and does its per-record work in bulk when it is written."""
+        This loop is the restore's hot path: it touches each message as few times as it can."""
         limit = self._config.restore_batch_records_max
         partitions = self._partitions
         run_partition = run_topic = None
         p: ChangelogPartition | None = None  # None: the run's partition is not read here; skip
-        put = delete = take = batch = last = None
+        put = delete = batch = last = None
         n = 0
         for m in msgs:
             key = m.key()
@@ -429,17 +427,13 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
                 if p is not None:
                     batch = p.store.backend.restore_batch()
                     put, delete = batch.put, batch.delete
-                    take = getattr(batch, "take", None)  # a batch that takes messages as they are, in bulk
             if p is None:
                 continue
-            if take is not None:
-                take(m)
+            value = m.value()
+            if value is None:
+                delete(key)
             else:
-                value = m.value()
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
+                put(key, value)
             n += 1
             last = m
         if n:

@@ -19,13 +19,8 @@ stream time on, skip windows already expired, and write the index beside the dat
 from __future__ import annotations
 
 import logging
-from collections import deque
-from functools import partial
-from itertools import repeat
-from operator import add, itemgetter
 from typing import Callable, Iterable, Iterator
 
-from confluent_kafka import Message
 from rocksdict import WriteBatch, WriteOptions
 
 from ..errors import HotstateError
@@ -40,37 +35,20 @@ _STREAM_TIME_KEY = b"stream_time"
 # Deletes per purge write: a purge after a long pause (or a large retention change) writes in chunks.
 PURGE_BATCH_MAX = 10_000
 
-# The bulk put's C-level helpers (WindowRestoreBatch._put_all).
-_MSG_KEY = Message.key
-_MSG_VALUE = Message.value
-_START = itemgetter(slice(-TIME_BYTES, None))  # a store key's window start bytes
-_KEY_BYTES = itemgetter(slice(None, -TIME_BYTES))  # a store key's key bytes
-_NEGATIVE = b"\x80"  # 8-byte big-endian times from this on (as bytes) are negative
-_drain = partial(deque, maxlen=0)  # runs an iterator to its end in C
-
 
 class WindowRestoreBatch:
     """A native write batch that keeps the time index and the stream time beside the data (both for restore
-    batches and for ``write``). A window expired by the stream time reached so far is not written.
+    batches and for ``write``). A window expired by the stream time reached so far is not written."""
 
-    Two ways in: ``put`` / ``delete`` (record by record, in Python), or ``take(message)`` (the changelog
-    reader's hot path: a C-level append of the consumer's message, nothing else per record) with the taken
-    messages put in bulk by ``apply_taken`` before the batch is written (``write_restore_batch`` does it).
-    The bulk put gives the batch the same effect as ``put`` record by record (see ``_put_all``)."""
-
-    __slots__ = ("native", "stream_time", "_index", "_retention_ms", "taken", "take")
+    __slots__ = ("native", "stream_time", "_index", "_retention_ms")
 
     def __init__(self, index_handle: object, stream_time: int | None, retention_ms: int):
         self.native = WriteBatch(raw_mode=True)
         self.stream_time = stream_time
         self._index = index_handle
         self._retention_ms = retention_ms
-        self.taken: list = []  # consumer messages not put yet, in changelog order
-        self.take = self.taken.append
 
     def put(self, key: bytes, value: bytes) -> None:
-        if self.taken:
-            self.apply_taken()  # keep the changelog order
         ts = value_timestamp(value)
         st = self.stream_time
         if st is None or ts > st:
@@ -82,63 +60,8 @@ class WindowRestoreBatch:
         self.native.put(start + key[:-TIME_BYTES], b"", self._index)
 
     def delete(self, key: bytes) -> None:
-        if self.taken:
-            self.apply_taken()
         self.native.delete(key)
         self.native.delete(key[-TIME_BYTES:] + key[:-TIME_BYTES], self._index)
-
-    def apply_taken(self) -> None:
-        """Puts (or deletes) the taken messages' records into the batch, in their order."""
-        taken = self.taken
-        if taken:
-            keys = list(map(_MSG_KEY, taken))
-            values = list(map(_MSG_VALUE, taken))
-            taken.clear()
-            self._put_all(keys, values)
-
-    def _put_all(self, keys: list[bytes], values: list[bytes | None]) -> None:
-        """``put`` / ``delete`` of each (key, value) in order, with the per-record work done by C loops: the
-        stream time is the largest value timestamp as bytes (8-byte big-endian non-negative numbers compare as
-        bytes do), the expiry check compares window starts as bytes with the cut-off packed once, and the
-        native puts run through ``map``.
-
-        One difference from ``put`` record by record, invisible once the batch is written: a window is checked
-        against the stream time at the batch's end, not the one reached at its own record. A window that
-        expired within the batch is then not written at all instead of being written and deleted by the purge
-        that follows every batch write (``_purge``: it deletes every window at or below that same cut-off), so
-        the store holds the same windows after the write. Batches with a delete, a value or key shorter than
-        8 bytes or a negative time take the record-by-record path (exactly ``put`` / ``delete``)."""
-        if None in values or min(map(len, values)) < TIME_BYTES or min(map(len, keys)) < TIME_BYTES:
-            self._put_each(keys, values)
-            return
-        starts = list(map(_START, keys))
-        top = max(values)  # every value has >= 8 bytes: the largest one starts with the largest timestamp bytes
-        if top >= _NEGATIVE or max(starts) >= _NEGATIVE:
-            self._put_each(keys, values)
-            return
-        ts = TIME.unpack_from(top)[0]
-        st = self.stream_time
-        if st is None or ts > st:
-            st = self.stream_time = ts
-        cutoff = st - self._retention_ms
-        if cutoff >= 0:
-            cut = TIME.pack(cutoff)
-            if min(starts) <= cut:  # some windows are expired: keep the others (rare after a seek by time)
-                live = [i for i, s in enumerate(starts) if s > cut]
-                keys = [keys[i] for i in live]
-                values = [values[i] for i in live]
-                starts = [starts[i] for i in live]
-        put = self.native.put
-        _drain(map(put, keys, values))
-        _drain(map(put, map(add, starts, map(_KEY_BYTES, keys)), repeat(b""), repeat(self._index)))
-
-    def _put_each(self, keys: list[bytes], values: list[bytes | None]) -> None:
-        put, delete = self.put, self.delete
-        for key, value in zip(keys, values):
-            if value is None:
-                delete(key)
-            else:
-                put(key, value)
 
     def written(self) -> None:
         """Drops the batch's hold on the database (a column family handle keeps it open, and its lock with it)."""
@@ -149,10 +72,11 @@ class WindowRestoreBatch:
 class WindowRocksDBBackend(RocksDBBackend):
     FORMAT = b"window-1"
     COLUMN_FAMILIES = (META_CF, TIME_CF)
-    # The bulk-load options pay off sooner than for a key-value store (100,000): a window costs two inserts, one
-    # of them (the data, keyed by key first) at a random place of the default skip list. Measured (50,000
-    # records, a restore batch's write and apply, on the restoring thread): 2.6 us a record with the processing
-    # options, 1.95 us with the bulk ones; a reopen costs ~15 ms (~20,000 records' difference).
+    # The bulk-load options pay off from fewer records than a key-value store's (100,000): a window is two
+    # inserts, the data one (keyed by key first) at a random place of the default memtable's skip list, an
+    # append in the vector memtable. bench/restore.py --windowed (50,000 records a partition), the restoring
+    # thread's CPU in the reader's apply loop (puts + batch writes): 0.50-0.56 s -> 0.39-0.43 s for 200k
+    # records; a reopen costs ~15 ms (docs/benchmarks.md).
     BULK_RESTORE_RECORDS_MIN = 20_000
 
     def __init__(self, name: str, path: str, retention_ms: int, on_corruption: Callable[[str], None] | None = None):
@@ -253,7 +177,6 @@ class WindowRocksDBBackend(RocksDBBackend):
         return self._window_batch()
 
     def write_restore_batch(self, batch: WindowRestoreBatch, changelog_offset: int) -> None:  # type: ignore[override]
-        batch.apply_taken()
         self._write_batch(self._seal_window(batch, changelog_offset), self._wal_off)
         batch.written()
         self._offset = changelog_offset
