@@ -450,7 +450,8 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: 
 
 
 def _child(system: str, job: dict, job_file: str, profile: str | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": HERE}
+    # bench/ first; a PYTHONPATH of the caller's after it (e.g. another hotstate source tree to compare with)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, *filter(None, [os.environ.get("PYTHONPATH")])])}
     if system in ("hotstate", "snapshot"):
         cmd = [sys.executable, os.path.join(HERE, "restore_hotstate.py"), job_file]
         if profile is not None:
@@ -695,6 +696,8 @@ def _measure_windowed(args, system: str, names: dict, shape: changelog_data.Wind
                           f"than the reference")
     if args.repeat > 1:
         res["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
+        if all(r.get("updater_cpu_seconds") is not None for r in runs):  # hotstate: the restoring thread's CPU
+            res["runs_updater_cpu_seconds"] = [r["updater_cpu_seconds"] for r in runs]
     return res
 
 

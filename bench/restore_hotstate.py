@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 
 import hotstate
@@ -71,6 +72,20 @@ def _thread_cpu_s() -> dict[str, float]:
     return out
 
 
+def _updater_cpu_s() -> float | None:
+    """CPU seconds of the state updater's thread (the restore's thread; Linux), None if it is not found."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        if t.name.startswith("hotstate-state-updater") and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            return round((int(fields[11]) + int(fields[12])) / tick, 2)
+    return None
+
+
 def main() -> None:
     job = json.load(open(sys.argv[1]))
     if job.get("windowed"):
@@ -120,6 +135,7 @@ def windowed(job: dict) -> None:
         app.wait_until_running(timeout_s=job["timeout_s"])
         seconds, cpu_seconds = time.perf_counter() - t0, _cpu_s() - cpu0
         threads = _thread_cpu_s()
+        updater_cpu = _updater_cpu_s()
         records = sum(s.restored_records for t in app.tasks() for s in t.stores.values())
         skipped = app.metrics()["restore_skipped_records_total"]
         store = app.store("store")
@@ -131,7 +147,8 @@ def windowed(job: dict) -> None:
         json.dump(found, f)
     print(json.dumps({"seconds": seconds, "restore_seconds": window.last_end - window.first_start,
                       "cpu_seconds": cpu_seconds, "thread_cpu_seconds": threads, "records": records,
-                      "records_announced": window.announced, "skipped": skipped, "sample_checked": len(found)}))
+                      "records_announced": window.announced, "skipped": skipped, "sample_checked": len(found),
+                      "updater_cpu_seconds": updater_cpu}))
 
 
 if __name__ == "__main__":

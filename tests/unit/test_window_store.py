@@ -218,3 +218,23 @@ def test_queries_on_a_closed_window_store_raise_store_closed(wbackend):
     for query in (lambda: store.fetch("a", 0, 10), lambda: store.fetch_all(0, 10), lambda: store.get("a", 0)):
         with pytest.raises(StoreClosedError):
             query()
+
+
+def test_windowed_restores_switch_to_the_bulk_options_from_20000_records(tmp_path):
+    """Issue #11's restore work: a windowed store's restore takes RocksDB's bulk-load options (vector memtable)
+    from 20,000 records (a key-value store from 100,000): bench/restore.py --windowed restores ~50,000 a
+    partition, where the processing options' skip list made the data puts the larger part of the restore."""
+    small = WindowRocksDBBackend("w", str(tmp_path / "small"), RETENTION)
+    big = WindowRocksDBBackend("w", str(tmp_path / "big"), RETENTION)
+    kv = RocksDBBackend("kv", str(tmp_path / "kv"))
+    try:
+        small.begin_restore(19_999)
+        big.begin_restore(20_000)
+        kv.begin_restore(20_000)
+        assert (small._bulk, big._bulk, kv._bulk) == (False, True, False)
+        big.restore([entry("a", 0, 10, 1)], 1)
+        big.end_restore()  # back to the processing options, the data kept
+        assert not big._bulk and stored(big) == {(b"a", 0): (10, 1)} and big.changelog_offset() == 1
+    finally:
+        for b in (small, big, kv):
+            b.close()

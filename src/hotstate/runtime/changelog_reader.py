@@ -72,7 +72,7 @@ from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
 from ..records import TopicPartition
 from .changelog_partition import CONSUME_WAIT_S, ChangelogPartition, ChangelogState, Mode, ReaderTask
-from .live_restore import TAIL_OFFSETS, live_start, newest_committed_timestamp
+from .live_restore import LOOKUP_OFFSETS_MIN, live_start, newest_committed_timestamp
 from .snapshot_download import ChangelogRange, Download, SnapshotDownloading, SnapshotSource
 from .standby_reading import StandbyReading
 from .task import Task, TaskStore
@@ -285,7 +285,7 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         active or standby; ``start`` for any other store. The offsets passed over are logged and counted in
         ``restore_skipped_records_total``. Any failure to find out means reading from ``start``."""
         store = p.store
-        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= TAIL_OFFSETS:
+        if not store.windowed or self._tail_consumer_factory is None or r.end - start <= LOOKUP_OFFSETS_MIN:
             return start  # a short tail (a clean restart's) is read, not looked up: the lookup costs more
         tp = store.changelog
         timeout_s = self._config.broker_timeout_ms / 1000

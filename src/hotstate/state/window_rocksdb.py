@@ -72,6 +72,12 @@ class WindowRestoreBatch:
 class WindowRocksDBBackend(RocksDBBackend):
     FORMAT = b"window-1"
     COLUMN_FAMILIES = (META_CF, TIME_CF)
+    # The bulk-load options pay off from fewer records than a key-value store's (100,000): a window is two
+    # inserts, the data one (keyed by key first) at a random place of the default memtable's skip list, an
+    # append in the vector memtable. bench/restore.py --windowed (50,000 records a partition), the restoring
+    # thread's CPU in the reader's apply loop (puts + batch writes): 0.50-0.56 s -> 0.39-0.43 s for 200k
+    # records; a reopen costs ~15 ms (docs/benchmarks.md).
+    BULK_RESTORE_RECORDS_MIN = 20_000
 
     def __init__(self, name: str, path: str, retention_ms: int, on_corruption: Callable[[str], None] | None = None):
         self.retention_ms = retention_ms
