@@ -16,10 +16,7 @@ from broker_faults import (BrokerCtl, Feeder, Processing, Restoring, Standby, Wi
                            wait_recovered)
 from kafka_helpers import wait_for
 
-# Run by scripts/faults, not scripts/test: after a broker restart librdkafka sometimes loses a transactional
-# request for good (librdkafka issues 5456, 5511); the exactly_once_v2 app then stops with
-# TransactionalProducerStuck instead of recovering by itself (an open defect of issue #10, docs/faults.md).
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.faults_script, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 PORT = os.environ.get("HOTSTATE_RESTART_KAFKA_PORT", "19402")
 
