@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ..config import Config
@@ -111,14 +111,36 @@ class Admin:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def _topic_configs(self, topics: list[str]) -> dict[str, dict]:
+        """Each topic's configuration entries. On a cluster a topic just created can be unknown for a moment to
+        the broker that answers (KRaft propagates metadata to each broker on its own; seen on the 3-node cluster
+        of tests/chaos/test_cluster_node_kill.py): asked again, bounded by ``broker_timeout_ms``."""
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.05
+        found: dict[str, dict] = {}
+        while True:
+            pending = [t for t in topics if t not in found]
+            futures = self._admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in pending],
+                                                   request_timeout=self._timeout_s)
+            unknown = []
+            for res, fut in futures.items():
+                try:
+                    found[res.name] = fut.result(timeout=self._timeout_s)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                        raise
+                    unknown.append(res.name)
+            if not unknown:
+                return found
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def _check_policies(self, specs: list[ChangelogSpec]) -> None:
-        resources = [ConfigResource(ResourceType.TOPIC, s.topic) for s in specs]
-        if not resources:
+        if not specs:
             return
-        futures = self._admin.describe_configs(resources, request_timeout=self._timeout_s)
-        for spec, res in zip(specs, resources):
-            fut = next(f for r, f in futures.items() if r.name == res.name)
-            entries = fut.result(timeout=self._timeout_s)
+        configs = self._topic_configs([s.topic for s in specs])
+        for spec in specs:
+            entries = configs[spec.topic]
             policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else None
             if policy is None or set(policy.split(",")) != set(spec.cleanup_policy.split(",")):
                 raise TopologyError(
