@@ -1,7 +1,8 @@
 """Issue 5, scenario 1: three instances with num_standby_replicas=1 and continuous input; one is killed with
-SIGKILL. Its tasks become RUNNING on the instances that held their standbys, replaying at most what each
-standby was missing just before the kill (the lag it reported plus the records the victim wrote after that
-report); nothing is lost (at-least-once) / nothing lost or doubled (exactly-once, read_committed)."""
+SIGKILL. Its tasks become RUNNING on the instances that held their standbys (or, moved on by a later
+rebalance, on an instance whose new standby caught up as far), replaying at most what the standby was missing
+just before the kill (the lag it reported plus the records the victim wrote after that report); nothing is lost
+(at-least-once) / nothing lost or doubled (exactly-once, read_committed)."""
 from __future__ import annotations
 
 import pytest
