@@ -520,31 +520,6 @@ def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(mak
     assert t1.next_offset == t1.committed_offset
 
 
-def test_an_aborted_transaction_rewinds_a_task_that_committed_to_its_own_offset_without_asking_the_group(
-        make_app, tmp_path, tms):
-    """A known abort: the offset the task last committed is known exactly, so the rewind does not read the group's
-    committed offsets, which a restarted coordinator kept answering UNSTABLE_OFFSET_COMMIT for over 2 minutes
-    (the app stopped: docs/faults.md). A task that has not committed yet still asks."""
-    class NoGroupAnswer(FakeConsumer):
-        asked: list = []
-
-        def committed(self, tps, timeout=None):
-            self.asked.extend((t.topic, t.partition) for t in tps)
-            return super().committed(tps, timeout)
-
-    consumer = NoGroupAnswer(committed={("words", 1): 3})
-    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2")
-    tms.append(tm)
-    t0, t1 = running(tm, (0, 1))
-    tm.process([FakeMsg("words", 0, 5, b"a", b"x")])
-    t0.mark_committed()  # its transaction committed: offset 6
-    tm.process([FakeMsg("words", 0, 6, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
-    tm.rewind([t0, t1])
-    assert consumer.asked == [("words", 1)]  # only the task that never committed here
-    assert sorted(consumer.seeks) == [("words", 0, 6), ("words", 1, 3)]
-    assert t0.next_offset == 6 and t0.dirty_records() == 0
-
-
 def test_a_fenced_producer_found_while_aborting_for_lost_partitions_is_replaced(make_app, tmp_path, tms):
     """partitions_lost runs inside the group member's callback: a fatal producer error from the abort must get a
     new producer and a rewind, as anywhere else, not kill the app."""

@@ -529,10 +529,7 @@ class TaskManager:
     def rewind(self, tasks: list[Task]) -> None:
         """After an aborted transaction: drop uncommitted store writes and seek each task's input back to its
         last committed offset, so the aborted work is done again (or by the new owner, if the partition is
-        gone: the consumer then reports it lost and the task closes). A task that committed here seeks to the
-        offset it committed, known exactly (an abort is a known outcome); only one that has not committed yet
-        asks the group. Asking is not free after a broker restart: the coordinator can answer
-        UNSTABLE_OFFSET_COMMIT for minutes (docs/faults.md), and the rewind would stop the app."""
+        gone: the consumer then reports it lost and the task closes)."""
         for task in tasks:
             task.drop_uncommitted()
             task.next_offset = task.committed_offset
@@ -540,10 +537,7 @@ class TaskManager:
                 # Fresh processors: their schedules and fields must not remember what was just undone (a
                 # punctuation whose output the abort dropped fires again when stream time reaches it again).
                 task.init_processors(self._ctx, self._wall_clock)
-        for task in tasks:
-            if task.committed_offset is not None:
-                self._seek(task.input.topic, task.input.partition, task.committed_offset)
-        self._seek_committed([t for t in tasks if t.committed_offset is None])
+        self._seek_committed(tasks)
 
     def restore_from_changelogs(self, tasks: list[Task], why: str = "a transaction's outcome was unknown") -> None:
         """After a transaction whose outcome is unknown (commit.TransactionOutcomeUnknown): a store may lack
@@ -574,14 +568,12 @@ class TaskManager:
             if adopt:
                 task = by_input[(tp.topic, tp.partition)]
                 task.committed_offset = task.next_offset = tp.offset if tp.offset >= 0 else None
-            self._seek(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-
-    def _seek(self, topic: str, partition: int, offset: int) -> None:
-        try:
-            self._consumer.seek(KTopicPartition(topic, partition, offset))
-        except KafkaException as exc:
-            log.warning("cannot rewind %s[%d] (%s); the partition is probably being revoked", topic, partition,
-                        exc.args[0])
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self._consumer.seek(KTopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.warning("cannot rewind %s[%d] (%s); the partition is probably being revoked",
+                            tp.topic, tp.partition, exc.args[0])
 
     def shutdown(self, clean: bool) -> None:
         """Commit (if clean) and close every task; stores keep their committed state on disk.
