@@ -125,13 +125,13 @@ class SlowFirstRange(CountingStore):
         return super().read_into(name, buffer, start, end, whole, on_chunk)
 
 
+@pytest.mark.parametrize("store_url", ["s3"], indirect=True)  # file:// stores copy whole files: no ranges
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_files_on_disk_are_the_manifests_bytes_whatever_order_the_ranges_arrive(objects, published, tmp_path,
                                                                               direct_io):
     """The sha256 is computed over the bytes as they arrive (never read back): this checks what was written, byte
     for byte, sizes not a multiple of the O_DIRECT alignment included, with ranges arriving out of order."""
-    if not objects.supports_ranges:
-        pytest.skip("file:// stores copy whole files")
+    assert objects.supports_ranges
     part = 12 * 1024  # a multiple of 4096, smaller than the SST files: several ranges each
     restorer = Restorer(SlowFirstRange(objects, delay_s=0), APP, concurrency=4, part_bytes=part, direct_io=direct_io)
     [manifest] = [ref.manifest for ref in restorer.catalog.list_partition(PartitionPaths(APP, "counts", 0)).readable]
@@ -149,11 +149,11 @@ def test_files_on_disk_are_the_manifests_bytes_whatever_order_the_ranges_arrive(
         restored.close()
 
 
+@pytest.mark.parametrize("store_url", ["s3"], indirect=True)  # file:// stores copy whole files: no ranges
 def test_a_file_system_refusing_o_direct_writes_gets_the_files_through_the_page_cache(objects, published, tmp_path,
                                                                                      monkeypatch):
     """Some file systems accept O_DIRECT at open and refuse the writes (EINVAL): the file is then written without."""
-    if not objects.supports_ranges:
-        pytest.skip("file:// stores copy whole files")
+    assert objects.supports_ranges
     real_pwrite, refused = os.pwrite, []
 
     def pwrite(fd, data, offset):
