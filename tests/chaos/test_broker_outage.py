@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient
 
-from kafka_helpers import KAFKA_SCRIPT, Kafka, wait_for, words
+from kafka_helpers import KAFKA_SCRIPT, Kafka, int64, wait_for, words
 from scenario import PARTITIONS, Feeder, Runner, exactly_once_violations, output_sequences
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(400)]
@@ -77,8 +80,41 @@ def test_broker_killed_mid_transaction_loses_and_doubles_nothing(own_broker, tmp
         wait_for(lambda: kafka.committed(app_id, source, PARTITIONS) == ends, "every input offset committed", 120, 0.3)
         assert app.proc.poll() is None, f"the app died during the outage; see {app.stderr.name}"
         bad = exactly_once_violations(expected, output_sequences(kafka, sink))
-        assert not bad, f"{len(bad)} words with lost or doubled updates: {dict(list(bad.items())[:5])}"
+        assert not bad, (f"{len(bad)} words with lost or doubled updates: {dict(list(bad.items())[:5])}\n"
+                         + where_the_outputs_went(kafka, sink, expected, bad, tmp_path))
         app.terminate()
     finally:
         feeder.stop()
         app.close_files()
+
+
+def where_the_outputs_went(kafka, sink: str, expected, bad: dict, tmp_path: Path) -> str:
+    """For a failure: where each missing output value of a few bad words sits in the sink's log read with
+    read_uncommitted (written, then aborted or filtered out; or never written), and a copy of the broker's log
+    directory for kafka-dump-log.sh (producer ids, epochs, control records)."""
+    lines = []
+    reader = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"diag-{os.getpid()}",
+                       "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+                       "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    everything: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    try:
+        reader.assign([KTopicPartition(sink, p, 0) for p in range(PARTITIONS)])
+        eof: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(eof) < PARTITIONS and time.monotonic() < deadline:
+            for msg in reader.consume(1000, 0.5):
+                if msg.error() is not None:
+                    eof.add(msg.partition())
+                    continue
+                everything.setdefault((msg.key().decode(), int64(msg.value())), []).append((msg.partition(), msg.offset()))
+    finally:
+        reader.close()
+    for word, seq in list(bad.items())[:8]:
+        missing = sorted(set(range(1, expected[word] + 1)) - set(seq))
+        lines.append(f"{word}: missing {missing}; read_uncommitted finds them at (partition, offset) "
+                     f"{ {m: everything.get((word, m), []) for m in missing} }")
+    data = Path(os.environ.get("HOTSTATE_CACHE", Path.home() / ".cache" / "hotstate")) / f"kafka-run-{PORT}" / "data"
+    copy = tmp_path / "broker-data"
+    shutil.copytree(data, copy, dirs_exist_ok=True)
+    lines.append(f"the broker's log directory is copied to {copy} (kafka-dump-log.sh --files ... --print-data-log)")
+    return "\n".join(lines)
