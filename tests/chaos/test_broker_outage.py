@@ -110,9 +110,12 @@ def where_the_outputs_went(kafka, sink: str, expected, bad: dict, tmp_path: Path
     finally:
         reader.close()
     for word, seq in list(bad.items())[:8]:
-        missing = sorted(set(range(1, expected[word] + 1)) - set(seq))
-        lines.append(f"{word}: missing {missing}; read_uncommitted finds them at (partition, offset) "
-                     f"{ {m: everything.get((word, m), []) for m in missing} }")
+        n = expected[word]
+        missing = sorted(set(range(1, n + 1)) - set(seq))
+        extra = sorted(v for v in set(seq) if seq.count(v) > 1 or not 1 <= v <= n)
+        lines.append(f"{word}: counted {n} times in the input, {len(seq)} outputs, the last {seq[-1] if seq else None}; "
+                     f"missing {missing}, repeated or beyond {extra}; read_uncommitted finds the missing ones at "
+                     f"(partition, offset) { {m: everything.get((word, m), []) for m in missing} }")
     data = Path(os.environ.get("HOTSTATE_CACHE", Path.home() / ".cache" / "hotstate")) / f"kafka-run-{PORT}" / "data"
     copy = tmp_path / "broker-data"
     shutil.copytree(data, copy, dirs_exist_ok=True)
