@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from concurrent.futures import Future
 
@@ -401,6 +402,35 @@ def test_failing_watermark_lookup_fails_the_task(tmp_path):
     failed = u.drain_failed()
     assert [(t, str(e)) for t, e in failed] == [(task, "broker gone")]
     assert u.drain_restored() == [] and u.restoring_task_ids() == []
+
+
+def test_a_restored_or_failed_task_wakes_a_waiting_processing_thread(tmp_path, tasks_to_close):
+    """The processing thread, with nothing to process, waits in wait_for_outcome instead of the main consumer:
+    a hand-over ends the wait at once, and each one is reported once."""
+    task = make_task("rocksdb", tmp_path)
+    tasks_to_close.append(task)
+    consumer = FakeRestoreConsumer({CHANGELOG: (0, 3)}, {CHANGELOG: changelog_records(3)})
+    u = make_updater(consumer)
+    assert u.wait_for_outcome(0) is False
+    waited: list[float] = []
+    waiter = threading.Thread(target=lambda: (t := time.monotonic(), u.wait_for_outcome(30),
+                                              waited.append(time.monotonic() - t)))
+    waiter.start()
+    u._reader.start_actives([task])
+    run_until_idle(u, consumer)
+    waiter.join(10)
+    assert waited and waited[0] < 5
+    assert u.drain_restored() == [task]
+    assert u.wait_for_outcome(0) is False  # reported once
+
+    class Broken(FakeRestoreConsumer):
+        def get_watermark_offsets(self, *a, **kw):
+            raise RuntimeError("broker gone")
+
+    failing = make_task("memory", tmp_path, partition=1)
+    u = make_updater(Broken({}))
+    u._reader.start_actives([failing])
+    assert u.wait_for_outcome(0) is True and [t for t, _ in u.drain_failed()] == [failing]
 
 
 def test_listener_exceptions_do_not_fail_the_restore(tmp_path, caplog):

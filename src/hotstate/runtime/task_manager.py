@@ -309,6 +309,18 @@ class TaskManager:
         if resume:
             self._consumer.resume(resume)
 
+    def any_restoring(self) -> bool:
+        """Some active task waits for the state updater to hand it over."""
+        return any(t.state is TaskState.RESTORING for t in self.tasks.values())
+
+    def any_running(self) -> bool:
+        """Some active task processes: the main consumer fetches for it (every other partition is paused)."""
+        return any(t.state is TaskState.RUNNING for t in self.tasks.values())
+
+    def wait_for_restored(self, timeout_s: float) -> None:
+        """Waits at most ``timeout_s`` for the state updater to hand a task over (restored or failed)."""
+        self._updater.wait_for_outcome(timeout_s)
+
     def all_running(self) -> bool:
         return self.assignment_received and all(t.state is TaskState.RUNNING for t in self.tasks.values())
 
