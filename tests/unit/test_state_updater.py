@@ -404,6 +404,22 @@ def test_failing_watermark_lookup_fails_the_task(tmp_path):
     assert u.drain_restored() == [] and u.restoring_task_ids() == []
 
 
+def test_tasks_added_in_one_call_start_together(tmp_path, tasks_to_close):
+    """StateUpdater.add(*tasks) is one command: however early the thread takes it, the tasks start in one
+    start_actives (one assign call, their snapshot downloads at once), not the first alone."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1, 2)]
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, 2) for p in (0, 1, 2)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(2) for tp in changelogs})
+    u = make_updater(consumer)
+    started = []
+    start_actives = u._reader.start_actives
+    u._reader.start_actives = lambda ts: (started.append([t.id for t in ts]), start_actives(ts))
+    u.add(*tasks)
+    u._handle_commands(wait_s=0)
+    assert started == [["0_0", "0_1", "0_2"]]
+    assert sorted(u.restoring_task_ids()) == ["0_0", "0_1", "0_2"]
+
+
 def test_a_restored_or_failed_task_wakes_a_waiting_processing_thread(tmp_path, tasks_to_close):
     """The processing thread, with nothing to process, waits in wait_for_outcome instead of the main consumer:
     a hand-over ends the wait at once, and each one is reported once."""

@@ -82,14 +82,19 @@ class StateUpdater:
     def _open_consumer(self) -> None:
         self._reader.consumer = self._consumer_factory()
 
-    def add(self, task: Task) -> None:
+    def add(self, *tasks: Task) -> None:
+        """Restore these tasks. Tasks added in one call start together (one assign call, every snapshot download
+        at once): the thread may take a command as soon as it is queued, so the tasks of one assignment were
+        started one by one when added one by one."""
         with self._ids_lock:
-            if task.id in self._standby_tasks:
-                raise IllegalStateTransition(
-                    f"task {task.id} is a standby in the state updater; remove_standby({task.id!r}, reason) "
-                    "it before adding it as an active task")
-            self._active_ids.add(task.id)
-        self._commands.put(("add", task, None))
+            for task in tasks:
+                if task.id in self._standby_tasks:
+                    raise IllegalStateTransition(
+                        f"task {task.id} is a standby in the state updater; remove_standby({task.id!r}, reason) "
+                        "it before adding it as an active task")
+            self._active_ids.update(task.id for task in tasks)
+        if tasks:
+            self._commands.put(("add", list(tasks), None))
 
     def remove(self, task_id: str) -> Future:
         """Stop restoring the task; the future resolves to the task (its stores flushed) or None."""
@@ -257,9 +262,9 @@ class StateUpdater:
                 self._remove_task(arg, fut)
             elif kind == "remove_standby":
                 fut.set_result(self._reader.remove_standby(arg[0], arg[1]))
-            else:
+            else:  # "add" carries a list of tasks, "add_standby" one task
                 run_kind = kind
-                run.append(arg)
+                run.extend(arg) if kind == "add" else run.append(arg)
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
