@@ -46,6 +46,7 @@ class FakeRestoreConsumer:
         self.positions: dict[tuple[str, int], int] = {}
         self.watermark_calls = []
         self.consume_calls = 0
+        self.metadata_requests = []  # list_topics(topic) calls
 
     def get_watermark_offsets(self, ktp, timeout=None, cached=True):
         self.watermark_calls.append(((ktp.topic, ktp.partition), cached))
@@ -54,6 +55,9 @@ class FakeRestoreConsumer:
     def incremental_assign(self, ktps):
         for k in ktps:
             self.positions[(k.topic, k.partition)] = k.offset
+
+    def list_topics(self, topic=None, timeout=-1):
+        self.metadata_requests.append(topic)
 
     def incremental_unassign(self, ktps):
         for k in ktps:
@@ -418,6 +422,22 @@ def test_tasks_added_in_one_call_start_together(tmp_path, tasks_to_close):
     u._handle_commands(wait_s=0)
     assert started == [["0_0", "0_1", "0_2"]]
     assert sorted(u.restoring_task_ids()) == ["0_0", "0_1", "0_2"]
+
+
+def test_assigning_changelogs_asks_for_their_leaders_at_once(tmp_path, tasks_to_close):
+    """librdkafka fetches a newly assigned partition of a topic it knows nothing of only after its next topic
+    scan (up to 1 s): the reader asks for the leaders right after the assign, once per topic; a task with
+    nothing to restore assigns nothing and asks nothing."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1)]
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, 2) for p in (0, 1)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(2) for tp in changelogs})
+    u = make_updater(consumer)
+    u._reader.start_actives(tasks)
+    assert consumer.metadata_requests == [CHANGELOG.topic]
+    current = make_task("memory", tmp_path, stored_offset=2, partition=2)
+    consumer.watermarks[(CHANGELOG.topic, 2)] = (0, 2)
+    u._reader.start_actives([current])
+    assert consumer.metadata_requests == [CHANGELOG.topic] and u.drain_restored() == [current]
 
 
 def test_a_restored_or_failed_task_wakes_a_waiting_processing_thread(tmp_path, tasks_to_close):

@@ -67,6 +67,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..config import Config
 from ..errors import IllegalStateTransition
+from ..kafka import clients
 from ..observe.listener import _SafeListener
 from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
@@ -233,6 +234,7 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         self._metrics.active_restoring_tasks = len(self._actives)
         if assign:
             self.consumer.incremental_assign(assign)
+            clients.learn_leaders(self.consumer, (ktp.topic for ktp in assign))
             # After the assignment: librdkafka fetches while the stores switch to their restore options.
             for ktp in assign:
                 p = self._partitions.get((ktp.topic, ktp.partition))
