@@ -47,6 +47,7 @@ class FakeRestoreConsumer:
         self.watermark_calls = []
         self.consume_calls = 0
         self.metadata_requests = []  # list_topics(topic) calls
+        self.consume_counts = []  # num_messages of each consume call
 
     def get_watermark_offsets(self, ktp, timeout=None, cached=True):
         self.watermark_calls.append(((ktp.topic, ktp.partition), cached))
@@ -65,6 +66,7 @@ class FakeRestoreConsumer:
 
     def consume(self, num_messages, timeout):
         self.consume_calls += 1
+        self.consume_counts.append(num_messages)
         out = []
         for tp, pos in list(self.positions.items()):
             pending = [r for r in self.records.get(tp, []) if r[0] >= pos]
@@ -438,6 +440,20 @@ def test_assigning_changelogs_asks_for_their_leaders_at_once(tmp_path, tasks_to_
     consumer.watermarks[(CHANGELOG.topic, 2)] = (0, 2)
     u._reader.start_actives([current])
     assert consumer.metadata_requests == [CHANGELOG.topic] and u.drain_restored() == [current]
+
+
+def test_a_restore_asks_for_no_more_records_than_its_partitions_have_left(tmp_path, tasks_to_close):
+    """librdkafka's consume waits for the whole count: a count above what is left made the last round of every
+    restore wait CONSUME_WAIT_S for records that cannot come."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1)]
+    ends = {0: 5, 1: 4}
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, ends[p]) for p in (0, 1)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(ends[tp.partition]) for tp in changelogs})
+    u = make_updater(consumer, restore_consume_records_max=6)
+    u._reader.start_actives(tasks)
+    run_until_idle(u, consumer)
+    assert consumer.consume_counts == [6, 3]  # 9 left, at most 6; then 3 left
+    assert sorted(t.id for t in u.drain_restored()) == ["0_0", "0_1"]
 
 
 def test_a_restored_or_failed_task_wakes_a_waiting_processing_thread(tmp_path, tasks_to_close):
