@@ -440,6 +440,8 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: 
             print(f"bench/restore: {system} run {i} timeline ({job['timeline']}):", file=sys.stderr)
             for what, ms in sorted(phases.items(), key=lambda kv: kv[1]):
                 print(f"  {ms:9.1f} ms  {what}", file=sys.stderr)
+            for name, end, length in start_timeline.phases(job["timeline"]):
+                print(f"  phase {name}: {length:.1f} ms (ends at {end:.1f} ms)", file=sys.stderr)
         shutil.rmtree(state_dir, ignore_errors=True)
     best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
     seconds = statistics.median(r["seconds"] for r in runs)

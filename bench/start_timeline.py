@@ -137,10 +137,42 @@ def summary(path: str) -> dict[str, float]:
     return out
 
 
+# The start sequence as consecutive phases: (name, the summary key that ends it). Each phase runs from the end of
+# the one before it (App.start() for the first) to its own end; absent steps (no snapshot) are skipped.
+PHASES = (
+    ("admin: topic checks and changelogs", "app.prepare_topics end"),
+    ("clients, group member, state updater", "updater.start end"),
+    ("group join: JoinGroup, assignor, SyncGroup", "assignor.on_assignment end"),
+    ("assignment: committed offsets, tasks and stores", "tm.partitions_assigned end"),
+    ("restore start: changelog ends, first download", "snapshot.fetch start"),
+    ("snapshot download (all partitions)", "snapshot.fetch end"),
+    ("adoption (open the files), assign", "reader.start_actives end"),
+    ("changelog tail read", "reader.finish (a partition read to its end) end"),
+    ("restore flush (end_restore)", "reader.complete (a partition flushed) end"),
+    ("hand-over to RUNNING", "wait_until_running() returned"),
+)
+
+
+def phases(path: str) -> list[tuple[str, float, float]]:
+    """(phase, its end in ms since App.start(), its length in ms) for a timeline written by ``install``."""
+    marks = summary(path)
+    out, prev = [], 0.0
+    for name, key in PHASES:
+        if key not in marks:
+            continue
+        end = max(marks[key], prev)
+        out.append((name, round(end, 1), round(end - prev, 1)))
+        prev = end
+    return out
+
+
 if __name__ == "__main__":  # .venv/bin/python bench/start_timeline.py DIR/snapshot-0.timeline ...
     import sys
     for p in sys.argv[1:]:
         print(p)
         for k, v in sorted(summary(p).items(), key=lambda kv: kv[1]):
             print(f"  {v:9.1f}  {k}")
+        print("  phases (end ms, length ms):")
+        for name, end, length in phases(p):
+            print(f"  {end:9.1f} {length:8.1f}  {name}")
 
