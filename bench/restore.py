@@ -78,6 +78,7 @@ import changelog_data
 import machine  # bench/machine.py
 import restore_download
 import seaweedfs
+import start_timeline  # bench/start_timeline.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -195,6 +196,10 @@ def _parse() -> argparse.Namespace:
                     help="profile the hotstate children with py-spy (all threads, on CPU) into DIR/<system>-<i>.txt "
                          "(collapsed stacks)")
     ap.add_argument("--no-record", action="store_true", help="do not append a row to docs/benchmarks.md")
+    ap.add_argument("--timeline", default=None, metavar="DIR",
+                    help="write a per-phase timeline of each hotstate child's start (bench/start_timeline.py: client "
+                         "creation, admin, group join, assignment, download, restore, RUNNING) into "
+                         "DIR/<system>-<i>.timeline and print its summary")
     ap.add_argument("--keep", action="store_true", help="keep the topics and state dirs")
     args = ap.parse_args()
     allowed = WINDOWED_SYSTEMS if args.windowed else SYSTEMS
@@ -423,10 +428,20 @@ def _measure(args, system: str, names: dict, shape: changelog_data.Shape, tail: 
                "update_fraction": shape.update_fraction, "records": expected,
                "timeout_s": 120 + covered // 5_000, "config": config}
         job_file = os.path.join(work, f"{system}-{i}.json")
+        if args.timeline and system in ("hotstate", "snapshot"):
+            os.makedirs(args.timeline, exist_ok=True)
+            job["timeline"] = os.path.join(os.path.abspath(args.timeline), f"{system}-{i}.timeline")
         with open(job_file, "w") as f:
             json.dump(job, f)
         profile = os.path.join(args.py_spy, f"{system}-{i}.txt") if args.py_spy else None
         runs.append(_child(system, job, job_file, profile))
+        if job.get("timeline"):
+            phases = start_timeline.summary(job["timeline"])
+            print(f"bench/restore: {system} run {i} timeline ({job['timeline']}):", file=sys.stderr)
+            for what, ms in sorted(phases.items(), key=lambda kv: kv[1]):
+                print(f"  {ms:9.1f} ms  {what}", file=sys.stderr)
+            for name, end, length in start_timeline.phases(job["timeline"]):
+                print(f"  phase {name}: {length:.1f} ms (ends at {end:.1f} ms)", file=sys.stderr)
         shutil.rmtree(state_dir, ignore_errors=True)
     best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
     seconds = statistics.median(r["seconds"] for r in runs)

@@ -86,6 +86,20 @@ def _updater_cpu_s() -> float | None:
     return None
 
 
+class _NoTimeline:
+    def mark(self, what: str, reset: bool = False) -> None:
+        pass
+
+
+def _timeline(job: dict):
+    """bench/start_timeline.py, installed when the job names a file for it (bench/restore.py --timeline)."""
+    if not job.get("timeline"):
+        return _NoTimeline()
+    import start_timeline
+    start_timeline.install(job["timeline"])
+    return start_timeline
+
+
 def main() -> None:
     job = json.load(open(sys.argv[1]))
     if job.get("windowed"):
@@ -98,11 +112,15 @@ def main() -> None:
                                       stores=[hotstate.StoreSpec("store", serde.BYTES, serde.BYTES)])
     window = _Window()
     app.set_restore_listener(window)
+    timeline = _timeline(job)
     t0, cpu0 = time.perf_counter(), _cpu_s()
+    timeline.mark("App.start() called", reset=True)
     app.start()
+    timeline.mark("App.start() returned")
     try:
         app.wait_until_running(timeout_s=job["timeout_s"])
         seconds, cpu_seconds = time.perf_counter() - t0, _cpu_s() - cpu0
+        timeline.mark("wait_until_running() returned")
         threads = _thread_cpu_s()
         records = sum(s.restored_records for t in app.tasks() for s in t.stores.values())
         store = app.store("store")

@@ -305,6 +305,9 @@ class FakeConsumer:
             self._pos.pop((tp.topic, tp.partition), None)
             self._paused.discard((tp.topic, tp.partition))
 
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+        pass  # metadata: the simulated broker has no leaders to learn
+
     def pause(self, tps: Iterable[KTopicPartition]) -> None:
         self._paused.update((tp.topic, tp.partition) for tp in tps)
 

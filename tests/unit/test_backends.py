@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -138,6 +139,45 @@ def test_rocksdb_restore_and_end_restore_persist_across_reopen(tmp_path):
         assert b.get(b"k0") is None
         assert b.get(b"k99") == b"v99"
         assert len(list(b.range(None, None))) == 99
+    finally:
+        b.close()
+
+
+def test_rocksdb_small_restore_ends_without_a_reopen_and_is_durable_at_once(tmp_path):
+    """Below BULK_RESTORE_RECORDS_MIN the restore ran on the processing options: end_restore keeps the database
+    open (a close waits for background jobs of every store) and still makes the WAL-less writes durable. The
+    files copied while it stays open (what a crash would leave) hold the data and the offset."""
+    path, crashed = str(tmp_path / "db"), str(tmp_path / "crashed")
+    b = RocksDBBackend("s", path)
+    try:
+        b.begin_restore(100)
+        db = b._db
+        b.restore([(b"k%d" % i, b"v%d" % i) for i in range(100)], 100)
+        b.request_restore_flush()
+        b.end_restore()
+        assert b._db is db  # not reopened
+        assert b.changelog_offset() == 100 and b.get(b"k7") == b"v7"
+        shutil.copytree(path, crashed, ignore=shutil.ignore_patterns("LOCK"))
+        b.write([(b"after", b"x")], 101)  # the store goes on processing, with its WAL
+    finally:
+        b.close()
+    again = RocksDBBackend("s", crashed)
+    try:
+        assert again.changelog_offset() == 100
+        assert again.get(b"k99") == b"v99" and len(list(again.range(None, None))) == 100
+    finally:
+        again.close()
+
+
+def test_rocksdb_bulk_restore_reopens_with_the_processing_options(tmp_path):
+    b = RocksDBBackend("s", str(tmp_path / "db"))
+    try:
+        b.begin_restore(RocksDBBackend.BULK_RESTORE_RECORDS_MIN)
+        db = b._db
+        b.restore([(b"k", b"v")], 1)
+        b.end_restore()
+        assert b._db is not db and not b._bulk
+        assert b.changelog_offset() == 1 and b.get(b"k") == b"v"
     finally:
         b.close()
 

@@ -188,3 +188,24 @@ def test_a_warmup_the_leader_does_not_move_is_not_probed_for_every_second(make_a
     m.listener = SimpleNamespace(standby_lags=lambda: {"0_2": 10})
     m._maybe_probe(1200.0)
     assert len(rejoins) == before + 1
+
+
+def test_the_first_join_waits_for_the_source_topics_metadata(make_app):
+    """Joined before its metadata of the source topics arrived, the leader assigned no partition and a second
+    rebalance followed at once: join() asks for the metadata and waits for it (bounded) after subscribing."""
+    from hotstate.dsl.topology import Topology
+    from hotstate.runtime import membership as mod
+
+    calls = []
+    update = object()
+    cluster = SimpleNamespace(request_update=lambda: calls.append("request_update") or update)
+    manager = SimpleNamespace(wait_for=lambda fut, timeout_ms: None)
+    net = SimpleNamespace(run=lambda fn, fut, timeout_ms: calls.append(("wait", fn, fut, timeout_ms)))
+    coordinator = SimpleNamespace(_cluster=cluster, _net=net, _manager=manager)
+    fake = SimpleNamespace(_coordinator=coordinator,
+                           subscribe=lambda topics, listener: calls.append(("subscribe", list(topics))))
+    app = make_app()
+    m = mod.GroupMembership(app.config, Topology(), None, lambda tps: {}, member_factory=lambda cfg, plugin: fake)
+    m.join(SimpleNamespace())
+    assert calls == [("subscribe", []), "request_update",
+                     ("wait", manager.wait_for, update, app.config.broker_timeout_ms)]

@@ -357,7 +357,7 @@ def test_updater_fails_an_active_add_that_went_around_the_check(tmp_path):
     consumer = StandbyConsumer({CHANGELOG: (0, 3)})
     u = make_updater(consumer)
     u.add_standby(task)
-    u._commands.put(("add", task, None))
+    u._commands.put(("add", [task], None))
     u._handle_commands(wait_s=0)
     [(failed, exc)] = u.drain_failed()
     assert failed is task and isinstance(exc, IllegalStateTransition)

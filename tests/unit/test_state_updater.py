@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from concurrent.futures import Future
 
@@ -45,6 +46,8 @@ class FakeRestoreConsumer:
         self.positions: dict[tuple[str, int], int] = {}
         self.watermark_calls = []
         self.consume_calls = 0
+        self.metadata_requests = []  # list_topics(topic) calls
+        self.consume_counts = []  # num_messages of each consume call
 
     def get_watermark_offsets(self, ktp, timeout=None, cached=True):
         self.watermark_calls.append(((ktp.topic, ktp.partition), cached))
@@ -54,12 +57,16 @@ class FakeRestoreConsumer:
         for k in ktps:
             self.positions[(k.topic, k.partition)] = k.offset
 
+    def list_topics(self, topic=None, timeout=-1):
+        self.metadata_requests.append(topic)
+
     def incremental_unassign(self, ktps):
         for k in ktps:
             del self.positions[(k.topic, k.partition)]
 
     def consume(self, num_messages, timeout):
         self.consume_calls += 1
+        self.consume_counts.append(num_messages)
         out = []
         for tp, pos in list(self.positions.items()):
             pending = [r for r in self.records.get(tp, []) if r[0] >= pos]
@@ -401,6 +408,81 @@ def test_failing_watermark_lookup_fails_the_task(tmp_path):
     failed = u.drain_failed()
     assert [(t, str(e)) for t, e in failed] == [(task, "broker gone")]
     assert u.drain_restored() == [] and u.restoring_task_ids() == []
+
+
+def test_tasks_added_in_one_call_start_together(tmp_path, tasks_to_close):
+    """StateUpdater.add(*tasks) is one command: however early the thread takes it, the tasks start in one
+    start_actives (one assign call, their snapshot downloads at once), not the first alone."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1, 2)]
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, 2) for p in (0, 1, 2)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(2) for tp in changelogs})
+    u = make_updater(consumer)
+    started = []
+    start_actives = u._reader.start_actives
+    u._reader.start_actives = lambda ts: (started.append([t.id for t in ts]), start_actives(ts))
+    u.add(*tasks)
+    u._handle_commands(wait_s=0)
+    assert started == [["0_0", "0_1", "0_2"]]
+    assert sorted(u.restoring_task_ids()) == ["0_0", "0_1", "0_2"]
+
+
+def test_assigning_changelogs_asks_for_their_leaders_at_once(tmp_path, tasks_to_close):
+    """librdkafka fetches a newly assigned partition of a topic it knows nothing of only after its next topic
+    scan (up to 1 s): the reader asks for the leaders right after the assign, once per topic; a task with
+    nothing to restore assigns nothing and asks nothing."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1)]
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, 2) for p in (0, 1)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(2) for tp in changelogs})
+    u = make_updater(consumer)
+    u._reader.start_actives(tasks)
+    assert consumer.metadata_requests == [CHANGELOG.topic]
+    current = make_task("memory", tmp_path, stored_offset=2, partition=2)
+    consumer.watermarks[(CHANGELOG.topic, 2)] = (0, 2)
+    u._reader.start_actives([current])
+    assert consumer.metadata_requests == [CHANGELOG.topic] and u.drain_restored() == [current]
+
+
+def test_a_restore_asks_for_no_more_records_than_its_partitions_have_left(tmp_path, tasks_to_close):
+    """librdkafka's consume waits for the whole count: a count above what is left made the last round of every
+    restore wait CONSUME_WAIT_S for records that cannot come."""
+    tasks = [make_task("memory", tmp_path, partition=p) for p in (0, 1)]
+    ends = {0: 5, 1: 4}
+    changelogs = {TopicPartition(CHANGELOG.topic, p): (0, ends[p]) for p in (0, 1)}
+    consumer = FakeRestoreConsumer(changelogs, {tp: changelog_records(ends[tp.partition]) for tp in changelogs})
+    u = make_updater(consumer, restore_consume_records_max=6)
+    u._reader.start_actives(tasks)
+    run_until_idle(u, consumer)
+    assert consumer.consume_counts == [6, 3]  # 9 left, at most 6; then 3 left
+    assert sorted(t.id for t in u.drain_restored()) == ["0_0", "0_1"]
+
+
+def test_a_restored_or_failed_task_wakes_a_waiting_processing_thread(tmp_path, tasks_to_close):
+    """The processing thread, with nothing to process, waits in wait_for_outcome instead of the main consumer:
+    a hand-over ends the wait at once, and each one is reported once."""
+    task = make_task("rocksdb", tmp_path)
+    tasks_to_close.append(task)
+    consumer = FakeRestoreConsumer({CHANGELOG: (0, 3)}, {CHANGELOG: changelog_records(3)})
+    u = make_updater(consumer)
+    assert u.wait_for_outcome(0) is False
+    waited: list[float] = []
+    waiter = threading.Thread(target=lambda: (t := time.monotonic(), u.wait_for_outcome(30),
+                                              waited.append(time.monotonic() - t)))
+    waiter.start()
+    u._reader.start_actives([task])
+    run_until_idle(u, consumer)
+    waiter.join(10)
+    assert waited and waited[0] < 5
+    assert u.drain_restored() == [task]
+    assert u.wait_for_outcome(0) is False  # reported once
+
+    class Broken(FakeRestoreConsumer):
+        def get_watermark_offsets(self, *a, **kw):
+            raise RuntimeError("broker gone")
+
+    failing = make_task("memory", tmp_path, partition=1)
+    u = make_updater(Broken({}))
+    u._reader.start_actives([failing])
+    assert u.wait_for_outcome(0) is True and [t for t, _ in u.drain_failed()] == [failing]
 
 
 def test_listener_exceptions_do_not_fail_the_restore(tmp_path, caplog):

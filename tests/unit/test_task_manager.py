@@ -34,11 +34,13 @@ class FakeUpdater:
 
     def __init__(self):
         self.added, self.removed = [], []
+        self.add_calls: list[list[str]] = []  # task ids per add call
         self.restored, self.failed = [], []
         self.standbys = {}
 
-    def add(self, task):
-        self.added.append(task)
+    def add(self, *tasks):
+        self.added.extend(tasks)
+        self.add_calls.append([t.id for t in tasks])
 
     def add_standby(self, task):
         self.standbys[task.id] = task
@@ -190,7 +192,9 @@ def test_assigned_partitions_become_restoring_tasks(make_app, tmp_path, tms):
     assert sorted(tm.tasks) == ["0_0", "0_2"]
     assert all(t.state is TaskState.RESTORING for t in tm.tasks.values())
     assert [t.id for t in tm._updater.added] == ["0_0", "0_2"]
+    assert tm._updater.add_calls == [["0_0", "0_2"]]  # one hand-over: their restores start together
     assert tm.assignment_received and not tm.all_running()
+    assert tm.any_restoring() and not tm.any_running()
 
 
 def test_restored_tasks_run_and_resume(make_app, tmp_path, tms):

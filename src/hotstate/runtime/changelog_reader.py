@@ -67,6 +67,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..config import Config
 from ..errors import IllegalStateTransition
+from ..kafka import clients
 from ..observe.listener import _SafeListener
 from ..observe.metrics import Metrics, StoreRestoreMetrics
 from ..observe.rate_limited import RateLimitedLog
@@ -233,6 +234,7 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         self._metrics.active_restoring_tasks = len(self._actives)
         if assign:
             self.consumer.incremental_assign(assign)
+            clients.learn_leaders(self.consumer, (ktp.topic for ktp in assign))
             # After the assignment: librdkafka fetches while the stores switch to their restore options.
             for ktp in assign:
                 p = self._partitions.get((ktp.topic, ktp.partition))
@@ -338,11 +340,26 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
     def restore_round(self) -> None:
         """One consume call for the restoring partitions, then the ends reached and the flushes done."""
         consumer = self.consumer
-        msgs = consumer.consume(self._config.restore_consume_records_max, CONSUME_WAIT_S)
+        msgs = consumer.consume(self._consume_count(), CONSUME_WAIT_S)
         if msgs:
             self._apply(msgs)
         self._check_done()
         self.check_flushed()
+
+    def _consume_count(self) -> int:
+        """``restore_consume_records_max``, but no more than the offsets the restoring partitions have left:
+        librdkafka's consume waits until it has the whole count or CONSUME_WAIT_S passed, so asking for more
+        records than are left made the last round of every restore wait the whole CONSUME_WAIT_S (100 ms of a
+        cold start, bench/restore.py --timeline). The offsets left bound the records left from above
+        (transaction markers and compacted-away offsets hold none), so no round stops short of a record it
+        would have had; at most it waits, as before, for records that do not come."""
+        most = self._config.restore_consume_records_max
+        left = 0
+        for p in self._of(Mode.ACTIVE, ChangelogState.RESTORING):
+            if p.metrics is None:  # (set before RESTORING; without it nothing bounds the count)
+                return most
+            left += p.metrics.restore_remaining_records
+        return max(1, min(most, left))
 
     def _check_done(self) -> None:
         restoring = self._of(Mode.ACTIVE, ChangelogState.RESTORING)

@@ -62,6 +62,8 @@ class StateUpdater:
         self._restored: list[Task] = []
         self._failed: list[tuple[Task, BaseException]] = []
         self._out_lock = threading.Lock()
+        # Set when a task is restored or failed (or the thread failed): wakes ``wait_for_outcome``.
+        self._outcome = threading.Event()
         # The processing thread's view, for refusing a task that would be active and standby at once.
         self._ids_lock = threading.Lock()
         self._active_ids: set[str] = set()  # added and not yet drained or removed
@@ -80,14 +82,19 @@ class StateUpdater:
     def _open_consumer(self) -> None:
         self._reader.consumer = self._consumer_factory()
 
-    def add(self, task: Task) -> None:
+    def add(self, *tasks: Task) -> None:
+        """Restore these tasks. Tasks added in one call start together (one assign call, every snapshot download
+        at once): the thread may take a command as soon as it is queued, so the tasks of one assignment were
+        started one by one when added one by one."""
         with self._ids_lock:
-            if task.id in self._standby_tasks:
-                raise IllegalStateTransition(
-                    f"task {task.id} is a standby in the state updater; remove_standby({task.id!r}, reason) "
-                    "it before adding it as an active task")
-            self._active_ids.add(task.id)
-        self._commands.put(("add", task, None))
+            for task in tasks:
+                if task.id in self._standby_tasks:
+                    raise IllegalStateTransition(
+                        f"task {task.id} is a standby in the state updater; remove_standby({task.id!r}, reason) "
+                        "it before adding it as an active task")
+            self._active_ids.update(task.id for task in tasks)
+        if tasks:
+            self._commands.put(("add", list(tasks), None))
 
     def remove(self, task_id: str) -> Future:
         """Stop restoring the task; the future resolves to the task (its stores flushed) or None."""
@@ -105,6 +112,16 @@ class StateUpdater:
             with self._ids_lock:
                 self._active_ids.difference_update(t.id for t in out)
         return out
+
+    def wait_for_outcome(self, timeout_s: float) -> bool:
+        """Blocks until a task was restored or failed (or the thread failed) since the last call, at most
+        ``timeout_s``; True if one was. The processing thread waits here instead of in the main consumer while
+        it has nothing to process, so a restored task starts as soon as it is handed over (the consumer's wait
+        cannot be cut short). Drain afterwards: what is handed over after this returns sets it again."""
+        if self._outcome.wait(timeout_s):
+            self._outcome.clear()
+            return True
+        return False
 
     def drain_failed(self) -> list[tuple[Task, BaseException]]:
         with self._out_lock:
@@ -170,10 +187,12 @@ class StateUpdater:
     def _restored_one(self, task: Task) -> None:
         with self._out_lock:
             self._restored.append(task)
+        self._outcome.set()
 
     def _failed_one(self, task: Task, exc: BaseException) -> None:
         with self._out_lock:
             self._failed.append((task, exc))
+        self._outcome.set()
 
     # ---- the thread ----
     def _run(self) -> None:
@@ -185,6 +204,7 @@ class StateUpdater:
             self.fatal_error = exc
             with self._out_lock:
                 self._failed.extend((t, exc) for t in self._reader.active_tasks())
+            self._outcome.set()
         finally:
             self._reader.close()
             with self._submit_lock:
@@ -242,9 +262,9 @@ class StateUpdater:
                 self._remove_task(arg, fut)
             elif kind == "remove_standby":
                 fut.set_result(self._reader.remove_standby(arg[0], arg[1]))
-            else:
+            else:  # "add" carries a list of tasks, "add_standby" one task
                 run_kind = kind
-                run.append(arg)
+                run.extend(arg) if kind == "add" else run.append(arg)
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # exactly-once, records time out with the transaction (transaction_timeout_ms), then the transaction aborts.
 _ALOS_FLUSH_TIMEOUT_S = 305.0
 _EOS_TIMEOUT_S = 60.0
+# While some tasks restore and others process, the main consumer waits at most this long per loop, so a restored
+# task is handed over within it (docs/benchmarks.md, "Start to RUNNING").
+_HANDOFF_POLL_S = 0.01
 
 
 class StreamThread(threading.Thread):
@@ -137,7 +140,16 @@ class StreamThread(threading.Thread):
         next_cleanup = time.monotonic() + cleanup_every_s
         while not self._stop_event.is_set():
             membership.poll(self._stop_event.is_set)
-            msgs = consumer.consume(cfg.poll_records_max, poll_s)
+            # A restored task starts when this loop hands it over (handle_restored), and the consumer's wait
+            # cannot be cut short: while tasks restore, wait for the state updater instead when there is nothing
+            # to process, and in short slices otherwise; else a restored task waited up to poll_ms.
+            if not tm.any_restoring():
+                msgs = consumer.consume(cfg.poll_records_max, poll_s)
+            elif tm.any_running():
+                msgs = consumer.consume(cfg.poll_records_max, min(poll_s, _HANDOFF_POLL_S))
+            else:
+                tm.wait_for_restored(poll_s)
+                msgs = consumer.consume(cfg.poll_records_max, 0)
             tm.handle_restored()
             if msgs:
                 tm.process(msgs)  # STREAM_TIME punctuations fire in here, after the records that advance them

@@ -82,19 +82,26 @@ class TaskManager:
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            sub = self._topology.subtopology_of(tp.topic)
-            tid = task_id(sub.id, tp.partition)
-            # A standby promoted here hands its in-memory stores over (RocksDB stores reopen from disk): the
-            # restore then replays only what the standby had not applied, the lag its offsets promised.
-            memory = self._drop_standby(tid, SuspendReason.PROMOTED, keep_memory=True) or self._kept_memory.pop(tid, {})
-            task = self._create_task(tp.topic, tp.partition, memory)
-            task.transition(TaskState.RESTORING)
-            self.tasks[task.id] = task
-            self._by_input[(tp.topic, tp.partition)] = task
-            if self._snapshots is not None:
-                self._snapshots.task_assigned(task)
-            self._updater.add(task)
+        created: list[Task] = []
+        try:
+            for tp in partitions:
+                sub = self._topology.subtopology_of(tp.topic)
+                tid = task_id(sub.id, tp.partition)
+                # A standby promoted here hands its in-memory stores over (RocksDB stores reopen from disk): the
+                # restore then replays only what the standby had not applied, the lag its offsets promised.
+                memory = (self._drop_standby(tid, SuspendReason.PROMOTED, keep_memory=True)
+                          or self._kept_memory.pop(tid, {}))
+                task = self._create_task(tp.topic, tp.partition, memory)
+                task.transition(TaskState.RESTORING)
+                self.tasks[task.id] = task
+                self._by_input[(tp.topic, tp.partition)] = task
+                if self._snapshots is not None:
+                    self._snapshots.task_assigned(task)
+                created.append(task)
+        finally:
+            # One hand-over for the assignment, so its restores start together (StateUpdater.add): added one by
+            # one, the first task's snapshot downloaded alone while the others' stores were still opening.
+            self._updater.add(*created)
         self.assignment_received = True
         if partitions:
             log.info("assigned tasks %s", sorted(self._by_input[tuple(tp)].id for tp in partitions))
@@ -308,6 +315,18 @@ class TaskManager:
                      {n: s.restored_records for n, s in task.stores.items()})
         if resume:
             self._consumer.resume(resume)
+
+    def any_restoring(self) -> bool:
+        """Some active task waits for the state updater to hand it over."""
+        return any(t.state is TaskState.RESTORING for t in self.tasks.values())
+
+    def any_running(self) -> bool:
+        """Some active task processes: the main consumer fetches for it (every other partition is paused)."""
+        return any(t.state is TaskState.RUNNING for t in self.tasks.values())
+
+    def wait_for_restored(self, timeout_s: float) -> None:
+        """Waits at most ``timeout_s`` for the state updater to hand a task over (restored or failed)."""
+        self._updater.wait_for_outcome(timeout_s)
 
     def all_running(self) -> bool:
         return self.assignment_received and all(t.state is TaskState.RUNNING for t in self.tasks.values())

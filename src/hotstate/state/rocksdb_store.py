@@ -310,13 +310,20 @@ class RocksDBBackend:
         return self._flush_step == 2 and _flushed(self._meta) and _flushed(self._db)
 
     def end_restore(self) -> None:
-        """Makes every restored batch durable (data first, then the offset: closing flushes what is left,
-        atomically across both column families) and reopens with the processing options."""
+        """Makes every restored batch durable (data first, then the offset) and, after a bulk restore, reopens
+        with the processing options. A restore that ran on the processing options (fewer than
+        ``BULK_RESTORE_RECORDS_MIN`` records: a snapshot's tail, a clean restart's delta) keeps the database
+        open: closing waits for the store's background jobs, which RocksDB runs on a pool all stores of the
+        process share, so a store whose tail flush set off a compaction waited behind the other stores'
+        compactions (1-2 s at 1M keys under load; docs/benchmarks.md, "Start to RUNNING")."""
         if self._restoring or self._bulk:
             self._db.flush()
             if self._flush_step != 2:
                 self._meta.flush()
-            raw = self._reopen(_options())
+            if self._bulk:
+                raw = self._reopen(_options())
+            else:
+                raw = self._meta.get(_OFFSET_KEY)  # flushed above: read from its file
             self._restoring = self._bulk = False
             self._flush_step = 0
             if self._offset is not None and raw != OFFSET.pack(self._offset):  # an always-on check
