@@ -430,3 +430,58 @@ def test_the_purge_deletes_below_committed_offsets_of_repartition_inputs_at_most
     clock.now = 120
     p.maybe_purge()  # logs the failure; nothing pending
     assert len(requests) == 2
+
+
+# ---- the assignor hands a task's partitions to one member ----
+
+def test_the_leader_assigns_all_partitions_of_a_task_to_one_member(make_app):
+    import json
+    from types import SimpleNamespace
+
+    from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
+
+    from hotstate.runtime.assignor import AssignorConfig
+    from hotstate.runtime.membership import TaskAssignor, task_partitions
+
+    app = make_app()
+    a = app.stream("a", key_serde=serde.STRING, value_serde=serde.STRING)
+    a.merge(app.stream("b", key_serde=serde.STRING, value_serde=serde.STRING)).group_by(
+        lambda k, v: v, key_serde=serde.STRING).count("n")
+    topology = app._topology
+    counts = {"a": 3, "b": 3, REP: 3}
+    tasks = task_partitions(topology, lambda t: set(range(counts.get(t, 0))))
+    assert tasks == {"0_0": [("a", 0), ("b", 0)], "0_1": [("a", 1), ("b", 1)], "0_2": [("a", 2), ("b", 2)],
+                     "1_0": [(REP, 0)], "1_1": [(REP, 1)], "1_2": [(REP, 2)]}
+    m = SimpleNamespace(topology=topology, standby=set(), warmup=set(), nonce=0,
+                        assignor_config=AssignorConfig(), task_end_offsets=lambda ts: {t: 0 for t in ts})
+
+    def subscription(owned):
+        by_topic = {}
+        for t, p in owned:
+            by_topic.setdefault(t, []).append(p)
+        return ConsumerProtocolSubscription(
+            version=1, topics=sorted(counts), user_data=json.dumps({"v": 1, "offsets": {}, "standby": []}).encode(),
+            owned_partitions=[ConsumerProtocolSubscription.TopicPartition(topic=t, partitions=ps)
+                              for t, ps in by_topic.items()])
+
+    cluster = SimpleNamespace(partitions_for_topic=lambda t: set(range(counts.get(t, 0))))
+    members = [SimpleNamespace(member_id=mid, group_instance_id=None, metadata=subscription([]))
+               for mid in ("m1", "m2")]
+    out = TaskAssignor(m).assign(cluster, members)
+    got = {}
+    for mid, assignment in out.items():
+        wire = ConsumerProtocolAssignment.decode(assignment.encode())
+        got[mid] = {(tp.topic, tp.partition) for tp in wire.partitions()}
+    assert got["m1"] | got["m2"] == {tp for tps in tasks.values() for tp in tps} and not got["m1"] & got["m2"]
+    for tid, tps in tasks.items():
+        holders = {mid for mid, parts in got.items() if set(tps) <= parts}
+        assert len(holders) == 1, (tid, got)  # every partition of the task with one member
+    # a member that reports one partition of a task as owned counts as the task's owner (sticky): it gets the
+    # whole partition group again
+    owned_by_m1 = sorted(tp for tp in got["m1"] if tp[0] != "b")
+    assert len(owned_by_m1) < len(got["m1"])
+    again = TaskAssignor(m).assign(cluster, [
+        SimpleNamespace(member_id="m1", group_instance_id=None, metadata=subscription(owned_by_m1)),
+        SimpleNamespace(member_id="m2", group_instance_id=None, metadata=subscription(sorted(got["m2"])))])
+    again_m1 = {(tp.topic, tp.partition) for tp in ConsumerProtocolAssignment.decode(again["m1"].encode()).partitions()}
+    assert again_m1 == got["m1"]
