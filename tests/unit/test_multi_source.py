@@ -313,6 +313,21 @@ def test_a_task_owns_partition_p_of_every_source_and_processes_them_by_timestamp
     assert tm.tasks == {} and tm._by_input == {} and task.state is hotstate.TaskState.CLOSED
 
 
+def test_an_input_assigned_to_a_running_task_later_joins_it_and_is_resumed(make_app):
+    consumer = FakeConsumer()
+    tm, seen = merged_tm(make_app, consumer)
+    tm.partitions_assigned([TopicPartition("a", 0)])
+    tm._updater.restored.extend(tm._updater.added)
+    tm.handle_restored()
+    (task,) = tm.tasks.values()
+    assert consumer.resumed == [("a", 0), ("b", 0)]
+    consumer.resumed.clear()
+    tm.partitions_assigned([TopicPartition("b", 0)])
+    assert list(tm.tasks.values()) == [task] and consumer.resumed == [("b", 0)]
+    tm.process([FakeMsg("b", 0, 0, b"x", b"b0", timestamp=1)])
+    assert seen == ["b0"] and task.next_offsets == {("b", 0): 1}
+
+
 def test_restore_from_changelogs_pauses_every_input_and_adopts_the_committed_offsets(make_app):
     consumer = FakeConsumer(committed={("a", 0): 4})
     tm, _ = merged_tm(make_app, consumer)

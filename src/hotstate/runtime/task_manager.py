@@ -107,6 +107,10 @@ class TaskManager:
                 task.transition(TaskState.RESTORING)
                 self.tasks[task.id] = task
                 new.append(task)
+            elif task.state is TaskState.RUNNING:
+                # Not expected (the assignor moves partition groups whole), but never leave an input paused:
+                # the membership pauses what it assigns, and a running task is not resumed again.
+                self._consumer.resume([KTopicPartition(tp.topic, tp.partition)])
             self._by_input[(tp.topic, tp.partition)] = task
         for task in new:
             if self._snapshots is not None:
