@@ -15,7 +15,7 @@ from .dsl.nodes import SourceNode
 from .dsl.stream import Stream, check_serde
 from .dsl.topology import Topology
 from .errors import HotstateError, IllegalStateTransition, TopologyError
-from .kafka.admin import Admin, ChangelogSpec
+from .kafka.admin import Admin, ChangelogSpec, RepartitionTopicSpec
 from .observe.listener import RestoreListener, StandbyUpdateListener
 from .observe.metrics import Metrics
 from .records import Record, TopicPartition
@@ -88,7 +88,7 @@ class App:
 
     def __init__(self, **config: Any):
         self.config = Config.from_kwargs(**config)
-        self._topology = Topology()
+        self._topology = Topology(self.config.app_id)
         self._listener: RestoreListener | None = None
         self._standby_listener: StandbyUpdateListener | None = None
         self._metrics = Metrics()
@@ -175,16 +175,21 @@ class App:
 
     def _prepare_topics(self) -> None:
         admin = Admin(self.config)
-        sources = admin.require_topics(self._topology.source_topics, "source")
+        topology = self._topology
+        sources = admin.require_topics(topology.user_source_topics, "source")
+        counts = topology.resolve_partitions(sources)  # repartition topics: their upstream's count, or partitions=
+        sub_partitions = topology.check_copartitioning(counts)
+        if topology.repartitions:
+            admin.ensure_repartition_topics([RepartitionTopicSpec(t, counts[t]) for t in topology.repartitions])
         dlq = self.config.dead_letter_topic
-        if dlq is not None and dlq in sources:
+        if dlq is not None and dlq in counts:
             raise TopologyError(f"dead_letter_topic={dlq!r} is a source topic of this app: its dead-letter "
                                 "records would be processed again; give another topic")
-        sinks = sorted({t for sub in self._topology.subtopologies for t in sub.sink_topics})
+        sinks = sorted({t for sub in topology.subtopologies for t in sub.sink_topics})
         if sinks:
             admin.require_topics(sinks, "sink")
-        specs = [self._changelog_spec(spec, sources[sub.source.topic])
-                 for sub in self._topology.subtopologies for spec in sub.stores.values()]
+        specs = [self._changelog_spec(spec, sub_partitions[sub.id])
+                 for sub in topology.subtopologies for spec in sub.stores.values()]
         admin.ensure_changelogs(specs)
         if dlq is not None:
             admin.ensure_dead_letter_topic(dlq, max(sources.values()))
@@ -286,12 +291,12 @@ class App:
         for task in list(tm.tasks.values()):
             stores = {name: StoreInfo(s.changelog, s.backend.changelog_offset(), s.restored_records)
                       for name, s in task.stores.items()}
-            out.append(TaskInfo(task.id, [task.input], task.state, stores))
+            out.append(TaskInfo(task.id, list(task.inputs), task.state, stores))
         lags = tm.standby_lags()
         for task in list(tm.standbys.values()):
             stores = {name: StoreInfo(s.changelog, s.backend.changelog_offset(), s.restored_records)
                       for name, s in task.stores.items()}
-            out.append(TaskInfo(task.id, [task.input], TaskState.RUNNING, stores, standby=True, lag=lags.get(task.id)))
+            out.append(TaskInfo(task.id, list(task.inputs), TaskState.RUNNING, stores, standby=True, lag=lags.get(task.id)))
         return sorted(out, key=lambda t: (t.standby, t.id))
 
     def store(self, name: str) -> ReadOnlyStore | ReadOnlyWindowStore | ReadOnlySessionStore:

@@ -105,6 +105,9 @@ class Config:
     # sum), so clock drift between hotstate and the broker does not delete records still live (Kafka Streams'
     # windowstore.changelog.additional.retention.ms).
     windowstore_changelog_additional_retention_ms: int = 86_400_000
+    # Repartition topics: records below the committed offsets are deleted (AdminClient.delete_records) at most
+    # this often (Kafka Streams' repartition.purge.interval.ms).
+    repartition_purge_interval_ms: int = 30_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id) or self.app_id.startswith("."):
@@ -134,7 +137,7 @@ class Config:
                      "restore_consume_records_max", "restore_fetch_buffer_bytes_max", "poll_records_max", "poll_ms", "session_timeout_ms",
                      "statestore_uncommitted_max_bytes", "transaction_timeout_ms", "rewind_timeout_ms", "state_cleanup_delay_ms",
                      "max_warmup_replicas", "probing_rebalance_interval_ms", "max_poll_interval_ms",
-                     "snapshot_interval_ms", "snapshot_retain"):
+                     "snapshot_interval_ms", "snapshot_retain", "repartition_purge_interval_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be a positive integer")

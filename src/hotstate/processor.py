@@ -196,7 +196,7 @@ class Context:
 
     @property
     def partition(self) -> int:
-        return self._task.input.partition
+        return self._task.partition
 
     @property
     def stream_time(self) -> int:

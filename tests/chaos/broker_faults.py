@@ -502,7 +502,8 @@ def _main_consumer_view(app: hotstate.App) -> dict:
         return {}
     assigned = consumer.assignment()
     return {"positions": {p.partition: p.offset for p in consumer.position(assigned)},
-            "tasks": {t.id: (t.next_offset, t.committed_offset) for t in list(tm.tasks.values())}}
+            "tasks": {t.id: ({str(tp): o for tp, o in t.next_offsets.items()},
+                            {str(tp): o for tp, o in t.committed_offsets.items()}) for t in list(tm.tasks.values())}}
 
 
 def thread_stacks(frames: int = 4) -> dict[str, list[str]]:

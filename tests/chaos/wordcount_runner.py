@@ -2,7 +2,7 @@
 
     python wordcount_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T [--guarantee G]
         [--snapshot-store URL --snapshot-options JSON --snapshot-interval-ms N --snapshot-put-delay-ms N]
-        [--windowed SIZE,ADVANCE,GRACE,RETENTION | --sessions GAP,GRACE,RETENTION] [--suppress]
+        [--windowed SIZE,ADVANCE,GRACE,RETENTION | --sessions GAP,GRACE,RETENTION] [--suppress] [--rekey]
 
 Builds the app with the public API (commit_interval_ms=100, the given processing guarantee, at_least_once
 by default; with ``--snapshot-store`` it publishes store snapshots there) and calls ``app.run()``.
@@ -11,7 +11,8 @@ uploader is then always busy, with a checkpoint in flight and the next one queue
 count (hopping windows, milliseconds) in the same store name instead of the plain count; its output keys are
 Kafka Streams' time-windowed bytes. ``--sessions``: a session count the same way (session-windowed keys).
 ``--suppress``: the sink gets the windowed count's final results (``suppress_until_window_closes``, buffer store
-``word-counts-suppress``) instead of its updates.
+``word-counts-suppress``) instead of its updates. ``--rekey``: the input's key is not the word (the word is the
+value): ``group_by(value)`` re-keys it through a repartition topic before counting.
 It reports on stdout, one JSON object a line:
 
 - ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
@@ -56,7 +57,8 @@ class PrintingListener(hotstate.RestoreListener):
 
 
 def offsets(app: hotstate.App) -> dict[int, int | None]:
-    return {t.stores[STORE].changelog.partition: t.stores[STORE].changelog_offset for t in app.tasks()}
+    return {t.stores[STORE].changelog.partition: t.stores[STORE].changelog_offset for t in app.tasks()
+            if STORE in t.stores}  # with --rekey the tasks before the repartition topic have no store
 
 
 def monitor(app: hotstate.App) -> None:
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--windowed")
     ap.add_argument("--sessions")
     ap.add_argument("--suppress", action="store_true")
+    ap.add_argument("--rekey", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
@@ -117,7 +120,8 @@ def main() -> None:
     )
     if args.snapshot_put_delay_ms:
         slow_uploads(args.snapshot_put_delay_ms / 1000)
-    grouped = app.stream(args.source, key_serde=serde.STRING, value_serde=serde.STRING).group_by_key()
+    words = app.stream(args.source, key_serde=serde.STRING, value_serde=serde.STRING)
+    grouped = words.group_by(lambda k, v: v, key_serde=serde.STRING) if args.rekey else words.group_by_key()
     if args.windowed:
         size, advance, grace, retention = (int(x) for x in args.windowed.split(","))
         grouped = grouped.windowed_by(hotstate.windows.hopping(size, advance, grace, retention_ms=retention))

@@ -52,7 +52,7 @@ def standby_task(state_dir, changelogs: dict[str, str], partition: int = 0) -> T
         overlay = Overlay(backend)
         stores[name] = TaskStore(spec, TopicPartition(topic, partition), backend, overlay,
                                  KeyValueStore(spec, overlay), reopen)
-    return Task(SubTopology(0, SourceNode("in", serde.BYTES, serde.BYTES)), partition, stores)
+    return Task(SubTopology(0, [SourceNode("in", serde.BYTES, serde.BYTES)]), partition, stores)
 
 
 def start_updater(bootstrap: str, listener=None) -> StateUpdater:

@@ -135,7 +135,7 @@ def test_a_standby_of_a_windowed_store_starts_tailing_at_the_first_live_record(k
 
     backend = reopen()
     overlay = Overlay(backend)
-    task = Task(SubTopology(0, SourceNode("in", serde.BYTES, serde.BYTES)), 0,
+    task = Task(SubTopology(0, [SourceNode("in", serde.BYTES, serde.BYTES)]), 0,
                 {STORE: TaskStore(spec, TopicPartition(changelog, 0), backend, overlay, WindowStore(spec, overlay),
                                   reopen)})
     cfg = Config.from_kwargs(app_id=kafka.app_id("win-standby"), bootstrap_servers=kafka.bootstrap)

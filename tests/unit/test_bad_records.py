@@ -98,7 +98,7 @@ def test_log_and_fail_is_the_default_and_stops_at_the_record(make_tm):
     e = ei.value
     assert (e.topic, e.partition, e.offset) == ("words", 0, 1) and isinstance(e.__cause__, Poison)
     assert "processing_exception_handler='log_and_continue'" in str(e)  # says how to skip such records
-    assert task.next_offset == 1 and tm._metrics.dropped_records_total == 0
+    assert task.next_offsets == {task.inputs[0]: 1} and tm._metrics.dropped_records_total == 0
     assert tm.producer.to(DLQ) == []
 
 
@@ -106,7 +106,7 @@ def test_log_and_continue_skips_logs_and_counts_the_record(make_tm, caplog):
     tm, task = make_tm(processing_exception_handler="log_and_continue")
     with caplog.at_level(logging.WARNING, logger="hotstate"):
         tm.process(msgs("a", "early", "b"))
-    assert task.next_offset == 3  # the skipped record counts as processed
+    assert task.next_offsets == {task.inputs[0]: 3}  # the skipped record counts as processed
     m = tm._metrics
     assert (m.records_processed_total, m.dropped_records_total, m.skipped_records_total) == (2, 1, 0)
     assert task.stores["n"].view.get("k") == 2
@@ -123,7 +123,7 @@ def test_a_skipped_record_keeps_its_partial_store_writes_and_outputs(make_tm):
     assert [(r["key"], r["value"]) for r in tm.producer.to("out")] == [
         (b"k", (1).to_bytes(8, "big")), (b"k", (2).to_bytes(8, "big")), (b"k", (3).to_bytes(8, "big"))]
     assert task.stores["n"].overlay.entries() == [(b"k", (3).to_bytes(8, "big"))]  # goes to the changelog
-    assert task.next_offset == 3 and tm._metrics.dropped_records_total == 1
+    assert task.next_offsets == {task.inputs[0]: 3} and tm._metrics.dropped_records_total == 1
 
 
 def test_a_callable_gets_context_record_and_exception_and_decides(make_tm):
@@ -142,11 +142,11 @@ def test_a_callable_gets_context_record_and_exception_and_decides(make_tm):
     assert (context.source_raw_key, context.source_raw_value) == (b"k", b"early")
     assert (record.key, record.value, record.offset, record.headers) == ("k", "early", 7, [("trace", b"t1")])
     assert isinstance(exception, Poison)
-    assert task.next_offset == 8 and tm._metrics.dropped_records_total == 1
+    assert task.next_offsets == {task.inputs[0]: 8} and tm._metrics.dropped_records_total == 1
     with pytest.raises(hotstate.ProcessingError) as ei:
         tm.process(msgs("early", key=b"other", start=8))
     assert ei.value.offset == 8 and ei.value.handler_error is None
-    assert task.next_offset == 8
+    assert task.next_offsets == {task.inputs[0]: 8}
 
 
 @pytest.mark.parametrize("answer", ["raises", "returns-junk"])
@@ -163,7 +163,7 @@ def test_a_callable_that_raises_or_answers_junk_counts_as_fail(make_tm, answer, 
     assert isinstance(e.__cause__, Poison)  # what user code raised
     want = RuntimeError if answer == "raises" else TypeError
     assert isinstance(e.handler_error, want) and "counts as 'fail'" in str(e)
-    assert task.next_offset is None and tm._metrics.dropped_records_total == 0
+    assert task.next_offsets == {} and tm._metrics.dropped_records_total == 0
     assert "counts as FAIL" in caplog.text
     assert len(tm.producer.to(DLQ)) == 1  # FAIL with a dead-letter topic: the record goes there first
 
@@ -175,7 +175,7 @@ def test_a_producer_failure_is_never_skipped(make_tm):
     with pytest.raises(hotstate.ProcessingError) as ei:
         tm.process(msgs("a"))
     assert isinstance(ei.value.__cause__, KafkaException)
-    assert task.next_offset is None and tm.producer.to(DLQ) == []
+    assert task.next_offsets == {} and tm.producer.to(DLQ) == []
 
 
 def test_a_store_failure_is_never_skipped(make_tm):
@@ -187,7 +187,7 @@ def test_a_store_failure_is_never_skipped(make_tm):
     task.stores["n"].backend.get = corrupted
     tm.process(msgs("a"))  # not the record's fault: the task is revived (restored), see test_store_faults.py
     assert task.state is TaskState.RESTORING and tm._metrics.store_corruptions_total == 1
-    assert task.next_offset is None and tm.producer.to(DLQ) == [] and tm._metrics.dropped_records_total == 0
+    assert task.next_offsets == {} and tm.producer.to(DLQ) == [] and tm._metrics.dropped_records_total == 0
 
 
 # ---- dead_letter_topic ----
@@ -239,7 +239,7 @@ def test_an_undecodable_record_goes_to_the_dead_letter_topic_as_consumed(make_ap
                 tm.process(batch)
         else:
             tm.process(batch)
-            assert task.next_offset == 6
+            assert task.next_offsets == {task.inputs[0]: 6}
             assert (tm._metrics.skipped_records_total, tm._metrics.dropped_records_total) == (1, 1)
         (rec,) = tm.producer.to(DLQ)
         check_dead_letter(rec, b"k", b"\x01\x02", "ValueError", "INT64 serde expects 8 bytes, got 2", 5)

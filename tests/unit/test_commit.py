@@ -114,7 +114,7 @@ def test_commit_steps_in_order(make_app):
     store = h.task.stores["c"]
     assert len(store.overlay) == 0
     assert store.backend.changelog_offset() == 42 and store.backend.get(b"a") == i64(2)
-    assert h.task.committed_offset == 3 and not h.task.needs_commit()
+    assert h.task.committed_offsets == {h.task.inputs[0]: 3} and not h.task.needs_commit()
     assert metrics.commits_total == 1
 
 
@@ -144,7 +144,7 @@ def test_flush_timeout_leaves_store_and_offsets_untouched(make_app):
     assert not any(e[0] in ("write", "commit") for e in events)
     assert h.task.stores["c"].backend.changelog_offset() is None
     assert h.store("c").get("a") == 1  # still readable from the overlay
-    assert h.task.committed_offset is None
+    assert h.task.committed_offsets == {}
 
 
 def test_delivery_error_leaves_store_and_offsets_untouched(make_app):
@@ -153,7 +153,7 @@ def test_delivery_error_leaves_store_and_offsets_untouched(make_app):
     with pytest.raises(KafkaException):
         committer.commit([h.task])
     assert not any(e[0] in ("write", "commit") for e in events)
-    assert h.task.committed_offset is None
+    assert h.task.committed_offsets == {}
 
 
 def test_missing_delivery_report_raises(make_app):
@@ -173,7 +173,7 @@ def test_offset_commit_failure_is_logged_and_retried_next_time(make_app, caplog)
         shippable = committer.commit([h.task])
     assert h.task.stores["c"].backend.changelog_offset() == 1  # stores were written before
     assert shippable == [], "state whose input offsets are not committed must never be snapshotted"
-    assert h.task.committed_offset is None and h.task.needs_commit()
+    assert h.task.committed_offsets == {} and h.task.needs_commit()
     assert "processed again" in caplog.text
     assert committer._metrics.commits_total == 0  # commit_total counts only commits Kafka took
 
@@ -195,7 +195,7 @@ def test_a_fenced_offset_commit_leaves_the_store_offset_unchanged_and_drops_the_
     store = h.task.stores["c"]
     assert store.backend.changelog_offset() == 41 and store.backend.get(b"a") == i64(1)
     assert len(store.overlay) == 0  # the writes are dropped: nothing may go on from them
-    assert h.task.committed_offset == 1 and metrics.commits_total == 1
+    assert h.task.committed_offsets == {h.task.inputs[0]: 1} and metrics.commits_total == 1
 
 
 def test_a_member_without_a_generation_sends_no_changelog_records(make_app):

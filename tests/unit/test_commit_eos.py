@@ -56,6 +56,17 @@ class FakeConsumer:
         return b"cgmd"
 
 
+
+def fake_task():
+    """A task with one input (t[0]) processed up to offset 5 and committed at 1, with Task's offset bookkeeping."""
+    from hotstate.records import TopicPartition
+    task = type("T", (), {"id": "0_0", "stores": {}, "inputs": (TopicPartition("t", 0),),
+                          "next_offsets": {TopicPartition("t", 0): 5}, "committed_offsets": {TopicPartition("t", 0): 1},
+                          "needs_commit": lambda self: True,
+                          "offsets_to_commit": lambda self: dict(self.next_offsets),
+                          "mark_committed": lambda self: setattr(self, "committed_offsets", dict(self.next_offsets))})()
+    return task
+
 def committer(log, clock=None, **producer):
     made = []
 
@@ -85,15 +96,13 @@ def test_an_abortable_failure_replaces_the_producer_and_asks_for_a_rewind():
     c, made = committer(log, fail_at="send_offsets", error=KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "zombie"))
     c.begin()
     from hotstate.records import TopicPartition
-    task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True,
-                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
+    task = fake_task()
     with pytest.raises(TransactionAborted):
         c.commit([task])
     # A new producer's init_transactions aborts the transaction on the coordinator (see commit.py).
     assert log == ["begin", "flush", "send_offsets", "purge", "init"]
     assert len(made) == 1 and c.producer is made[0]
-    assert task.committed_offset == 1  # not marked committed
+    assert task.committed_offsets == {task.inputs[0]: 1}  # not marked committed
 
 
 def test_a_fatal_failure_asks_for_a_new_producer_within_a_budget():
@@ -133,9 +142,7 @@ def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_
     c = ExactlyOnceCommitter(member, FakeTxnProducer(log, fail_at="send_offsets", error=stale), DeliveryTracker(set()),
                              Metrics(), 1.0, producer_factory=lambda: FakeTxnProducer(log, fail_at="send_offsets",
                                                                                        error=stale))
-    task = type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True,
-                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
+    task = fake_task()
     for _ in range(ExactlyOnceCommitter.RECREATE_MAX + 3):
         c.begin()
         with pytest.raises(TransactionAborted):
@@ -146,9 +153,7 @@ def test_a_stale_group_member_rejoins_and_its_refused_offsets_do_not_use_up_the_
 
 def _task():
     from hotstate.records import TopicPartition
-    return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True,
-                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
+    return fake_task()
 
 
 @pytest.mark.parametrize("error", [KafkaError(KafkaError._TIMED_OUT, "no answer", retriable=True),
@@ -164,7 +169,7 @@ def test_a_failed_commit_transaction_is_an_unknown_outcome_settled_by_a_new_prod
     with pytest.raises(TransactionOutcomeUnknown):
         c.commit([task])
     assert log[-2:] == ["purge", "init"] and c.producer is made[0]  # init_transactions ran before the raise
-    assert task.committed_offset == 1  # not marked committed: the caller reads the group's offsets
+    assert task.committed_offsets == {task.inputs[0]: 1}  # not marked committed: the caller reads the group's offsets
 
 
 def test_a_retriable_commit_failure_is_retried_before_the_outcome_counts_as_unknown():
@@ -174,7 +179,7 @@ def test_a_retriable_commit_failure_is_retried_before_the_outcome_counts_as_unkn
     c.begin()
     task = _task()
     c.commit([task])
-    assert log.count("commit") == 3 and made == [] and task.committed_offset == 5
+    assert log.count("commit") == 3 and made == [] and task.committed_offsets == {task.inputs[0]: 5}
 
 
 def test_failures_before_commit_transaction_are_known_aborts():
@@ -221,9 +226,7 @@ def hanging_committer(log, hang_at, monkeypatch):
 
 def one_task():
     from hotstate.records import TopicPartition
-    return type("T", (), {"id": "0_0", "stores": {}, "input": TopicPartition("t", 0), "next_offset": 5,
-                          "committed_offset": 1, "needs_commit": lambda self: True,
-                          "mark_committed": lambda self: setattr(self, "committed_offset", self.next_offset)})()
+    return fake_task()
 
 
 def commit_in_thread(c, task, within_s):
@@ -259,7 +262,7 @@ def test_a_transactional_call_that_never_returns_is_given_up_and_a_new_producer_
         assert isinstance(exc.__cause__, TransactionalProducerStuck)
         # (one log for both producers) nothing was asked of the stuck one after its call; the new one ran init
         assert len(made) == 1 and c.producer is made[0] and log[-2:] == [hang_at, "init"] and "purge" not in log
-        assert task.committed_offset == 1
+        assert task.committed_offsets == {task.inputs[0]: 1}
         assert c.abandoned == 1 and c._metrics.transactional_producers_abandoned_total == 1
         c.begin()  # the new producer carries on
         assert log[-1] == "begin"

@@ -233,6 +233,14 @@ def test_windowstore_changelog_additional_retention_is_kafka_streams_default_and
             make(windowstore_changelog_additional_retention_ms=bad)
 
 
+def test_repartition_purge_interval_is_kafka_streams_default_and_validated():
+    assert make().repartition_purge_interval_ms == 30_000
+    assert make(repartition_purge_interval_ms=500).repartition_purge_interval_ms == 500
+    for bad in (0, -1, "1000", 1.5, True):
+        with pytest.raises(ConfigError, match="repartition_purge_interval_ms"):
+            make(repartition_purge_interval_ms=bad)
+
+
 def test_exactly_once_commit_interval_must_be_below_the_transaction_timeout():
     """A transaction stays open for a commit interval; the broker aborts one older than transaction_timeout_ms,
     so every commit of a longer interval would fail."""

@@ -477,7 +477,7 @@ def test_a_record_skipped_by_the_handler_still_fires_the_punctuation_it_advanced
     running(tm)
     tm.process(msgs(("a", "1", 3), ("a", "bad", 25)))
     assert Summary.made[0].punctuated == [3, 25]
-    assert tm.tasks["0_0"].next_offset == 2
+    assert tm.tasks["0_0"].next_offsets == {tm.tasks["0_0"].inputs[0]: 2}
 
 
 def test_forwarding_a_record_without_a_valid_timestamp_is_refused(make_app):

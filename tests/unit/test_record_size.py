@@ -179,6 +179,6 @@ def test_an_output_over_the_producer_limit_stops_the_app_whatever_the_processing
         with pytest.raises(hotstate.RecordTooLargeError) as ei:
             tm.process([FakeMsg("words", 0, 1, b"b", b"xy")])  # 600 bytes
         assert (ei.value.topic, ei.value.key, ei.value.size, ei.value.limit) == ("out", b"b", 601, 400)
-        assert task.next_offset == 1 and tm._metrics.dropped_records_total == 0  # not skipped
+        assert task.next_offsets == {task.inputs[0]: 1} and tm._metrics.dropped_records_total == 0  # not skipped
     finally:
         task.close_stores()

@@ -113,7 +113,7 @@ def make_task(kind, tmp_path, stored_offset=None, data=(), partition=0):
     overlay = Overlay(backend)
     ts = TaskStore(spec, TopicPartition(CHANGELOG.topic, partition), backend, overlay,
                    KeyValueStore(spec, overlay), reopen)
-    task = Task(SubTopology(0, SourceNode("in", serde.STRING, serde.STRING)), partition, {"counts": ts})
+    task = Task(SubTopology(0, [SourceNode("in", serde.STRING, serde.STRING)]), partition, {"counts": ts})
     task.transition(TaskState.RESTORING)
     return task
 

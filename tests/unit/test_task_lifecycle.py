@@ -31,7 +31,7 @@ PATH = {
 
 
 def new_task(partition: int = 3) -> Task:
-    return Task(SubTopology(2, SourceNode("in", serde.STRING, serde.STRING)), partition, {})
+    return Task(SubTopology(2, [SourceNode("in", serde.STRING, serde.STRING)]), partition, {})
 
 
 def task_in(state: TaskState) -> Task:
@@ -46,8 +46,8 @@ def test_new_task():
     t = new_task()
     assert t.state is S.CREATED
     assert t.id == "2_3" == task_id(2, 3)
-    assert t.input == TopicPartition("in", 3)
-    assert t.next_offset is None and t.committed_offset is None
+    assert t.inputs == (TopicPartition("in", 3),) and t.partition == 3
+    assert t.next_offsets == {} and t.committed_offsets == {}
     assert not t.needs_commit()
 
 
@@ -88,9 +88,12 @@ def test_full_lifecycle_with_revival():
 
 def test_needs_commit_tracks_offsets():
     t = new_task()
-    t.next_offset = 10
+    tp = TopicPartition("in", 3)
+    t.processed(tp, 9)
+    assert t.needs_commit() and t.offsets_to_commit() == {tp: 10}
+    t.mark_committed()
+    assert not t.needs_commit() and t.committed_offsets == {tp: 10}
+    t.processed(tp, 10)
     assert t.needs_commit()
-    t.committed_offset = 10
-    assert not t.needs_commit()
-    t.next_offset = 11
-    assert t.needs_commit()
+    t.rewind_offsets()
+    assert t.next_offsets == {tp: 10} and not t.needs_commit()

@@ -273,7 +273,7 @@ def test_process_runs_topology_and_tracks_offsets(make_app, tmp_path, tms):
     (t0,) = running(tm)
     tm.process([FakeMsg("words", 0, 10, b"a", b"x", timestamp=5), FakeMsg("words", 0, 11, b"a", b"y", timestamp=6)])
     assert t0.stores["c"].view.get("a") == 2
-    assert t0.next_offset == 12
+    assert t0.next_offsets == {t0.inputs[0]: 12}
     assert tm._metrics.records_processed_total == 2
     assert tm.producer.sent == [("out", b"a", i64(1), 5), ("out", b"a", i64(2), 6)]
     assert tm.dirty_records() == 1
@@ -285,7 +285,7 @@ def test_records_of_unknown_or_restoring_tasks_are_skipped(make_app, tmp_path, t
     tm.partitions_assigned([TopicPartition("words", 0)])
     tm.process([FakeMsg("words", 0, 0, b"a", b"x"), FakeMsg("words", 7, 0, b"a", b"x")])
     assert tm._metrics.records_processed_total == 0
-    assert tm.tasks["0_0"].next_offset is None
+    assert tm.tasks["0_0"].next_offsets == {}
 
 
 def test_partition_eof_is_ignored_and_only_fatal_error_events_raise(make_app, tmp_path, tms):
@@ -309,7 +309,7 @@ def test_transient_error_events_are_logged_rate_limited_and_processing_goes_on(m
         tm.process([*down, FakeMsg("words", 0, 10, b"a", b"x")])
         for _ in range(50):
             tm.process(down)
-    assert t0.stores["c"].view.get("a") == 1 and t0.next_offset == 11
+    assert t0.stores["c"].view.get("a") == 1 and t0.next_offsets == {t0.inputs[0]: 11}
     warnings = [r for r in caplog.records if "brokers away" in r.getMessage()]
     assert len(warnings) == 2, [r.getMessage() for r in warnings]  # once per error code, not 102 times
 
@@ -325,7 +325,7 @@ def test_undecodable_record_fails_with_its_coordinates(make_app, tmp_path, tms, 
     assert (e.topic, e.partition, e.offset) == ("words", 0, 41)
     assert f"the {what} of the record at words[0]@41" in str(e)
     assert "log_and_continue" in str(e)
-    assert t0.next_offset is None
+    assert t0.next_offsets == {}
 
 
 def test_log_and_continue_skips_and_counts(make_app, tmp_path, tms, caplog):
@@ -337,7 +337,7 @@ def test_log_and_continue_skips_and_counts(make_app, tmp_path, tms, caplog):
                     FakeMsg("words", 0, 3, b"b", b"x")])
     assert tm._metrics.skipped_records_total == 2
     assert tm._metrics.records_processed_total == 1
-    assert t0.next_offset == 4
+    assert t0.next_offsets == {t0.inputs[0]: 4}
     assert dict(t0.stores["c"].view.all()) == {"b": 1}
     assert "words[0]@1" in caplog.text and "words[0]@2" in caplog.text
 
@@ -353,7 +353,7 @@ def test_user_code_failure_is_processing_error(make_app, tmp_path, tms):
         tm.process([FakeMsg("words", 0, 9, b"k", b"v")])
     assert (ei.value.topic, ei.value.partition, ei.value.offset) == ("words", 0, 9)
     assert isinstance(ei.value.__cause__, ZeroDivisionError)
-    assert tm.tasks["0_0"].next_offset is None
+    assert tm.tasks["0_0"].next_offsets == {}
 
 
 def test_send_retries_when_producer_queue_is_full(make_app, tmp_path, tms):
@@ -521,7 +521,7 @@ def test_lost_partitions_under_eos_abort_the_transaction_and_rewind_the_rest(mak
     assert t0.state is TaskState.CLOSED and "0_0" not in tm.tasks
     assert t1.state is TaskState.RUNNING and t1.dirty_records() == 0  # its share of the transaction is gone
     assert consumer.seeks == [("words", 1, 7)]  # and it starts again from its last commit
-    assert t1.next_offset == t1.committed_offset
+    assert t1.next_offsets == t1.committed_offsets
 
 
 def test_a_fenced_producer_found_while_aborting_for_lost_partitions_is_replaced(make_app, tmp_path, tms):
@@ -705,7 +705,7 @@ def test_an_unknown_commit_outcome_restores_the_tasks_instead_of_running_on(make
     assert t0.state is TaskState.RESTORING and tm._updater.added[-1] is t0  # handed to the state updater
     assert t0.dirty_records() == 0 and t0.stores["c"].backend.get(b"a") is None
     assert ("words", 0) in consumer.paused and consumer.seeks == [("words", 0, 11)]
-    assert (t0.committed_offset, t0.next_offset) == (11, 11)
+    assert t0.committed_offsets == t0.next_offsets == {t0.inputs[0]: 11}
     assert not tm.all_running()
     tm.process([FakeMsg("words", 0, 11, b"a", b"x")])  # nothing runs on the stale store meanwhile
     assert tm.producer.sent == []

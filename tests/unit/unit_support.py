@@ -47,6 +47,7 @@ class Sent:
     value: bytes | None
     timestamp: int
     headers: Any = None
+    partition: int | None = None  # None: the producer's partitioner chooses
 
 
 class Harness:
@@ -58,20 +59,24 @@ class Harness:
         self.task.transition(TaskState.RUNNING)
         self.sent: list[Sent] = []
         self.metrics = Metrics()
-        self.ctx = ProcessorContext(lambda t, k, v, ts, h=None: self.sent.append(Sent(t, k, v, ts, h)), self.metrics)
+        self.ctx = ProcessorContext(lambda t, k, v, ts, h=None, p=None: self.sent.append(Sent(t, k, v, ts, h, p)),
+                                    self.metrics)
         self.task.init_processors(self.ctx, lambda: 0)  # processor classes: their instances (punctuations not run)
-        self._offset = 0
+        self._offsets: dict[TopicPartition, int] = {}
         self._changelog_offsets: dict[str, int] = {}
 
-    def pipe(self, key: Any, value: Any, timestamp: int = 1000, headers: Any = None) -> None:
+    def pipe(self, key: Any, value: Any, timestamp: int = 1000, headers: Any = None, topic: str | None = None) -> None:
+        """``topic``: which input of the task (default: its first)."""
         ctx, task = self.ctx, self.task
+        tp = task.inputs[0] if topic is None else TopicPartition(topic, task.partition)
+        offset = self._offsets.get(tp, 0)  # each input has its own offsets
         ctx.bind(task)
-        ctx.topic, ctx.partition, ctx.offset = task.input.topic, task.input.partition, self._offset
+        ctx.topic, ctx.partition, ctx.offset = tp.topic, tp.partition, offset
         ctx.timestamp, ctx.headers = timestamp, headers
         task.start_record(ctx, key, value)
-        task.sub.source.process(key, value, ctx)
-        task.next_offset = self._offset + 1
-        self._offset += 1
+        task.sub.source_for(tp.topic).process(key, value, ctx)
+        task.processed(tp, offset)
+        self._offsets[tp] = offset + 1
 
     def store(self, name: str) -> Any:
         return self.task.stores[name].view

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 from .. import serde as _serde
 from ..records import Record
 from ..serde import Serde
+from ..kafka.partitioner import partition_for
 from ..windows import Windowed
 
 _TIME = struct.Struct(">q")
@@ -510,3 +511,49 @@ class SinkNode(Node):
 
     def process(self, key: Any, value: Any, ctx: Any) -> None:
         ctx.send(self.topic, _serde.dumps(self.key_serde, key), _serde.dumps(self.value_serde, value))
+
+
+class SelectKeyNode(Node):
+    """``select_key``: ``fn(key, value) -> new_key``; the value stays."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any, Any], Any]):
+        super().__init__()
+        self.fn = fn
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        self.forward(self.fn(key, value), value, ctx)
+
+
+class PassThroughNode(Node):
+    """Where ``merge`` joins two streams: both parents forward into it."""
+
+    __slots__ = ()
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        self.forward(key, value, ctx)
+
+
+class RepartitionSinkNode(SinkNode):
+    """Writes to a repartition topic, to the partition Kafka's default partitioner picks for the serialized key
+    (murmur2, ``kafka/partitioner.py``), out of the topic's partition count known once the app started
+    (``spec.partitions``). A record with a null key has no partition: it is dropped and counted in
+    ``dropped_records_null_key_total``, as Kafka Streams drops it."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, topic: str, key_serde: Serde, value_serde: Serde):
+        super().__init__(topic, key_serde, value_serde)
+        self.spec: Any = None  # dsl.topology.RepartitionTopic, set by Topology.add_repartition
+
+    def process(self, key: Any, value: Any, ctx: Any) -> None:
+        raw_key = None if key is None else _serde.dumps(self.key_serde, key)
+        if raw_key is None:
+            ctx.metrics.dropped_null_key += 1
+            return
+        partitions = self.spec.partitions
+        if partitions is None:
+            raise RuntimeError(f"repartition topic {self.topic!r}: partition count unknown (the app resolves it "
+                               "at start)")
+        ctx.send(self.topic, raw_key, _serde.dumps(self.value_serde, value), partition_for(raw_key, partitions))

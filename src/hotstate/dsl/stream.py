@@ -1,6 +1,7 @@
 """Stream, GroupedStream and Table builders (Kafka Streams' KStream / KGroupedStream / KTable)."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import serde as _serde
@@ -10,8 +11,8 @@ from ..records import Record
 from ..serde import Serde
 from ..state.store import ROCKSDB, StoreSpec
 from .aggregations import Aggregations
-from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PeekNode,
-                    ProcessNode, ProcessorNode, SinkNode)
+from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PassThroughNode,
+                    PeekNode, ProcessNode, ProcessorNode, RepartitionSinkNode, SelectKeyNode, SinkNode, SourceNode)
 from .topology import SubTopology, Topology
 
 if TYPE_CHECKING:
@@ -33,14 +34,26 @@ def _store_spec(store: str | StoreSpec, key_serde: Serde, value_serde: Serde) ->
     return StoreSpec(store, key_serde, value_serde, ROCKSDB)
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
 class Stream:
-    """A record stream. ``key_serde``/``value_serde`` are known until an operation changes the types."""
+    """A record stream. ``key_serde``/``value_serde`` are known until an operation changes the types.
+
+    ``select_key``, ``map``, ``flat_map`` and ``process`` mark the key as changed: a following ``group_by_key``
+    (and ``group_by`` always) sends the records through a repartition topic, so that each key's records meet in
+    one task (Kafka Streams' repartition topics; see docs/architecture.md)."""
 
     def __init__(self, topology: Topology, sub: SubTopology, node: Node,
                  key_serde: Serde | None, value_serde: Serde | None, key_changed: bool = False):
-        self._topology, self._sub, self._node = topology, sub, node
+        self._topology, self._sub_ref, self._node = topology, sub, node
         self.key_serde, self.value_serde = key_serde, value_serde
         self._key_changed = key_changed
+
+    @property
+    def _sub(self) -> SubTopology:
+        """The sub-topology this stream's node is in now (a later ``merge`` may have joined it into another)."""
+        return self._topology.resolve(self._sub_ref)
 
     def _then(self, node: Node, key_serde: Serde | None, value_serde: Serde | None, key_changed: bool) -> "Stream":
         self._node.children.append(node)
@@ -49,6 +62,64 @@ class Stream:
     def map(self, fn: Callable[[Any, Any], tuple[Any, Any]]) -> "Stream":
         """``fn(key, value) -> (new_key, new_value)``."""
         return self._then(MapNode(fn), None, None, True)
+
+    def select_key(self, fn: Callable[[Any, Any], Any], key_serde: Serde | None = None) -> "Stream":
+        """``fn(key, value) -> new_key``; the value stays. Marks the key as changed. ``key_serde``: the new key's
+        serde (needed by a later repartition or ``to``)."""
+        check_serde(key_serde, "key_serde")
+        return self._then(SelectKeyNode(fn), key_serde, self.value_serde, True)
+
+    def merge(self, other: "Stream") -> "Stream":
+        """One stream of the records of both (Kafka Streams' merge). Both streams' sub-topologies become one:
+        its tasks read the partitions of both inputs (their topics must have the same partition count, checked
+        at start). The serdes stay known where both streams have the same."""
+        if not isinstance(other, Stream):
+            raise TopologyError(f"merge() takes a Stream, got {type(other).__name__}")
+        if other._topology is not self._topology:
+            raise TopologyError("merge(): both streams must come from the same app")
+        node = PassThroughNode()
+        self._node.children.append(node)
+        other._node.children.append(node)
+        sub = self._topology.merge(self._sub, other._sub)
+        return Stream(self._topology, sub, node,
+                      self.key_serde if self.key_serde is other.key_serde else None,
+                      self.value_serde if self.value_serde is other.value_serde else None,
+                      self._key_changed or other._key_changed)
+
+    def repartition(self, name: str | None = None, partitions: int | None = None,
+                    key_serde: Serde | None = None, value_serde: Serde | None = None) -> "Stream":
+        """Sends the records through the internal topic ``<app_id>-<name>-repartition`` (Kafka Streams'
+        ``repartition(Repartitioned)``), partitioned by the serialized key with Kafka's default partitioner
+        (murmur2), and goes on from it in a new sub-topology. The app creates the topic at start with
+        ``partitions`` partitions, else the partition count of this stream's source topics. ``name``: generated
+        from the build order if not given (``KSTREAM-REPARTITION-0000000000``): name it to keep it when the
+        topology changes. Records with a null key are dropped (``dropped_records_null_key_total``)."""
+        return self._repartition("repartition()", name, partitions, key_serde, value_serde)
+
+    def _repartition(self, op: str, name: str | None, partitions: int | None, key_serde: Serde | None,
+                     value_serde: Serde | None) -> "Stream":
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
+        ks, vs = key_serde or self.key_serde, value_serde or self.value_serde
+        if ks is None or vs is None:
+            which = " and ".join(n for n, v in (("key_serde", ks), ("value_serde", vs)) if v is None)
+            raise TopologyError(
+                f"{op}: the records go through a repartition topic, which needs the stream's {which}; it is unknown "
+                f"after a type-changing step (map, flat_map, map_values, process): pass {which}=")
+        if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool)
+                                       or partitions <= 0):
+            raise TopologyError(f"{op}: partitions must be a positive int or None, got {partitions!r}")
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+            raise TopologyError(f"{op}: name={name!r} is invalid: letters, digits, '.', '_' or '-' (it names the "
+                                "topic <app_id>-<name>-repartition)")
+        topology = self._topology
+        name = name if name is not None else topology.repartition_name()
+        topic = topology.repartition_topic(name)
+        sink = RepartitionSinkNode(topic, ks, vs)
+        source = SourceNode(topic, ks, vs)
+        sub = topology.add_repartition(self._sub, sink, source, name, partitions)
+        self._node.children.append(sink)
+        return Stream(topology, sub, source, ks, vs)
 
     def map_values(self, fn: Callable[[Any], Any]) -> "Stream":
         """``fn(value) -> new_value``; the key stays."""
@@ -97,17 +168,30 @@ class Stream:
         node = ProcessorNode(fn, names) if isinstance(fn, type) else ProcessNode(fn, names)
         return self._then(node, key_serde, value_serde, True)
 
-    def group_by_key(self) -> "GroupedStream":
-        """Groups by the current key. The key must not have been changed since the source: hotstate has
-        no repartition topics yet."""
+    def group_by_key(self, key_serde: Serde | None = None, value_serde: Serde | None = None) -> "GroupedStream":
+        """Groups by the current key. After a key change (``select_key``, ``map``, ``flat_map``, ``process``) the
+        records first go through a repartition topic (see ``repartition``), which needs the key and value serdes:
+        the stream's, or ``key_serde``/``value_serde`` given here (Kafka Streams' ``Grouped.with``)."""
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
         if self._key_changed:
-            raise TopologyError(
-                "group_by_key() after map/flat_map/process would need a repartition topic, which hotstate does "
-                "not create yet; key the input topic by the grouping key, or use map_values/filter before grouping"
-            )
-        if self.key_serde is None:
+            return GroupedStream(self._repartition("group_by_key()", None, None, key_serde, value_serde))
+        stream = self
+        if key_serde is not None or value_serde is not None:
+            stream = Stream(self._topology, self._sub, self._node, key_serde or self.key_serde,
+                            value_serde or self.value_serde)
+        if stream.key_serde is None:
             raise TopologyError("group_by_key() needs a known key serde")
-        return GroupedStream(self)
+        return GroupedStream(stream)
+
+    def group_by(self, fn: Callable[[Any, Any], Any], key_serde: Serde | None = None,
+                 value_serde: Serde | None = None) -> "GroupedStream":
+        """Groups by ``fn(key, value)``: ``select_key(fn)`` then a repartition topic (always, as in Kafka
+        Streams), so the records of each new key meet in one task. ``key_serde``: the new key's serde (needed);
+        ``value_serde``: defaults to the stream's."""
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
+        return GroupedStream(self.select_key(fn, key_serde)._repartition("group_by()", None, None, None, value_serde))
 
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""

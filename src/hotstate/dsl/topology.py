@@ -1,6 +1,11 @@
-"""A topology: independent sub-topologies, each fed by one source topic, each with its own stores.
+"""A topology: sub-topologies, each a connected part of the processing graph with one or more source topics
+and its own stores (Kafka Streams' node groups).
 
-A task is one partition of one sub-topology; its id is ``<subtopology>_<partition>`` as in Kafka Streams.
+A task is partition p of one sub-topology: it reads partition p of every source topic of its sub-topology (a
+partition group), and its id is ``<subtopology>_<partition>`` as in Kafka Streams. Sub-topologies are numbered
+by build order: ``merge`` joins two into one (the later ones are renumbered), a repartition topic starts a new
+one. The numbering is part of the state dir layout (task directories), so changing the topology renumbers
+tasks, as in Kafka Streams.
 """
 from __future__ import annotations
 
@@ -8,39 +13,129 @@ from dataclasses import dataclass, field
 
 from ..errors import TopologyError
 from ..state.store import StoreSpec
-from .nodes import ProcessorNode, SinkNode, SourceNode, walk
+from .nodes import ProcessorNode, RepartitionSinkNode, SinkNode, SourceNode, walk
 
 
 @dataclass
+class RepartitionTopic:
+    """An internal topic ``<app_id>-<name>-repartition`` between two sub-topologies. ``partitions``: as given to
+    ``repartition(partitions=N)``, else None until the app starts, which takes the upstream sub-topology's
+    source partition count (``Topology.resolve_partitions``)."""
+
+    name: str
+    topic: str
+    upstream: "SubTopology"
+    partitions: int | None = None
+    fixed: bool = False  # partitions given by the user
+
+
+@dataclass(eq=False)
 class SubTopology:
     id: int
-    source: SourceNode
+    sources: list[SourceNode]
     stores: dict[str, StoreSpec] = field(default_factory=dict)
-    sink_topics: set[str] = field(default_factory=set)
+    sink_topics: set[str] = field(default_factory=set)  # user topics written (repartition topics are not here)
+    merged_into: "SubTopology | None" = None  # set when merge() joined this one into another
+
+    @property
+    def source_topics(self) -> list[str]:
+        return [s.topic for s in self.sources]
+
+    def source_for(self, topic: str) -> SourceNode:
+        for s in self.sources:
+            if s.topic == topic:
+                return s
+        raise KeyError(topic)
 
     def processor_nodes(self) -> list[ProcessorNode]:
         """The nodes of ``stream.process(ProcessorClass, ...)``: each task makes its own instance of each."""
-        return [n for n in walk(self.source) if isinstance(n, ProcessorNode)]
+        seen: set[int] = set()
+        out = []
+        for source in self.sources:
+            for n in walk(source):
+                if isinstance(n, ProcessorNode) and id(n) not in seen:
+                    seen.add(id(n))
+                    out.append(n)
+        return out
 
 
 class Topology:
-    def __init__(self) -> None:
+    def __init__(self, app_id: str = "") -> None:
+        self.app_id = app_id
         self.subtopologies: list[SubTopology] = []
+        self.repartitions: dict[str, RepartitionTopic] = {}  # topic -> its spec, in build order
+        self._generated_names = 0
 
+    # ---- building ----
     def add_source(self, source: SourceNode) -> SubTopology:
+        self._check_new_source(source.topic)
+        sub = SubTopology(len(self.subtopologies), [source])
+        self.subtopologies.append(sub)
+        return sub
+
+    def _check_new_source(self, topic: str) -> None:
         for sub in self.subtopologies:
-            if source.topic in sub.sink_topics:
-                raise TopologyError(f"topic {source.topic!r} is both a source and a sink of this app")
-            if sub.source.topic == source.topic:
+            if topic in sub.sink_topics:
+                raise TopologyError(f"topic {topic!r} is both a source and a sink of this app")
+            if topic in sub.source_topics:
                 raise TopologyError(
-                    f"topic {source.topic!r} is already a source of this app; call app.stream() once per topic "
+                    f"topic {topic!r} is already a source of this app; call app.stream() once per topic "
                     "and branch the stream it returns"
                 )
-        sub = SubTopology(len(self.subtopologies), source)
+
+    def resolve(self, sub: SubTopology) -> SubTopology:
+        """The live sub-topology ``sub`` now belongs to (itself, or the one a merge joined it into)."""
+        while sub.merged_into is not None:
+            sub = sub.merged_into
+        return sub
+
+    def merge(self, a: SubTopology, b: SubTopology) -> SubTopology:
+        """Joins two sub-topologies into one (``Stream.merge``): the earlier keeps its place, the later's
+        sources, stores and sinks move into it, and the sub-topologies after it are renumbered."""
+        a, b = self.resolve(a), self.resolve(b)
+        if a is b:
+            return a
+        if b.id < a.id:
+            a, b = b, a
+        a.sources.extend(b.sources)
+        for name, spec in b.stores.items():
+            a.stores[name] = spec
+        a.sink_topics |= b.sink_topics
+        b.merged_into = a
+        self.subtopologies.remove(b)
+        for i, sub in enumerate(self.subtopologies):
+            sub.id = i
+        for rep in self.repartitions.values():
+            rep.upstream = self.resolve(rep.upstream)
+        return a
+
+    def repartition_name(self) -> str:
+        """A generated repartition name, deterministic in build order (Kafka Streams'
+        ``KSTREAM-REPARTITION-0000000003``): adding one before it renames the later ones."""
+        name = f"KSTREAM-REPARTITION-{self._generated_names:010d}"
+        self._generated_names += 1
+        return name
+
+    def repartition_topic(self, name: str) -> str:
+        return f"{self.app_id}-{name}-repartition"
+
+    def add_repartition(self, upstream: SubTopology, sink: RepartitionSinkNode, source: SourceNode,
+                        name: str, partitions: int | None) -> SubTopology:
+        """A repartition topic: ``sink`` ends ``upstream``, ``source`` starts a new sub-topology (returned)."""
+        topic = sink.topic
+        if topic in self.repartitions:
+            raise TopologyError(f"repartition(name={name!r}): a repartition topic of that name exists already in "
+                                "this app; give each repartition its own name")
+        self._check_new_source(topic)
+        spec = RepartitionTopic(name, topic, self.resolve(upstream), partitions, fixed=partitions is not None)
+        self.repartitions[topic] = spec
+        sink.spec = spec
+        sub = SubTopology(len(self.subtopologies), [source])
         self.subtopologies.append(sub)
         return sub
 
     def add_store(self, sub: SubTopology, spec: StoreSpec) -> None:
+        sub = self.resolve(sub)
         for other in self.subtopologies:
             existing = other.stores.get(spec.name)
             if existing is None:
@@ -52,19 +147,57 @@ class Topology:
         sub.stores[spec.name] = spec
 
     def add_sink(self, sub: SubTopology, sink: SinkNode) -> None:
-        if any(s.source.topic == sink.topic for s in self.subtopologies):
+        if sink.topic in self.repartitions or any(sink.topic in s.source_topics for s in self.subtopologies):
             raise TopologyError(f"topic {sink.topic!r} is both a source and a sink of this app")
-        sub.sink_topics.add(sink.topic)
+        self.resolve(sub).sink_topics.add(sink.topic)
 
+    # ---- reading ----
     @property
     def source_topics(self) -> list[str]:
-        return [s.source.topic for s in self.subtopologies]
+        """Every topic a task reads: the user's source topics and the app's repartition topics."""
+        return [t for s in self.subtopologies for t in s.source_topics]
+
+    @property
+    def user_source_topics(self) -> list[str]:
+        return [t for t in self.source_topics if t not in self.repartitions]
 
     def subtopology_of(self, topic: str) -> SubTopology:
         for sub in self.subtopologies:
-            if sub.source.topic == topic:
+            if topic in sub.source_topics:
                 return sub
         raise KeyError(topic)
 
     def store_specs(self) -> dict[str, StoreSpec]:
         return {name: spec for sub in self.subtopologies for name, spec in sub.stores.items()}
+
+    def resolve_partitions(self, source_counts: dict[str, int]) -> dict[str, int]:
+        """Partition counts of every source topic: ``source_counts`` (the user's topics, from the broker) and
+        each repartition topic's (its ``partitions=``, else the largest of its upstream sub-topology's sources,
+        as Kafka Streams does). Repartition topics are resolved in build order, so an upstream one is known."""
+        counts = dict(source_counts)
+        for topic, rep in self.repartitions.items():
+            if not rep.fixed:
+                upstream = self.resolve(rep.upstream)
+                known = [counts[t] for t in upstream.source_topics if t in counts]
+                if not known:
+                    raise TopologyError(f"repartition topic {topic!r}: the partition count of its upstream topics "
+                                        f"{upstream.source_topics} is unknown; pass repartition(partitions=N)")
+                rep.partitions = max(known)
+            counts[topic] = rep.partitions  # type: ignore[assignment]
+        return counts
+
+    def check_copartitioning(self, counts: dict[str, int]) -> dict[int, int]:
+        """Every source topic of one sub-topology must have the same partition count: task p reads partition p
+        of each. Returns each sub-topology's partition count."""
+        out = {}
+        for sub in self.subtopologies:
+            have = {t: counts[t] for t in sub.source_topics}
+            if len(set(have.values())) > 1:
+                raise TopologyError(
+                    f"sub-topology {sub.id} reads topics with different partition counts {have} (merge() puts "
+                    "streams in one sub-topology, and a task reads partition p of each of its topics): they must be "
+                    "co-partitioned. Repartition the stream of the odd topic first, e.g. "
+                    f"stream.repartition(partitions={max(have.values())}).merge(...), or give the topics the same "
+                    "partition count")
+            out[sub.id] = next(iter(have.values()))
+        return out

@@ -1,4 +1,5 @@
-"""Topic checks at start-up: sources exist, changelogs exist with the right shape (created if absent)."""
+"""Topic checks at start-up: sources exist, changelogs and repartition topics exist with the right shape
+(created if absent); and the purge of repartition topics (delete records below the committed offsets)."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ..config import Config
@@ -21,6 +23,16 @@ class ChangelogSpec:
     partitions: int
     cleanup_policy: str = "compact"
     retention_ms: int | None = None  # windowed stores' changelogs ("compact,delete"); None: the broker's default
+
+
+@dataclass(frozen=True)
+class RepartitionTopicSpec:
+    """An internal topic between two sub-topologies. Kafka Streams' settings: delete policy, and no retention by
+    time (``retention.ms=-1``): the app deletes what it has consumed and committed (``delete_records``), so a
+    record is never dropped before it is processed."""
+
+    topic: str
+    partitions: int
 
 
 class Admin:
@@ -76,6 +88,39 @@ class Admin:
                     "is rebuilt from the input) or restore the source's partition count"
                 )
         self._check_policies(specs)
+
+    def ensure_repartition_topics(self, specs: list[RepartitionTopicSpec]) -> None:
+        """Creates the missing repartition topics; an existing one must have the expected partition count."""
+        counts = self.partition_counts()
+        missing = [s for s in specs if s.topic not in counts]
+        if missing:
+            rf = self._config.replication_factor
+            new = [NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf,
+                            config={"cleanup.policy": "delete", "retention.ms": "-1"}) for s in missing]
+            for topic, fut in self._admin.create_topics(new, request_timeout=self._timeout_s).items():
+                try:
+                    fut.result(timeout=self._timeout_s)
+                    log.info("created repartition topic %s", topic)
+                except KafkaException as exc:
+                    if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
+                        raise TopologyError(f"cannot create repartition topic {topic!r}: {exc.args[0]}") from exc
+            counts = self._wait_for_metadata({s.topic for s in missing})
+        for spec in specs:
+            have = counts.get(spec.topic)
+            if have != spec.partitions:
+                raise TopologyError(
+                    f"repartition topic {spec.topic!r} has {have} partitions where this topology needs "
+                    f"{spec.partitions} (its upstream's partition count, or repartition(partitions=N)); with the "
+                    "app stopped, delete the topic (hotstate creates it again) or pass the partition count it has")
+
+    def delete_records(self, offsets: dict[tuple[str, int], int]) -> list:
+        """Asks the brokers to delete the records below ``offsets`` (topic, partition -> offset), without
+        waiting: returns the futures (``RepartitionPurger`` reads them later)."""
+        if not offsets:
+            return []
+        futures = self._admin.delete_records([KTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                             request_timeout=self._timeout_s)
+        return list(futures.values())
 
     def ensure_dead_letter_topic(self, topic: str, partitions: int) -> None:
         """Creates ``dead_letter_topic`` if it is missing (``partitions`` partitions, the changelogs' replication

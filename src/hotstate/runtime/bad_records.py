@@ -15,7 +15,7 @@ from ..errors import DeserializationError, ProcessingError, PunctuationError, St
 from ..handlers import ErrorHandlerContext, ProcessingHandlerResponse
 from ..observe.metrics import Metrics
 from ..observe.rate_limited import RateLimitedLog
-from ..records import Record
+from ..records import Record, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class BadRecords:
         log.warning("skipping record: %s", error)
         self._metrics.skipped_records_total += 1
         self._metrics.dropped_records_total += 1
-        task.next_offset = offset + 1
+        task.processed(TopicPartition(topic, partition), offset)
 
     def processing_failed(self, task: Any, msg: Any, key: Any, value: Any, exc: Exception) -> None:
         """User code raised on this record: processing_exception_handler decides. FAIL raises ProcessingError;
@@ -113,7 +113,7 @@ class BadRecords:
         log.warning("skipping record at %s[%d]@%d: processing it raised %r (processing_exception_handler says "
                     "continue)", topic, partition, offset, exc, exc_info=exc)
         self._metrics.dropped_records_total += 1
-        task.next_offset = offset + 1
+        task.processed(TopicPartition(topic, partition), offset)
 
     def _processing_response(self, ask: Callable[[Any], tuple]) -> tuple:
         """processing_exception_handler's answer, with the error the handler itself raised (or None): the named

@@ -263,7 +263,9 @@ class Committer:
 
     @staticmethod
     def input_offsets(tasks: list[Task]) -> list[KTopicPartition]:
-        return [KTopicPartition(t.input.topic, t.input.partition, t.next_offset) for t in tasks if t.needs_commit()]
+        """Every input of every task whose offset moved since its last commit (a task commits all its inputs)."""
+        return [KTopicPartition(tp.topic, tp.partition, offset)
+                for t in tasks for tp, offset in t.offsets_to_commit().items()]
 
     @staticmethod
     def mark_committed(tasks: list[Task]) -> None:

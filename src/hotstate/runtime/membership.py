@@ -139,10 +139,7 @@ class TaskAssignor(AbstractPartitionAssignor):
 
     def assign(self, cluster: Any, members: list) -> dict:
         m = self._m
-        tasks: dict[str, TopicPartition] = {}
-        for sub in m.topology.subtopologies:
-            for p in sorted(cluster.partitions_for_topic(sub.source.topic) or ()):
-                tasks[task_id(sub.id, p)] = _tp(sub.source.topic, p)
+        tasks = task_partitions(m.topology, cluster.partitions_for_topic)
         ends = m.task_end_offsets(tasks)
         infos, owner_now = [], {}
         for member in members:
@@ -152,7 +149,7 @@ class TaskAssignor(AbstractPartitionAssignor):
             for otp in getattr(sub, "owned_partitions", None) or ():
                 for p in otp.partitions:
                     owned.add((otp.topic, p))
-            active = frozenset(t for t, tp in tasks.items() if tuple(tp) in owned)
+            active = frozenset(t for t, tps in tasks.items() if any(tuple(tp) in owned for tp in tps))
             for t in active:
                 owner_now.setdefault(t, set()).add(member.member_id)
             infos.append(assignor.MemberInfo(member.member_id, {k: int(v) for k, v in data.get("offsets", {}).items()},
@@ -174,8 +171,8 @@ class TaskAssignor(AbstractPartitionAssignor):
         for mid, a in result.items():
             parts: dict[str, list[int]] = {}
             for t in a.active - withheld[mid]:
-                tp = tasks[t]
-                parts.setdefault(tp.topic, []).append(tp.partition)
+                for tp in tasks[t]:  # all of a task's partitions go to one member
+                    parts.setdefault(tp.topic, []).append(tp.partition)
             user_data = json.dumps({"v": USER_DATA_VERSION, "standby": sorted(a.standby | withheld[mid]), "warmup": sorted(a.warmup),
                                     "probe": probe, "rejoin": rejoin}).encode()
             out[mid] = ConsumerProtocolAssignment(
@@ -195,6 +192,18 @@ class TaskAssignor(AbstractPartitionAssignor):
 
 
 USER_DATA_VERSION = 1  # docs/formats.md, "Group member user data"
+
+
+def task_partitions(topology: Topology, partitions_for_topic: Callable[[str], Any]) -> dict[str, list[TopicPartition]]:
+    """Task id -> its partition group: partition p of every source topic of its sub-topology (Kafka Streams'
+    partition grouper). Partitions come from the cluster metadata; a partition only some of a sub-topology's
+    topics have (not co-partitioned: the app refuses that at start) still makes a task, of the topics that have it."""
+    tasks: dict[str, list[TopicPartition]] = {}
+    for sub in topology.subtopologies:
+        for topic in sub.source_topics:
+            for p in sorted(partitions_for_topic(topic) or ()):
+                tasks.setdefault(task_id(sub.id, p), []).append(_tp(topic, p))
+    return dict(sorted(tasks.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("_"))))
 
 
 def _read_user_data(raw: bytes | None, what: str) -> dict:
@@ -462,10 +471,10 @@ class GroupMembership:
             log.exception("closing the group member failed")
 
     # ---- kafka-python's IO thread, while the processing thread waits in poll() ----
-    def task_end_offsets(self, tasks: Mapping[str, TopicPartition]) -> dict[str, int]:
-        changelogs = {t: [_tp(self.config.changelog_topic(name), tp.partition)
-                          for name in self.topology.subtopology_of(tp.topic).stores]
-                      for t, tp in tasks.items()}
+    def task_end_offsets(self, tasks: Mapping[str, list[TopicPartition]]) -> dict[str, int]:
+        changelogs = {t: [_tp(self.config.changelog_topic(name), tps[0].partition)
+                          for name in self.topology.subtopology_of(tps[0].topic).stores]
+                      for t, tps in tasks.items()}
         ends = self._end_offsets([c for cs in changelogs.values() for c in cs])
         return {t: sum(ends.get(c, 0) for c in cs) for t, cs in changelogs.items()}
 

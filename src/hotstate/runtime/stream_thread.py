@@ -22,6 +22,8 @@ from ..observe.listener import RestoreListener, StandbyUpdateListener
 from ..observe.metrics import Metrics
 from ..state.state_dir import StateDirectory
 from .membership import GroupMembership
+from .purge import RepartitionPurger
+from ..kafka.admin import Admin
 from .snapshots import TaskSnapshots
 from .commit import AtLeastOnceCommitter, Committer, DeliveryTracker, ExactlyOnceCommitter
 from .snapshot_source import RestorerSource, prepare_staging_dir
@@ -56,6 +58,7 @@ class StreamThread(threading.Thread):
         self._on_error = on_error
         self._stop_event = threading.Event()
         self.task_manager: TaskManager | None = None
+        self._purger: RepartitionPurger | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -111,8 +114,13 @@ class StreamThread(threading.Thread):
         if cfg.snapshot_store is not None:
             snapshots = TaskSnapshots(cfg, self._state_dir, self._metrics.snapshots, membership.generation,
                                       instance_id=cfg.group_instance_id)
+        purger = None
+        if self._topology.repartitions:
+            purger = RepartitionPurger(self._topology.repartitions, Admin(cfg).delete_records,
+                                       cfg.repartition_purge_interval_ms)
+        self._purger = purger
         tm = TaskManager(cfg, self._topology, self._state_dir, consumer, updater, self._metrics, committer,
-                         membership, committed_offsets=membership.committed, snapshots=snapshots)
+                         membership, committed_offsets=membership.committed, snapshots=snapshots, purger=purger)
         self.task_manager = tm
         clean = True
         try:
@@ -160,6 +168,8 @@ class StreamThread(threading.Thread):
             if now >= next_commit or tm.dirty_bytes() >= uncommitted_max:
                 tm.commit()
                 next_commit = now + commit_every_s
+            if self._purger is not None:
+                self._purger.maybe_purge()  # repartition topics: at most every repartition_purge_interval_ms
             if now >= next_cleanup:
                 tm.clean_obsolete_state()
                 next_cleanup = now + cleanup_every_s

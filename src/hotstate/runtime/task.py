@@ -1,4 +1,5 @@
-"""A task: one partition of one sub-topology, with its stores.
+"""A task: partition p of one sub-topology (partition p of each of its source topics: a partition group, as in
+Kafka Streams), with its stores.
 
 Lifecycle (Kafka Streams' Task.State)::
 
@@ -71,11 +72,16 @@ class Task:
     def __init__(self, sub: SubTopology, partition: int, stores: dict[str, TaskStore]):
         self.id = task_id(sub.id, partition)
         self.sub = sub
-        self.input = TopicPartition(sub.source.topic, partition)
+        self.partition = partition
+        # Partition p of every source topic of the sub-topology (its repartition topics included), in the
+        # sub-topology's source order.
+        self.inputs: tuple[TopicPartition, ...] = tuple(TopicPartition(t, partition) for t in sub.source_topics)
         self.stores = stores
         self.state = TaskState.CREATED
-        self.next_offset: int | None = None  # input offset to commit: last processed + 1
-        self.committed_offset: int | None = None
+        # Per input: the offset to commit (last processed + 1), and the one committed last. An input with no
+        # entry has nothing processed (next) or committed (committed) by this task.
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self.committed_offsets: dict[TopicPartition, int] = {}
         # Stream time (Kafka Streams' task stream time): the largest record timestamp this task has processed,
         # -1 before the first. A task that starts RUNNING resumes it from its windowed stores (``resume_stream_time``).
         self.stream_time = -1
@@ -100,7 +106,7 @@ class Task:
         """Before the source processes a record (``ctx`` bound to this task, ``ctx.timestamp`` the record's Kafka
         timestamp): the source's timestamp extractor, if any, gives the event time, and stream time moves on to
         it if it is larger."""
-        source = self.sub.source
+        source = self.sub.source_for(ctx.topic)
         if source.timestamp_extractor is not None:
             ctx.timestamp = source.extract_timestamp(ctx.record(key, value), self.stream_time)
         if ctx.timestamp > self.stream_time:
@@ -162,9 +168,22 @@ class Task:
 
         return self.punctuations[punctuation].punctuate(now, fire)
 
+    def processed(self, tp: TopicPartition, offset: int) -> None:
+        """The record at ``offset`` of input ``tp`` is done: its next offset is what a commit sends."""
+        self.next_offsets[tp] = offset + 1
+
+    def offsets_to_commit(self) -> dict[TopicPartition, int]:
+        """The inputs whose next offset differs from the committed one, with it."""
+        committed = self.committed_offsets
+        return {tp: o for tp, o in self.next_offsets.items() if committed.get(tp) != o}
+
     def mark_committed(self) -> None:
-        self.committed_offset = self.next_offset
+        self.committed_offsets = dict(self.next_offsets)
         self.committed_stream_time = self.stream_time
+
+    def rewind_offsets(self) -> None:
+        """Back to the last commit: what was processed since is processed again."""
+        self.next_offsets = dict(self.committed_offsets)
 
     def transition(self, to: TaskState) -> None:
         if to not in _TRANSITIONS[self.state]:
@@ -188,7 +207,7 @@ class Task:
         self.stream_time = self.committed_stream_time
 
     def needs_commit(self) -> bool:
-        return self.next_offset is not None and self.next_offset != self.committed_offset
+        return bool(self.offsets_to_commit())
 
     def close_stores(self, keep_memory: bool = False) -> dict[str, StoreBackend]:
         """Drop uncommitted writes and close the backends (committed state stays on disk). The stores' views
@@ -272,9 +291,10 @@ class ProcessorContext:
     def record(self, key: Any, value: Any) -> Record:
         return Record(key, value, self.timestamp, self.headers, self.topic, self.partition, self.offset)
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        """A sink's output: the current timestamp and headers (the input record's unless changed on the way)."""
-        self._send(topic, key, value, self.timestamp, self.headers)
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """A sink's output: the current timestamp and headers (the input record's unless changed on the way).
+        ``partition``: None lets the producer's partitioner choose (murmur2 of the key)."""
+        self._send(topic, key, value, self.timestamp, self.headers, partition)
 
     @property
     def task_id(self) -> str:

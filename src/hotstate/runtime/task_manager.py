@@ -15,7 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KTopicPartition
 
 from ..config import Config
-from ..dsl.topology import Topology
+from ..dsl.topology import SubTopology, Topology
 from ..kafka.clients import produce
 from ..kafka.record_size import RecordSizeLimits, is_too_large
 from ..errors import RecordTooLargeError, StoreCorruptedError
@@ -35,6 +35,8 @@ from .snapshots import TaskSnapshots
 from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .bad_records import BadRecords
+from .partition_group import by_timestamp
+from .purge import RepartitionPurger
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class TaskManager:
                  updater: StateUpdater, metrics: Metrics, committer: Committer,
                  membership: Any = None, open_backend: Callable[[str, str], StoreBackend] | None = None,
                  committed_offsets: Callable[[list[KTopicPartition], float], list[KTopicPartition]] | None = None,
-                 snapshots: TaskSnapshots | None = None, wall_clock: Callable[[], int] | None = None):
+                 snapshots: TaskSnapshots | None = None, wall_clock: Callable[[], int] | None = None,
+                 purger: RepartitionPurger | None = None):
         """``membership``: the group member (runtime/membership.py); told to drop out when its commit is refused.
         ``committed_offsets(tps, timeout)``: reads the group's committed offsets (default: the consumer's
         ``committed``; the stream thread passes ``GroupMembership.committed``).
@@ -53,7 +56,8 @@ class TaskManager:
         for the store's kind, state/backend.py; the seeded simulation passes a store on its simulated disk).
         Windowed stores always open through their kind's factory (it needs their retention).
         ``snapshots``: with ``snapshot_store`` set, told of each task's ownership and commits (runtime/snapshots.py).
-        ``wall_clock()``: ms since the epoch, which WALL_CLOCK_TIME punctuations go by (default: the system clock)."""
+        ``wall_clock()``: ms since the epoch, which WALL_CLOCK_TIME punctuations go by (default: the system clock).
+        ``purger``: with repartition topics, told of each commit's committed offsets (runtime/purge.py)."""
         self._config = config
         self._topology = topology
         self._state_dir = state_dir
@@ -66,13 +70,16 @@ class TaskManager:
         self._read_committed = committed_offsets or (lambda tps, timeout: consumer.committed(tps, timeout=timeout))
         self._snapshots = snapshots
         self._wall_clock = wall_clock or (lambda: int(time.time() * 1000))
+        self._purger = purger
         self.tasks: dict[str, Task] = {}
         self.standbys: dict[str, Task] = {}  # standby and warm-up tasks, tailed by the state updater
         self._disk_offsets: dict[str, int] | None = None  # tasks with state on disk but not open here
         # In-memory stores of tasks revoked here (store name -> backend, committed data and offset), kept until
         # this rebalance's standby assignment in case the task becomes a standby here (see partitions_revoked).
         self._kept_memory: dict[str, dict[str, StoreBackend]] = {}
-        self._by_input: dict[tuple[str, int], Task] = {}
+        self._by_input: dict[tuple[str, int], Task] = {}  # every input partition of every active task
+        self._multi_input = any(len(sub.sources) > 1 for sub in topology.subtopologies)
+        self._input_rank = {t: i for sub in topology.subtopologies for i, t in enumerate(sub.source_topics)}.__getitem__
         self.assignment_received = False
         self._ctx = ProcessorContext(self._send, metrics)
         # Ids of tasks whose store a read on another thread (an interactive query) found damaged.
@@ -82,29 +89,40 @@ class TaskManager:
 
     # ---- membership (runtime/membership.py calls these on this thread) ----
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
-        created: list[Task] = []
+        """A task is made for each partition group: the assignor hands all partitions of a task to one member
+        together (runtime/membership.py), and the task reads all of them."""
+        new: list[Task] = []
         try:
             for tp in partitions:
+                if (tp.topic, tp.partition) in self._by_input:
+                    continue  # another input of a task made for this assignment
                 sub = self._topology.subtopology_of(tp.topic)
                 tid = task_id(sub.id, tp.partition)
-                # A standby promoted here hands its in-memory stores over (RocksDB stores reopen from disk): the
-                # restore then replays only what the standby had not applied, the lag its offsets promised.
-                memory = (self._drop_standby(tid, SuspendReason.PROMOTED, keep_memory=True)
-                          or self._kept_memory.pop(tid, {}))
-                task = self._create_task(tp.topic, tp.partition, memory)
-                task.transition(TaskState.RESTORING)
-                self.tasks[task.id] = task
+                task = self.tasks.get(tid)
+                if task is None:
+                    # A standby promoted here hands its in-memory stores over (RocksDB stores reopen from disk): the
+                    # restore then replays only what the standby had not applied, the lag its offsets promised.
+                    memory = (self._drop_standby(tid, SuspendReason.PROMOTED, keep_memory=True)
+                              or self._kept_memory.pop(tid, {}))
+                    task = self._create_task(sub, tp.partition, memory)
+                    task.transition(TaskState.RESTORING)
+                    self.tasks[task.id] = task
+                    new.append(task)
+                elif task.state is TaskState.RUNNING:
+                    # Not expected (the assignor moves partition groups whole), but never leave an input paused:
+                    # the membership pauses what it assigns, and a running task is not resumed again.
+                    self._consumer.resume([KTopicPartition(tp.topic, tp.partition)])
                 self._by_input[(tp.topic, tp.partition)] = task
-                if self._snapshots is not None:
-                    self._snapshots.task_assigned(task)
-                created.append(task)
         finally:
+            if self._snapshots is not None:
+                for task in new:
+                    self._snapshots.task_assigned(task)
             # One hand-over for the assignment, so its restores start together (StateUpdater.add): added one by
             # one, the first task's snapshot downloaded alone while the others' stores were still opening.
-            self._updater.add(*created)
+            self._updater.add(*new)
         self.assignment_received = True
         if partitions:
-            log.info("assigned tasks %s", sorted(self._by_input[tuple(tp)].id for tp in partitions))
+            log.info("assigned tasks %s", sorted({self._by_input[tuple(tp)].id for tp in partitions}))
 
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
         """Commit, then close the tasks. Their in-memory stores are kept (and reported by ``task_offsets``)
@@ -129,7 +147,7 @@ class TaskManager:
             sub = self._topology.subtopologies[sub_id]
             if not sub.stores:
                 continue  # a stateless task has nothing to keep warm
-            task = self._create_task(sub.source.topic, partition, self._kept_memory.pop(tid, {}))
+            task = self._create_task(sub, partition, self._kept_memory.pop(tid, {}))
             self.standbys[tid] = task
             self._updater.add_standby(task)
         if self._kept_memory:
@@ -219,10 +237,16 @@ class TaskManager:
             self.rewind([t for t in self.tasks.values() if t.state is TaskState.RUNNING])
 
     def _close_tasks(self, partitions: Iterable[TopicPartition], clean: bool, keep_memory: bool = False) -> None:
+        """Closes every task one of ``partitions`` belongs to (each once; all its inputs go with it)."""
+        closing: dict[str, Task] = {}
         for tp in partitions:
-            task = self._by_input.pop((tp.topic, tp.partition), None)
-            if task is None:
-                continue
+            task = self._by_input.get((tp.topic, tp.partition))
+            if task is not None:
+                closing[task.id] = task
+        for task in closing.values():
+            for tp in task.inputs:
+                if self._by_input.get((tp.topic, tp.partition)) is task:
+                    del self._by_input[(tp.topic, tp.partition)]
             self.tasks.pop(task.id, None)
             self._close_task(task, clean, keep_memory)
 
@@ -255,10 +279,13 @@ class TaskManager:
             log.info("deleted the local state of tasks %s: not here for over state_cleanup_delay_ms=%d",
                      removed, self._config.state_cleanup_delay_ms)
 
+    def _task_id_of(self, topic: str, partition: int) -> str | None:
+        task = self._by_input.get((topic, partition))
+        return None if task is None else task.id
+
     # ---- task creation ----
-    def _create_task(self, topic: str, partition: int, memory: dict[str, StoreBackend] | None = None) -> Task:
+    def _create_task(self, sub: SubTopology, partition: int, memory: dict[str, StoreBackend] | None = None) -> Task:
         """``memory``: in-memory backends this task's previous incarnation here kept (see ``close_stores``)."""
-        sub = self._topology.subtopology_of(topic)
         tid = task_id(sub.id, partition)
         self._forget_disk_offsets(tid)
         memory = memory or {}
@@ -310,7 +337,7 @@ class TaskManager:
             task.transition(TaskState.RUNNING)
             task.resume_stream_time()
             task.init_processors(self._ctx, self._wall_clock)  # the processor API: instances, init(), schedules
-            resume.append(KTopicPartition(task.input.topic, task.input.partition))
+            resume.extend(KTopicPartition(tp.topic, tp.partition) for tp in task.inputs)
             log.info("task %s: RUNNING (restored %s)", task.id,
                      {n: s.restored_records for n, s in task.stores.items()})
         if resume:
@@ -355,6 +382,8 @@ class TaskManager:
         ctx = self._ctx
         by_input = self._by_input
         metrics = self._metrics
+        if self._multi_input:  # a task with several inputs takes its records in timestamp order
+            msgs = by_timestamp(msgs, self._task_id_of, self._input_rank)
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -367,7 +396,7 @@ class TaskManager:
             task = by_input.get((topic, partition))
             if task is None or task.state is not TaskState.RUNNING:
                 continue  # revoked within this poll; the new owner processes it
-            source = task.sub.source
+            source = task.sub.source_for(topic)
             raw = msg.key()
             try:
                 key = None if raw is None else source.key_serde.deserialize(raw)
@@ -397,7 +426,7 @@ class TaskManager:
             except Exception as exc:
                 self._bad.processing_failed(task, msg, key, value, exc)  # raises, unless the handler says CONTINUE
             else:
-                task.next_offset = offset + 1
+                task.next_offsets[TopicPartition(topic, partition)] = offset + 1
                 metrics.records_processed_total += 1
             # STREAM_TIME punctuations: after the record that moved stream time to (or past) their time (also one
             # the processing_exception_handler skipped: its timestamp counted)
@@ -440,14 +469,16 @@ class TaskManager:
         return True
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
-              headers: list | None = None) -> None:
-        self._produce(topic, key, value, timestamp, headers)
+              headers: list | None = None, partition: int | None = None) -> None:
+        self._produce(topic, key, value, timestamp, headers, partition)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
-                 headers: list | None = None) -> None:
+                 headers: list | None = None, partition: int | None = None) -> None:
         kwargs: dict[str, Any] = {"timestamp": timestamp}
         if headers is not None:
             kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
         try:
             produce(self._committer.producer, topic, value, key, **kwargs)
         except KafkaException as exc:
@@ -528,6 +559,8 @@ class TaskManager:
         except TaskMigrated as exc:
             self._lose_all(exc)
         else:
+            if self._purger is not None:
+                self._purger.committed(committed)
             if self._snapshots is not None:
                 self._snapshots.after_commit(committed)
 
@@ -537,7 +570,7 @@ class TaskManager:
         log.warning("%s", exc)
         if self._membership is not None:
             self._membership.drop_out()  # calls partitions_lost with every partition it owns
-        self._close_tasks([t.input for t in list(self._by_input.values())], clean=False)  # any left: no member
+        self._close_tasks([TopicPartition(*tp) for tp in self._by_input], clean=False)  # any left: no member
 
     def recover_from_fencing(self) -> None:
         """Exactly-once: the producer was fenced, so its transaction is gone. A new producer takes over and
@@ -551,7 +584,7 @@ class TaskManager:
         gone: the consumer then reports it lost and the task closes)."""
         for task in tasks:
             task.drop_uncommitted()
-            task.next_offset = task.committed_offset
+            task.rewind_offsets()
             if task.state is TaskState.RUNNING:
                 # Fresh processors: their schedules and fields must not remember what was just undone (a
                 # punctuation whose output the abort dropped fires again when stream time reaches it again).
@@ -566,7 +599,7 @@ class TaskManager:
         committed offset, read now that the new producer's init_transactions has settled the transaction."""
         if not tasks:
             return
-        self._consumer.pause([KTopicPartition(t.input.topic, t.input.partition) for t in tasks])
+        self._consumer.pause([KTopicPartition(tp.topic, tp.partition) for t in tasks for tp in t.inputs])
         for task in tasks:
             task.drop_uncommitted()
             task.close_processors()  # made again when it runs again
@@ -577,16 +610,20 @@ class TaskManager:
         self._seek_committed(tasks, adopt=True)
 
     def _seek_committed(self, tasks: list[Task], adopt: bool = False) -> None:
-        """Seeks each task's input to the group's committed offset; ``adopt``: the tasks take it as their
-        committed offset too (the in-memory one may predate a commit that went through)."""
+        """Seeks each input of each task to the group's committed offset; ``adopt``: the tasks take those as their
+        committed offsets too (the in-memory ones may predate a commit that went through)."""
         if not tasks:
             return
-        by_input = {(t.input.topic, t.input.partition): t for t in tasks}
+        by_input = {(tp.topic, tp.partition): t for t in tasks for tp in t.inputs}
         committed = self._committed_offsets([KTopicPartition(*tp) for tp in by_input])
+        if adopt:
+            for task in tasks:
+                task.committed_offsets, task.next_offsets = {}, {}
         for tp in committed:
-            if adopt:
+            if adopt and tp.offset >= 0:
                 task = by_input[(tp.topic, tp.partition)]
-                task.committed_offset = task.next_offset = tp.offset if tp.offset >= 0 else None
+                key = TopicPartition(tp.topic, tp.partition)
+                task.committed_offsets[key] = task.next_offsets[key] = tp.offset
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
                 self._consumer.seek(KTopicPartition(tp.topic, tp.partition, offset))
