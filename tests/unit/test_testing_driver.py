@@ -72,6 +72,17 @@ def test_the_same_driver_api_on_a_rocksdb_and_a_memory_store(make_app):
             assert sorted(driver.store("c").all()) == [("x", 2), ("y", 1)], kind
 
 
+def test_an_exactly_once_app_gives_the_same_results_in_the_driver(make_app):
+    outputs = []
+    for guarantee in ("at_least_once", "exactly_once_v2"):
+        app = word_count(make_app(processing_guarantee=guarantee))
+        with TopologyTestDriver(app, wall_clock_ms=0) as driver:
+            driver.pipe("lines", None, "p q p")
+            driver.pipe("lines", None, "q")
+            outputs.append((kv(driver.read_output("counts-out")), sorted(driver.store("counts").all())))
+    assert outputs[0] == outputs[1] == ([("p", 1), ("q", 1), ("p", 2), ("q", 2)], [("p", 2), ("q", 2)])
+
+
 # ---- a windowed count ----
 
 def test_windowed_count_with_late_records(make_app):

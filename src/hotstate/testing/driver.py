@@ -56,7 +56,8 @@ class TopologyTestDriver:
     says (one instance, no crash and a commit per record give the same outputs and stores; exactly-once's
     transactions are not simulated); ``state_dir`` is ignored (a temporary directory, deleted by ``close``);
     nothing is restored (stores start empty); repartition topics are not purged; there are no standbys.
-    ``bootstrap_servers`` is never contacted."""
+    ``bootstrap_servers`` is never contacted. Use one driver per app at a time: the driver sets the partition
+    counts of the app's repartition topics, as ``start()`` does."""
 
     def __init__(self, app: App, partitions: int | Mapping[str, int] = 1, wall_clock_ms: int | None = None):
         topology = app._topology
@@ -83,6 +84,7 @@ class TopologyTestDriver:
                                self._consumer, Updater(), self._metrics, committer,
                                committed_offsets=self._member.committed, wall_clock=lambda: self._now)
         self._closed = False
+        self._failed = False
         try:
             self._tm.partitions_assigned([TopicPartition(t, p) for t, p in inputs])
             self._tm.handle_restored()  # RUNNING: processor instances made, init() called
@@ -142,16 +144,20 @@ class TopologyTestDriver:
         """The stream thread's loop (runtime/stream_thread.py) until nothing is left to read: poll, process,
         punctuate, commit after every pass."""
         tm = self._tm
-        while True:
-            msgs = self._consumer.poll_all()
-            tm.handle_restored()
-            if msgs:
-                tm.process(msgs)
-            tm.punctuate()
-            tm.producer.poll(0)
-            tm.commit()
-            if not msgs:
-                return
+        try:
+            while True:
+                msgs = self._consumer.poll_all()
+                tm.handle_restored()
+                if msgs:
+                    tm.process(msgs)
+                tm.punctuate()
+                tm.producer.poll(0)
+                tm.commit()
+                if not msgs:
+                    return
+        except BaseException:
+            self._failed = True  # as the stream thread: the tasks close without committing
+            raise
 
     # ---- output and state ----
     def read_output(self, topic: str, key_serde: Serde | None = None,
@@ -195,13 +201,14 @@ class TopologyTestDriver:
 
     # ---- lifecycle ----
     def close(self) -> None:
-        """Commits, closes the tasks (processors' ``close()``, stores) and deletes the temporary state directory.
+        """Commits (unless processing failed), closes the tasks (processors' ``close()``, stores) and deletes the
+        temporary state directory.
         Reads of a store view taken before raise StoreClosedError from now on. Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._tm.shutdown(clean=True)
+            self._tm.shutdown(clean=not self._failed)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
