@@ -11,13 +11,10 @@ docs/architecture.md, "The test driver".
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
 import tempfile
 import time
 from typing import Any, Mapping
-
-from confluent_kafka import TopicPartition as KTopicPartition
 
 from .. import serde as _serde
 from ..app import App, read_only_store
@@ -32,8 +29,6 @@ from ..runtime.task_manager import TaskManager
 from ..serde import Serde
 from ..state.state_dir import StateDirectory
 from ._ports import Consumer, Entry, Log, Member, Producer, Updater
-
-log = logging.getLogger(__name__)
 
 
 class TopologyTestDriver:
