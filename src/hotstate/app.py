@@ -81,6 +81,21 @@ class TaskInfo:
         return {name: s.changelog_offset for name, s in self.stores.items()}
 
 
+def read_only_store(topology: Topology, name: str,
+                    tasks: list[Any]) -> ReadOnlyStore | ReadOnlyWindowStore | ReadOnlySessionStore:
+    """The read-only view of store ``name`` over the RUNNING ones of ``tasks`` (``App.store``, and
+    ``hotstate.testing.TopologyTestDriver.store``)."""
+    specs = topology.store_specs()
+    if name not in specs:
+        raise KeyError(f"no store named {name!r}; stores: {sorted(specs)}")
+    views = [t.stores[name].view for t in tasks if t.state is TaskState.RUNNING and name in t.stores]
+    if specs[name].sessions:
+        return ReadOnlySessionStore(name, views)
+    if specs[name].windowed:
+        return ReadOnlyWindowStore(name, views)
+    return ReadOnlyStore(name, views)
+
+
 class App:
     """A hotstate application. Build the topology with :meth:`stream`, then :meth:`start` or :meth:`run`.
 
@@ -302,19 +317,8 @@ class App:
     def store(self, name: str) -> ReadOnlyStore | ReadOnlyWindowStore | ReadOnlySessionStore:
         """A read-only view of store ``name`` over this instance's RUNNING tasks: ``get`` / ``all`` for a
         key-value store, ``fetch`` / ``fetch_all`` for a windowed or a session one."""
-        specs = self._topology.store_specs()
-        if name not in specs:
-            raise KeyError(f"no store named {name!r}; stores: {sorted(specs)}")
         tm = self._thread.task_manager if self._thread else None
-        views: list[Any] = []
-        if tm is not None:
-            views = [t.stores[name].view for t in list(tm.tasks.values())
-                     if t.state is TaskState.RUNNING and name in t.stores]
-        if specs[name].sessions:
-            return ReadOnlySessionStore(name, views)
-        if specs[name].windowed:
-            return ReadOnlyWindowStore(name, views)
-        return ReadOnlyStore(name, views)
+        return read_only_store(self._topology, name, list(tm.tasks.values()) if tm is not None else [])
 
     def metrics(self) -> dict:
         return self._metrics.snapshot()

@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from hotstate import serde
+from hotstate.testing import TopologyTestDriver
 from unit_support import Harness, Sent
 
 
@@ -22,13 +23,19 @@ def word_count(make_app, store="word-counts"):
 
 
 def test_count_stores_and_sends_int64(make_app):
-    h = word_count(make_app)
-    for w in ("a", "b", "a"):
-        h.pipe(w, w, timestamp=77)
-    store = h.store("word-counts")
-    assert store.get("a") == 2 and store.get("b") == 1 and store.get("c") is None
-    assert h.sent == [Sent("word-counts-out", b"a", i64(1), 77), Sent("word-counts-out", b"b", i64(1), 77),
-                      Sent("word-counts-out", b"a", i64(2), 77)]
+    app = make_app()
+    (app.stream("words", key_serde=serde.STRING, value_serde=serde.STRING)
+        .group_by_key().count(store="word-counts")
+        .to_stream().to("word-counts-out", value_serde=serde.INT64))
+    with TopologyTestDriver(app) as driver:
+        for w in ("a", "b", "a"):
+            driver.pipe("words", w, w, timestamp_ms=77)
+        store = driver.store("word-counts")
+        assert store.get("a") == 2 and store.get("b") == 1 and store.get("c") is None
+        sent = driver.read_output("word-counts-out", key_serde=serde.BYTES, value_serde=serde.BYTES)  # as written
+        assert [(r.topic, r.key, r.value, r.timestamp) for r in sent] == [
+            ("word-counts-out", b"a", i64(1), 77), ("word-counts-out", b"b", i64(1), 77),
+            ("word-counts-out", b"a", i64(2), 77)]
 
 
 def test_count_collapses_repeated_writes_per_commit_and_survives_commit(make_app):

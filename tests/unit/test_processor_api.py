@@ -12,6 +12,7 @@ from hotstate.observe.metrics import Metrics
 from hotstate.runtime.task import TaskState
 from hotstate.runtime.task_manager import TaskManager
 from hotstate.state.state_dir import StateDirectory
+from hotstate.testing import TopologyTestDriver
 from test_task_manager import FakeCommitter, FakeConsumer, FakeUpdater
 from unit_support import FakeMsg, Harness
 
@@ -129,7 +130,6 @@ def test_each_task_has_its_own_instance_and_stream_time(make_app):
 
 
 def test_wall_clock_punctuation_fires_without_records(make_app):
-    clock = Clock(1_000_000)
     fired = []
 
     class Ticker:
@@ -146,26 +146,23 @@ def test_wall_clock_punctuation_fires_without_records(make_app):
             if len(fired) == 3:
                 self.cancellable.cancel()
 
-    tm, producer = build(make_app, Ticker, clock)
-    running(tm)
-    tm.punctuate()
-    clock.now = 1_000_499
-    tm.punctuate()
-    assert fired == []  # one interval after init
-    clock.now = 1_000_500
-    tm.punctuate()
-    tm.punctuate()  # the same instant: once
-    clock.now = 1_002_100  # three intervals late: once, then on the grid (1_002_500)
-    tm.punctuate()
-    clock.now = 1_002_499
-    tm.punctuate()
-    clock.now = 1_002_500
-    tm.punctuate()
-    clock.now = 1_010_000  # cancelled from inside the third call
-    tm.punctuate()
-    assert fired == [1_000_500, 1_002_100, 1_002_500]
-    assert producer.sent == [("out", "tick", "1", 1_000_500, None), ("out", "tick", "2", 1_002_100, None),
-                             ("out", "tick", "3", 1_002_500, None)]
+    app = make_app()
+    (app.stream("in", key_serde=serde.STRING, value_serde=serde.STRING)
+        .process(Ticker, key_serde=serde.STRING, value_serde=serde.STRING).to("out"))
+    with TopologyTestDriver(app, wall_clock_ms=1_000_000) as driver:
+        driver.advance_wall_clock(0)
+        driver.advance_wall_clock(499)  # 1_000_499
+        assert fired == []  # one interval after init
+        driver.advance_wall_clock(1)  # 1_000_500
+        driver.advance_wall_clock(0)  # the same instant: once
+        driver.advance_wall_clock(1_600)  # 1_002_100, three intervals late: once, then on the grid (1_002_500)
+        driver.advance_wall_clock(399)  # 1_002_499
+        driver.advance_wall_clock(1)  # 1_002_500
+        driver.advance_wall_clock(7_500)  # 1_010_000: cancelled from inside the third call
+        assert fired == [1_000_500, 1_002_100, 1_002_500]
+        assert [(r.topic, r.key, r.value, r.timestamp, r.headers) for r in driver.read_output("out")] == [
+            ("out", "tick", "1", 1_000_500, None), ("out", "tick", "2", 1_002_100, None),
+            ("out", "tick", "3", 1_002_500, None)]
 
 
 def test_wall_clock_punctuation_runs_only_for_running_tasks(make_app):

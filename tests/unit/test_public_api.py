@@ -18,6 +18,12 @@ def test_all_is_the_expected_list():
     assert len(hotstate.__all__) == len(set(hotstate.__all__))
 
 
+def test_testing_exports_the_test_driver():
+    import hotstate.testing
+    assert hotstate.testing.__all__ == ["TopologyTestDriver"]
+    assert hotstate.testing.TopologyTestDriver.__module__ == "hotstate.testing.driver"
+
+
 def test_every_name_resolves():
     for name in hotstate.__all__:
         assert getattr(hotstate, name) is not None, name

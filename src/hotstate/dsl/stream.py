@@ -16,6 +16,7 @@ from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNo
 from .topology import SubTopology, Topology
 
 if TYPE_CHECKING:
+    from .branch import BranchedStream
     from .windowed import SessionWindowedStream, TimeWindowedStream
 
 
@@ -120,6 +121,15 @@ class Stream:
         sub = topology.add_repartition(self._sub, sink, source, name, partitions)
         self._node.children.append(sink)
         return Stream(topology, sub, source, ks, vs)
+
+    def split(self, name: str | None = None) -> "BranchedStream":
+        """Branches: ``split(name="s-").branch(pred, name="a").default_branch(name="rest")`` -> ``{"s-a": ...,
+        "s-rest": ...}``; each record goes to the first branch whose predicate holds (Kafka Streams' split and
+        BranchedKStream; see dsl/branch.py for the names)."""
+        if name is not None and not isinstance(name, str):
+            raise TopologyError(f"split(): name must be a str or None, got {type(name).__name__}")
+        from .branch import BranchedStream
+        return BranchedStream(self, name if name is not None else self._topology.split_name())
 
     def map_values(self, fn: Callable[[Any], Any]) -> "Stream":
         """``fn(value) -> new_value``; the key stays."""

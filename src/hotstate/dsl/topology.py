@@ -65,6 +65,7 @@ class Topology:
         self.subtopologies: list[SubTopology] = []
         self.repartitions: dict[str, RepartitionTopic] = {}  # topic -> its spec, in build order
         self._generated_names = 0
+        self._generated_splits = 0  # apart from repartition names: a split added must not rename repartition topics
 
     # ---- building ----
     def add_source(self, source: SourceNode) -> SubTopology:
@@ -114,6 +115,13 @@ class Topology:
         ``KSTREAM-REPARTITION-0000000003``): adding one before it renames the later ones."""
         name = f"KSTREAM-REPARTITION-{self._generated_names:010d}"
         self._generated_names += 1
+        return name
+
+    def split_name(self) -> str:
+        """A generated name of an unnamed ``split()`` (Kafka Streams' ``KSTREAM-BRANCH-0000000003``), the prefix of
+        its branches' names."""
+        name = f"KSTREAM-BRANCH-{self._generated_splits:010d}"
+        self._generated_splits += 1
         return name
 
     def repartition_topic(self, name: str) -> str:

@@ -168,5 +168,11 @@ class ReadOnlyStore:
         for store in self._stores:
             yield from store.all()
 
+    def range(self, from_key: Any = None, to_key: Any = None) -> Iterator[tuple[Any, Any]]:
+        """The entries with ``from_key <= key <= to_key`` (serialized order; None: unbounded), task by task:
+        sorted within each task's part, not across tasks (as Kafka Streams' composite store)."""
+        for store in self._stores:
+            yield from store.range(from_key, to_key)
+
     def approximate_num_entries(self) -> int:
         return sum(s.approximate_num_entries() for s in self._stores)
