@@ -162,8 +162,8 @@ class Updater:
     def __init__(self) -> None:
         self._restored: list[Any] = []
 
-    def add(self, task: Any) -> None:
-        self._restored.append(task)
+    def add(self, *tasks: Any) -> None:
+        self._restored.extend(tasks)
 
     def remove(self, task_id: str) -> Future:
         self._restored = [t for t in self._restored if t.id != task_id]
