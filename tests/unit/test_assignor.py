@@ -173,3 +173,16 @@ def test_a_failed_over_task_goes_to_its_standby_not_to_another_caught_up_member(
     ends = {"0_0": 1149, "0_1": 1228, "0_2": 1226, "0_3": 1183, "0_4": 792, "0_5": 793}
     out = assign([i0, i1], ends, AssignorConfig(1, 300, 2))
     assert "0_4" in out["i1"].active and "0_5" in out["i0"].active
+
+
+def test_each_sub_topology_spreads_over_the_members():
+    # a held all 8 tasks (2 stateless sub-topologies x 4 partitions); b joins. Balance moves 4 tasks, and each
+    # member ends with 2 of each sub-topology, so the work of each (and a repartition hop) spans both.
+    tasks = F(f"{s}_{p}" for s in (0, 1) for p in range(4))
+    members = [MemberInfo("a", previous_active=tasks), MemberInfo("b")]
+    out = assign(members, {t: 0 for t in tasks})
+    for mid in ("a", "b"):
+        assert sorted(t.split("_")[0] for t in out[mid].active) == ["0", "0", "1", "1"], out
+    fresh = assign([MemberInfo("a"), MemberInfo("b")], {t: 0 for t in tasks})  # nobody held anything
+    for mid in ("a", "b"):
+        assert sorted(t.split("_")[0] for t in fresh[mid].active) == ["0", "0", "1", "1"], fresh

@@ -11,8 +11,9 @@ Rules, in order:
    with the fewest caught-up members are placed first. Sticky: a task stays with its previous active
    owner while that owner has room and is caught up (or nobody is). Otherwise it goes to the caught-up
    member with room and the least lag (so a failover lands on the standby that replays least), then the
-   fewest actives; if no such member, to the member with room and the smallest lag (then fewest
-   actives, then member id).
+   fewest tasks of the same sub-topology, then the fewest actives; if no such member, to the member with room
+   and the smallest lag (then the same tie-breaks). The sub-topologies' tasks are taken in turn, so a previous
+   owner with room for only part of its tasks keeps some of each sub-topology.
 2. Warm-ups: a task whose target is not caught up, while some member is, does not move there. It stays
    on its previous owner if that one is caught up, else goes to the caught-up member with the least lag,
    then the fewest actives; and while ``max_warmup_replicas`` (over the whole group) lasts, the target gets a *warm-up*
@@ -85,8 +86,14 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
                  for task in task_end_offsets}
     previous_owner = {task: next((mid for mid in ids if task in by_id[mid].previous_active), None)
                       for task in task_end_offsets}
-    # scarce first: a full owner keeps the tasks nobody else could take over at once
-    tasks = sorted(task_end_offsets, key=lambda task: (len(caught_up[task]), task))
+    # scarce first: a full owner keeps the tasks nobody else could take over at once; then the sub-topologies'
+    # tasks in turn, so an owner with room for only some of its tasks keeps a mix of sub-topologies
+    rank: dict[str, int] = {}  # a task's place among its sub-topology's tasks (by id)
+    seen: dict[str, int] = {}
+    for task in sorted(task_end_offsets):
+        rank[task] = seen.get(_group(task), 0)
+        seen[_group(task)] = rank[task] + 1
+    tasks = sorted(task_end_offsets, key=lambda task: (len(caught_up[task]), rank[task], task))
 
     def has_room(mid: str) -> bool:
         n = len(active[mid])
@@ -102,13 +109,16 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
             active[owner].add(task)
         else:
             unplaced.append(task)
+    def same_group(mid: str, task: str) -> int:  # tasks of the task's sub-topology the member has
+        group = _group(task)
+        return sum(1 for t in active[mid] if _group(t) == group)
+
     for task in unplaced:  # rule 1, the rest
         open_ids = [mid for mid in ids if has_room(mid)]
         fresh = [mid for mid in open_ids if mid in caught_up[task]]
-        if fresh:  # the least lag among them: a failover to a standby replays only the standby's lag
-            best = min(fresh, key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
-        else:
-            best = min(open_ids, key=lambda mid: (lag_of(mid, task), len(active[mid]), mid))
+        # the least lag (a failover to a standby replays only the standby's lag), then the fewest tasks of the
+        # same sub-topology (each sub-topology's work spreads over the members, as Kafka Streams balances it)
+        best = min(fresh or open_ids, key=lambda mid: (lag_of(mid, task), same_group(mid, task), len(active[mid]), mid))
         active[best].add(task)
 
     warmup: dict[str, set[str]] = {mid: set() for mid in ids}
@@ -136,3 +146,9 @@ def assign(members: list[MemberInfo], task_end_offsets: Mapping[str, int],
             standby[mid].add(task)
     return {mid: MemberAssignment(frozenset(active[mid]), frozenset(standby[mid]), frozenset(warmup[mid]))
             for mid in ids}
+
+
+def _group(task: str) -> str:
+    """The sub-topology of a task id ``<subtopology>_<partition>`` (docs/formats.md); the whole id otherwise."""
+    return task.split("_", 1)[0]
+
