@@ -106,7 +106,7 @@ class Stream:
             which = " and ".join(n for n, v in (("key_serde", ks), ("value_serde", vs)) if v is None)
             raise TopologyError(
                 f"{op}: the records go through a repartition topic, which needs the stream's {which}; it is unknown "
-                f"after a type-changing step (map, flat_map, map_values, process): pass {which}=")
+                f"after a type-changing step (map, flat_map, map_values, process, join): pass {which}=")
         if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool)
                                        or partitions <= 0):
             raise TopologyError(f"{op}: partitions must be a positive int or None, got {partitions!r}")
