@@ -356,3 +356,30 @@ def test_without_a_committed_offset_a_table_restores_nothing_and_processing_buil
 def test_a_table_store_ahead_of_the_committed_offset_is_kept():
     offset, data = restore(table_task(9, [(b"c0", b"ahead")]), {("customers", 0): 5})
     assert offset == 9 and data == {"c0": "ahead"}
+
+
+def test_a_standby_of_a_table_tails_its_source_topic_to_the_end_skipping_keyless_records():
+    from test_standby_updater import StandbyConsumer, _DrivenByTest, step
+    task = table_task(2, [(b"c0", b"v0"), (b"c1", b"v1")])
+    task.transition(TaskState.SUSPENDED)  # a standby task is never restored as active
+    consumer = StandbyConsumer({SOURCE: (0, 10)}, {SOURCE: source_records(10)})
+    group = GroupConsumer({("customers", 0): 3})
+    config = Config.from_kwargs(app_id="app", bootstrap_servers="127.0.0.1:1")
+    u = StateUpdater(config, lambda: None, None, Metrics(), group_consumer_factory=lambda: group)
+    u._reader.consumer = consumer
+    u._thread = _DrivenByTest()
+    u.add_standby(task)
+    step(u, consumer, rounds=3)
+    assert u.drain_failed() == [] and u.standby_task_ids() == [task.id]
+    store = task.stores["customers"]
+    # to the end (not the committed offset: see docs/architecture.md), the keyless record at 4 skipped
+    assert store.backend.changelog_offset() == 10
+    assert dict(store.view.all()) == {"c1": "v7", "c2": "v8", "c0": "v9"}
+
+
+def test_a_join_of_topics_with_different_partition_counts_is_refused_at_start(make_app):
+    app = enrich(make_app())
+    t = app._topology
+    with pytest.raises(TopologyError, match=r"merge\(\) and joins put streams and tables in one sub-topology"):
+        t.check_copartitioning(t.resolve_partitions({"orders": 4, "customers": 6}))
+    assert t.check_copartitioning(t.resolve_partitions({"orders": 6, "customers": 6})) == {0: 6}

@@ -219,8 +219,9 @@ class Topology:
             have = {t: counts[t] for t in sub.source_topics}
             if len(set(have.values())) > 1:
                 raise TopologyError(
-                    f"sub-topology {sub.id} reads topics with different partition counts {have} (merge() puts "
-                    "streams in one sub-topology, and a task reads partition p of each of its topics): they must be "
+                    f"sub-topology {sub.id} reads topics with different partition counts {have} (merge() and joins "
+                    "put streams and tables in one sub-topology, and a task reads partition p of each of its topics): "
+                    "they must be "
                     "co-partitioned. Repartition the stream of the odd topic first, e.g. "
                     f"stream.repartition(partitions={max(have.values())}).merge(...), or give the topics the same "
                     "partition count")
