@@ -1,6 +1,7 @@
 """Tables and joins against the real broker: orders (a stream, keyed by order id) joined with customers (a table)
 then revenue per country, exact; a table restored from its source topic after its state dir is wiped, with no
-changelog topic for it; a table-table join with updates and deletes."""
+changelog topic for it; a table-table join with updates and deletes; a table's snapshot (it names the source
+topic) restoring a wiped instance."""
 from __future__ import annotations
 
 import json
@@ -215,5 +216,59 @@ def test_a_table_table_join_with_updates_and_deletes(kafka, tmp_path):
                      90, 0.3)
             assert dict(app.store(f"joined-{kind}").all()) == expected[kind]
         assert dict(app.store("l").all()) == sides["l"] and dict(app.store("r").all()) == sides["r"]
+    finally:
+        assert app.close()
+
+
+def test_a_tables_snapshot_names_its_source_topic_and_a_wiped_instance_restores_from_it(kafka, tmp_path):
+    from hotstate.snapshot import ObjectStore
+    from snapshot_store_helpers import listings
+
+    class Downloads(RecordingListener):
+        def __init__(self):
+            super().__init__()
+            self.downloaded: dict[int, int] = {}
+
+        def on_snapshot_downloaded(self, partition, store_name, snapshot_offset, num_bytes, seconds):  # noqa: ANN001
+            self.downloaded[partition.partition] = snapshot_offset
+
+    source = kafka.create_topic(partitions=2, prefix="tb-snap")
+    sink = kafka.create_topic(partitions=2, prefix="tb-snap-out")
+    app_id = kafka.app_id("tb-snap")
+    url = f"file://{tmp_path / 'snapshots'}"
+    reference = {f"user-{i}": f"v{i}" for i in range(400)}
+    kafka.produce(source, list(reference.items()), partitions=2)
+    state = tmp_path / "state"
+    app = table_app(kafka, app_id, state, source, sink, snapshot_store=url, snapshot_interval_ms=200)
+    app.start()
+    try:
+        app.wait_until_running(60)
+        wait_processed(app, len(reference))
+        objects = ObjectStore.open(url, {})
+        ends = kafka.ends(source)
+
+        def published() -> dict[int, tuple[str, int] | None]:
+            out = {}
+            for p, listing in listings(objects, app_id, "profiles", 2).items():
+                m = listing.manifests[0].manifest if listing.manifests else None
+                out[p] = None if m is None else (m.changelog_topic, m.changelog_offset)
+            return out
+        wait_for(lambda: published() == {p: (source, end) for p, end in ends.items()},
+                 "a snapshot of each partition at its source offset", 60, 0.3, published)
+    finally:
+        assert app.close()
+    shutil.rmtree(state)
+    tail = [(f"user-{i}", f"tail{i}") for i in range(0, 400, 7)]
+    kafka.produce(source, tail, partitions=2)
+    reference.update(tail)
+    listener = Downloads()
+    app = table_app(kafka, app_id, state, source, sink, listener=listener, snapshot_store=url)
+    app.start()
+    try:
+        app.wait_until_running(60)
+        assert listener.downloaded == ends  # each store from its snapshot, at the committed offset: no replay
+        assert listener.of("start") == []
+        wait_for(lambda: dict(app.store("profiles").all()) == reference, "the tail processed on top", 30,
+                 detail=lambda: len(dict(app.store("profiles").all())))
     finally:
         assert app.close()
