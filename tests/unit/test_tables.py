@@ -383,3 +383,20 @@ def test_a_join_of_topics_with_different_partition_counts_is_refused_at_start(ma
     with pytest.raises(TopologyError, match=r"merge\(\) and joins put streams and tables in one sub-topology"):
         t.check_copartitioning(t.resolve_partitions({"orders": 4, "customers": 6}))
     assert t.check_copartitioning(t.resolve_partitions({"orders": 6, "customers": 6})) == {0: 6}
+
+
+def test_a_table_store_ahead_of_the_committed_offset_keeps_its_offset_while_the_records_are_processed_again(
+        make_app):
+    h = Harness(enrich(make_app()), "orders")
+    store = h.task.stores["customers"]
+    store.backend.write([(b"c0", b'{"v": 9}')], 9)  # a promoted standby read the topic to offset 9
+    events = []
+    tracker = DeliveryTracker(set())
+    committer = AtLeastOnceCommitter(AlosConsumer(events), AlosProducer(events, tracker), tracker, Metrics(),
+                                     timeout_s=1)
+    h.pipe("c0", {"v": 0}, topic="customers")  # offsets 0 and 1 again: the same values they put the first time
+    h.pipe("c1", {"v": 1}, topic="customers")
+    assert committer.commit([h.task]) == [h.task]
+    assert [e for e in events if e[0] == "commit"] == [("commit", [("customers", 0, 2)])]
+    assert store.backend.changelog_offset() == 9  # never backwards
+    assert dict(store.view.all()) == {"c0": {"v": 0}, "c1": {"v": 1}}

@@ -269,7 +269,10 @@ class Committer:
                     if source_offset is None:
                         raise RuntimeError(f"task {task.id}: table store {store.spec.name} has writes but its "
                                            f"source {store.changelog} has no processed offset")
-                    store.backend.write(entries, source_offset)
+                    # A store ahead of the committed offset (a promoted standby: see ChangelogReader
+                    # ._plan_source_range) keeps its offset while the records up to it are processed again.
+                    stored = store.backend.changelog_offset()
+                    store.backend.write(entries, source_offset if stored is None else max(source_offset, stored))
                     store.overlay.clear()
                     continue
                 offset = last.get((store.changelog.topic, store.changelog.partition))
