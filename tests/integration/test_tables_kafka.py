@@ -272,3 +272,61 @@ def test_a_tables_snapshot_names_its_source_topic_and_a_wiped_instance_restores_
                  detail=lambda: len(dict(app.store("profiles").all())))
     finally:
         assert app.close()
+
+
+def test_a_standby_of_a_table_ahead_of_the_committed_offset_takes_over(kafka, tmp_path):
+    """Two instances with a standby each. The active's processing is slow (a sleep per record), its standby on the
+    other instance tails the source topic to its end at once: when the active leaves, the standby is ahead of the
+    committed offset. It takes over without a restore and processes the records from the committed offset again,
+    committing without moving its store's offset back."""
+    import time
+
+    source = kafka.create_topic(partitions=2, prefix="tb-standby")
+    sink = kafka.create_topic(partitions=2, prefix="tb-standby-out")
+    app_id = kafka.app_id("tb-standby")
+
+    def build(name, listener=None):
+        app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_path / name),
+                           commit_interval_ms=100, num_standby_replicas=1, session_timeout_ms=6000,
+                           poll_records_max=10)  # small polls: a close stops within 10 records
+        t = app.table(source, key_serde=serde.STRING, value_serde=serde.STRING, store="profiles")
+        t.map_values(lambda v: (time.sleep(0.01), v.upper())[1]).to_stream().to(sink, value_serde=serde.STRING)
+        if listener is not None:
+            app.set_restore_listener(listener)
+        return app
+
+    def actives(app):
+        return {t.id for t in app.tasks() if not t.standby and t.state is hotstate.TaskState.RUNNING}
+
+    def standbys(app):
+        return {t.id: t.lag for t in app.tasks() if t.standby}
+
+    listener = RecordingListener()
+    a, b = build("a"), build("b", listener)
+    a.start()
+    try:
+        wait_for(lambda: actives(a) == {"0_0", "0_1"}, "a to run both tasks", 60)
+        b.start()
+        wait_for(lambda: len(actives(a)) == 1 and len(actives(b)) == 1, "one task to move to b", 90)
+        a_task = next(iter(actives(a)))
+        p = int(a_task.split("_")[1])
+        wait_for(lambda: a_task in standbys(b), "b to keep a standby of a's task", 60)
+        reference = {f"user-{i}": f"v{i}" for i in range(1500)}
+        kafka.produce(source, list(reference.items()), partitions=2)
+        end = kafka.ends(source)[p]
+        wait_for(lambda: standbys(b).get(a_task) == 0, "b's standby at the end of the source", 30,
+                 detail=lambda: standbys(b))
+        committed = kafka.committed(app_id, source, 2).get(p, -1)
+        assert committed < end, "a processed everything before its standby caught up: the test proves nothing"
+        assert a.close()
+        wait_for(lambda: actives(b) == {"0_0", "0_1"}, "b to run both tasks", 90)
+        wait_for(lambda: dict(b.store("profiles").all()) == reference, "b's table complete", 60)
+        wait_for(lambda: kafka.committed(app_id, source, 2) == kafka.ends(source), "b to commit the source", 120)
+        assert b.state is hotstate.AppState.RUNNING
+        assert [e for e in listener.of("start") if e.partition == p] == []  # the standby needed no restore
+        stored = next(t for t in b.tasks() if t.id == a_task).stores["profiles"].changelog_offset
+        assert stored == end
+        assert kafka.read_table(sink, value=utf8) == {k: v.upper() for k, v in reference.items()}
+    finally:
+        a.close()
+        assert b.close()
