@@ -1,4 +1,5 @@
-"""Stream, GroupedStream and Table builders (Kafka Streams' KStream / KGroupedStream / KTable)."""
+"""Stream and GroupedStream builders (Kafka Streams' KStream / KGroupedStream). Tables are in tables.py, joins in
+joins.py."""
 from __future__ import annotations
 
 import re
