@@ -1,9 +1,8 @@
 """Exactly-once with a table under kill -9: orders keyed by an order id are re-keyed by their word, joined with a
 table of allowed words (app.table: its source topic is its changelog) and counted. After a kill at a random moment
-while it processes and commits (and the table is being updated), and a restart on the same state dir, the
-table's store is at the
-committed offset (restored from its source topic up to it if needed) and every allowed word's output is exactly 1, 2, ..., n: no update lost, none
-doubled; words outside the table are never counted."""
+while it processes and commits (and the table is being updated), and a restart on the same state dir, the table's
+store is at the committed offset (restored from its source topic up to it if needed) and every allowed word's
+output is exactly 1, 2, ..., n: no update lost, none doubled; words outside the table are never counted."""
 from __future__ import annotations
 
 import os
