@@ -425,3 +425,33 @@ def test_within_a_poll_a_table_update_with_an_earlier_timestamp_is_applied_befor
     # The customer's record arrives in a later poll: the order is not held back for it (no max.task.idle.ms), so
     # the inner join finds no customer, although the customer's timestamp is earlier.
     assert run([[order], [customer]]) == []
+
+
+def test_under_exactly_once_a_tables_store_is_written_after_the_commit_at_the_offset_the_transaction_sent(
+        make_app):
+    from test_commit_eos import FakeConsumer as EosConsumer
+    from test_commit_eos import FakeTxnProducer
+    from hotstate.runtime.commit import ExactlyOnceCommitter
+    h = Harness(enrich(make_app()), "orders")
+    log, sent, offsets_at_commit = [], [], []
+    store = h.task.stores["customers"]
+
+    class Producer(FakeTxnProducer):
+        def send_offsets_to_transaction(self, offsets, metadata, timeout):
+            sent.append(sorted((o.topic, o.partition, o.offset) for o in offsets))
+            super().send_offsets_to_transaction(offsets, metadata, timeout)
+
+        def commit_transaction(self, timeout):
+            offsets_at_commit.append(store.backend.changelog_offset())  # the store is written after, not before
+            super().commit_transaction(timeout)
+
+    c = ExactlyOnceCommitter(EosConsumer(), Producer(log), DeliveryTracker(set()), Metrics(), 1.0,
+                             producer_factory=None, call=lambda fn, bound, what: fn())
+    c.begin()
+    h.pipe("c0", {"i": 0}, topic="customers")
+    h.pipe("c1", {"i": 1}, topic="customers")
+    h.pipe("c0", None, topic="customers")
+    assert c.commit([h.task]) == [h.task]
+    assert "produce" not in log  # nothing to any changelog: the table's records are in its source topic
+    assert sent == [[("customers", 0, 3)]] and offsets_at_commit == [None]
+    assert store.backend.changelog_offset() == 3 and dict(store.view.all()) == {"c1": {"i": 1}}
