@@ -455,3 +455,15 @@ def test_under_exactly_once_a_tables_store_is_written_after_the_commit_at_the_of
     assert "produce" not in log  # nothing to any changelog: the table's records are in its source topic
     assert sent == [[("customers", 0, 3)]] and offsets_at_commit == [None]
     assert store.backend.changelog_offset() == 3 and dict(store.view.all()) == {"c1": {"i": 1}}
+
+
+def test_a_table_may_live_in_memory_but_not_in_a_windowed_store(make_app):
+    app = make_app()
+    t = app.table("customers", key_serde=serde.STRING, value_serde=serde.JSON,
+                  store=StoreSpec("customers", kind="memory"))
+    assert (t.store.kind, t.store.source_topic, t.store.key_serde, t.store.value_serde) == (
+        "memory", "customers", serde.STRING, serde.JSON)
+    internal = app.table("accounts", key_serde=serde.STRING)
+    assert internal.store.name == "KTABLE-SOURCE-STATE-STORE-0000000000" and internal.store.kind == "rocksdb"
+    with pytest.raises(TopologyError, match=r"table\('x'\): a table's store is a key-value store"):
+        app.table("x", store=StoreSpec("w", kind="window-memory", retention_ms=10))
