@@ -13,6 +13,7 @@ from . import serde as _serde
 from .config import Config
 from .dsl.nodes import SourceNode
 from .dsl.stream import Stream, check_serde
+from .dsl.tables import Table
 from .dsl.topology import Topology
 from .errors import HotstateError, IllegalStateTransition, TopologyError
 from .kafka.admin import Admin, ChangelogSpec, RepartitionTopicSpec
@@ -135,6 +136,36 @@ class App:
         sub = self._topology.add_source(source)
         return Stream(self._topology, sub, source, key_serde, value_serde)
 
+    def table(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES,
+              store: str | StoreSpec | None = None,
+              timestamp_extractor: Callable[[Record, int], int] | None = None) -> Table:
+        """A table materialised from ``topic`` (Kafka Streams' ``builder.table``): each record is its key's new
+        value, a None value (tombstone) deletes the key, a record without a key is dropped (and counted). The
+        table lives in ``store`` (a name: RocksDB; a StoreSpec: its name and kind, "rocksdb" or "memory"; None:
+        an internal name), queryable with ``app.store(name)``.
+
+        The topic is the store's changelog (Kafka Streams' source-topic optimisation): no changelog topic is
+        created, the store restores from the topic up to the group's committed offset, and standbys tail it.
+        Key and value serdes must round-trip the topic's bytes: the restore puts them into the store as they
+        are. Joins with the table need the stream co-partitioned with ``topic``; see docs/architecture.md."""
+        from .dsl.table_nodes import TableSourceNode
+        from .dsl.tables import table_store_spec
+        self._require(AppState.CREATED, "table()")
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
+        if timestamp_extractor is not None and not callable(timestamp_extractor):
+            raise TopologyError("timestamp_extractor must be None or a callable (record, partition_time_ms) -> int, "
+                                f"got {type(timestamp_extractor).__name__}")
+        topology = self._topology
+        name = store if store is not None else topology.internal_store_name("KTABLE-SOURCE")
+        spec = table_store_spec(f"table({topic!r})", name, key_serde, value_serde, source_topic=topic)
+        source = SourceNode(topic, key_serde, value_serde, timestamp_extractor)
+        sub = topology.add_source(source)
+        topology.claim_store(sub, spec, f"table({topic!r})")
+        node = TableSourceNode(spec.name)
+        source.children.append(node)
+        return Table(Stream(topology, sub, node, key_serde, value_serde), spec)
+
     def set_restore_listener(self, listener: RestoreListener) -> None:
         """Called on the state updater thread; see :class:`hotstate.RestoreListener`."""
         self._require(AppState.CREATED, "set_restore_listener()")
@@ -204,7 +235,8 @@ class App:
         if sinks:
             admin.require_topics(sinks, "sink")
         specs = [self._changelog_spec(spec, sub_partitions[sub.id])
-                 for sub in topology.subtopologies for spec in sub.stores.values()]
+                 for sub in topology.subtopologies for spec in sub.stores.values()
+                 if spec.source_topic is None]  # a table's changelog is its source topic: none is created
         admin.ensure_changelogs(specs)
         if dlq is not None:
             admin.ensure_dead_letter_topic(dlq, max(sources.values()))

@@ -3,6 +3,7 @@
     python wordcount_runner.py --bootstrap B --app-id A --state-dir D --source S --sink T [--guarantee G]
         [--snapshot-store URL --snapshot-options JSON --snapshot-interval-ms N --snapshot-put-delay-ms N]
         [--windowed SIZE,ADVANCE,GRACE,RETENTION | --sessions GAP,GRACE,RETENTION] [--suppress] [--rekey]
+        [--table TOPIC]
 
 Builds the app with the public API (commit_interval_ms=100, the given processing guarantee, at_least_once
 by default; with ``--snapshot-store`` it publishes store snapshots there) and calls ``app.run()``.
@@ -12,7 +13,9 @@ count (hopping windows, milliseconds) in the same store name instead of the plai
 Kafka Streams' time-windowed bytes. ``--sessions``: a session count the same way (session-windowed keys).
 ``--suppress``: the sink gets the windowed count's final results (``suppress_until_window_closes``, buffer store
 ``word-counts-suppress``) instead of its updates. ``--rekey``: the input's key is not the word (the word is the
-value): ``group_by(value)`` re-keys it through a repartition topic before counting.
+value): ``group_by(value)`` re-keys it through a repartition topic before counting. ``--table TOPIC``: the input
+is keyed by an order id, re-keyed by the word (``select_key``) and joined (inner) with the table ``TOPIC`` (store
+``allowed``; String keys: the words, any value) before counting: only words the table holds are counted.
 It reports on stdout, one JSON object a line:
 
 - ``{"ev": "restore_start" | "restore_batch" | "restore_end", ...}``: the restore listener's calls;
@@ -101,6 +104,7 @@ def main() -> None:
     ap.add_argument("--sessions")
     ap.add_argument("--suppress", action="store_true")
     ap.add_argument("--rekey", action="store_true")
+    ap.add_argument("--table")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
@@ -121,7 +125,15 @@ def main() -> None:
     if args.snapshot_put_delay_ms:
         slow_uploads(args.snapshot_put_delay_ms / 1000)
     words = app.stream(args.source, key_serde=serde.STRING, value_serde=serde.STRING)
-    grouped = words.group_by(lambda k, v: v, key_serde=serde.STRING) if args.rekey else words.group_by_key()
+    if args.table:
+        allowed = app.table(args.table, key_serde=serde.STRING, value_serde=serde.STRING, store="allowed")
+        words = (words.select_key(lambda k, v: v, key_serde=serde.STRING)
+                      .join(allowed, lambda word, _: word))
+        grouped = words.group_by_key(value_serde=serde.STRING)
+    elif args.rekey:
+        grouped = words.group_by(lambda k, v: v, key_serde=serde.STRING)
+    else:
+        grouped = words.group_by_key()
     if args.windowed:
         size, advance, grace, retention = (int(x) for x in args.windowed.split(","))
         grouped = grouped.windowed_by(hotstate.windows.hopping(size, advance, grace, retention_ms=retention))

@@ -116,6 +116,7 @@ class RefusingProducer(FakeTxnProducer):
 
 class FakeStore:
     windowed = False  # a key-value store: its changelog records take the producer's time
+    source_changelog = False  # not a table's store: its changelog is written
 
     def __init__(self, entries):
         self.changelog = TopicPartition(CHANGELOG, 1)

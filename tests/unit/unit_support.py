@@ -35,7 +35,7 @@ def memory_task_store(spec: StoreSpec, changelog: TopicPartition) -> TaskStore:
 
 def memory_task(app: hotstate.App, topic: str, partition: int = 0) -> Task:
     sub = app._topology.subtopology_of(topic)
-    stores = {name: memory_task_store(spec, TopicPartition(app.config.changelog_topic(name), partition))
+    stores = {name: memory_task_store(spec, TopicPartition(spec.changelog_topic(app.config.app_id), partition))
               for name, spec in sub.stores.items()}
     return Task(sub, partition, stores)
 
@@ -87,7 +87,10 @@ class Harness:
         for name, s in self.task.stores.items():
             entries = s.overlay.entries()
             out[name] = entries
-            if entries:
+            if entries and s.spec.source_topic is not None:  # a table's store: its source's next offset
+                s.backend.write(entries, self.task.next_offsets[s.changelog])
+                s.overlay.clear()
+            elif entries:
                 nxt = self._changelog_offsets.get(name, 0) + len(entries)
                 s.backend.write(entries, nxt)
                 self._changelog_offsets[name] = nxt

@@ -1,4 +1,5 @@
-"""Stream, GroupedStream and Table builders (Kafka Streams' KStream / KGroupedStream / KTable)."""
+"""Stream and GroupedStream builders (Kafka Streams' KStream / KGroupedStream). Tables are in tables.py, joins in
+joins.py."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,7 @@ from ..state.store import ROCKSDB, StoreSpec
 from .aggregations import Aggregations
 from .nodes import (AggregateNode, FilterNode, FlatMapNode, MapNode, MapValuesNode, Node, PassThroughNode,
                     PeekNode, ProcessNode, ProcessorNode, RepartitionSinkNode, SelectKeyNode, SinkNode, SourceNode)
+from .tables import Table
 from .topology import SubTopology, Topology
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ class Stream:
             which = " and ".join(n for n, v in (("key_serde", ks), ("value_serde", vs)) if v is None)
             raise TopologyError(
                 f"{op}: the records go through a repartition topic, which needs the stream's {which}; it is unknown "
-                f"after a type-changing step (map, flat_map, map_values, process): pass {which}=")
+                f"after a type-changing step (map, flat_map, map_values, process, join): pass {which}=")
         if partitions is not None and (not isinstance(partitions, int) or isinstance(partitions, bool)
                                        or partitions <= 0):
             raise TopologyError(f"{op}: partitions must be a positive int or None, got {partitions!r}")
@@ -203,6 +205,18 @@ class Stream:
         check_serde(value_serde, "value_serde")
         return GroupedStream(self.select_key(fn, key_serde)._repartition("group_by()", None, None, None, value_serde))
 
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
+        """Inner join with a table (``app.table(...)`` or an aggregation): ``joiner(value, table_value)`` for each
+        record whose key the table holds when the record is processed (table updates emit nothing). See
+        dsl/joins.py: a key-changed stream is repartitioned first; records with a None key or value are dropped."""
+        from .joins import stream_join
+        return stream_join(self, other, joiner, False, window)
+
+    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
+        """Left join with a table: ``joiner(value, table_value_or_None)`` for each record."""
+        from .joins import stream_join
+        return stream_join(self, other, joiner, True, window)
+
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""
         check_serde(key_serde, "key_serde")
@@ -225,7 +239,7 @@ class GroupedStream(Aggregations):
         s = self._stream
         assert s.key_serde is not None
         spec = _store_spec(store, s.key_serde, value_serde)
-        s._topology.add_store(s._sub, spec)
+        s._topology.claim_store(s._sub, spec, "aggregate()")
         node = AggregateNode(spec.name, update)
         s._node.children.append(node)
         return Table(Stream(s._topology, s._sub, node, s.key_serde, value_serde), spec)
@@ -235,15 +249,3 @@ class GroupedStream(Aggregations):
         ``sliding``, ``session``)."""
         from .windowed import windowed_stream
         return windowed_stream(self._stream, windows)
-
-
-class Table:
-    """A changelog-backed table (Kafka Streams' KTable) produced by an aggregation."""
-
-    def __init__(self, updates: Stream, store: StoreSpec):
-        self._updates = updates
-        self.store = store
-
-    def to_stream(self) -> Stream:
-        """The stream of the table's updates: one record per change of a key's aggregate."""
-        return self._updates

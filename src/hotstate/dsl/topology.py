@@ -27,6 +27,9 @@ class RepartitionTopic:
     upstream: "SubTopology"
     partitions: int | None = None
     fixed: bool = False  # partitions given by the user
+    # A join's repartition: the topic takes the partition count of the table's topic it is joined with
+    # (as Kafka Streams sizes a join's repartition topic), unless ``partitions`` was given.
+    copartition_with: str | None = None
 
 
 @dataclass(eq=False)
@@ -66,6 +69,8 @@ class Topology:
         self.repartitions: dict[str, RepartitionTopic] = {}  # topic -> its spec, in build order
         self._generated_names = 0
         self._generated_splits = 0  # apart from repartition names: a split added must not rename repartition topics
+        self._generated_stores = 0
+        self.owned_stores: dict[str, str] = {}  # store name -> the operation that materialises it
 
     # ---- building ----
     def add_source(self, source: SourceNode) -> SubTopology:
@@ -154,6 +159,24 @@ class Topology:
                 raise TopologyError(f"store {spec.name!r} is declared twice with different settings")
         sub.stores[spec.name] = spec
 
+    def claim_store(self, sub: SubTopology, spec: StoreSpec, op: str) -> None:
+        """A store that ``op`` materialises (a table, an aggregation's result, a join's result): its name must
+        be new in this app. ``process(stores=[...])`` may connect to it afterwards."""
+        if spec.name in self.owned_stores or spec.name in self.store_specs():
+            first = self.owned_stores.get(spec.name, "process(stores=...)")
+            where = "" if spec.name in self.resolve(sub).stores else ", in two sub-topologies"
+            raise TopologyError(f"{op}: store name {spec.name!r} is used twice (first by {first}{where}); give each "
+                                "table, aggregation and join its own store name")
+        self.add_store(sub, spec)
+        self.owned_stores[spec.name] = op
+
+    def internal_store_name(self, kind: str) -> str:
+        """A generated store name, deterministic in build order (Kafka Streams' ``KTABLE-JOIN-STATE-STORE-0000000002``):
+        it names the store's directory and changelog topic, so adding one before it renames the later ones."""
+        name = f"{kind}-STATE-STORE-{self._generated_stores:010d}"
+        self._generated_stores += 1
+        return name
+
     def add_sink(self, sub: SubTopology, sink: SinkNode) -> None:
         if sink.topic in self.repartitions or any(sink.topic in s.source_topics for s in self.subtopologies):
             raise TopologyError(f"topic {sink.topic!r} is both a source and a sink of this app")
@@ -184,7 +207,9 @@ class Topology:
         as Kafka Streams does). Repartition topics are resolved in build order, so an upstream one is known."""
         counts = dict(source_counts)
         for topic, rep in self.repartitions.items():
-            if not rep.fixed:
+            if not rep.fixed and rep.copartition_with is not None and rep.copartition_with in counts:
+                rep.partitions = counts[rep.copartition_with]
+            elif not rep.fixed:
                 upstream = self.resolve(rep.upstream)
                 known = [counts[t] for t in upstream.source_topics if t in counts]
                 if not known:
@@ -202,8 +227,9 @@ class Topology:
             have = {t: counts[t] for t in sub.source_topics}
             if len(set(have.values())) > 1:
                 raise TopologyError(
-                    f"sub-topology {sub.id} reads topics with different partition counts {have} (merge() puts "
-                    "streams in one sub-topology, and a task reads partition p of each of its topics): they must be "
+                    f"sub-topology {sub.id} reads topics with different partition counts {have} (merge() and joins "
+                    "put streams and tables in one sub-topology, and a task reads partition p of each of its topics): "
+                    "they must be "
                     "co-partitioned. Repartition the stream of the odd topic first, e.g. "
                     f"stream.repartition(partitions={max(have.values())}).merge(...), or give the topics the same "
                     "partition count")

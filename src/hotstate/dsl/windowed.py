@@ -64,7 +64,7 @@ class TimeWindowedStream(Aggregations):
         s = self._stream
         assert s.key_serde is not None
         spec = window_store_spec(store, s.key_serde, value_serde, self.windows)
-        s._topology.add_store(s._sub, spec)
+        s._topology.claim_store(s._sub, spec, "windowed_by(...).aggregate()")
         node: WindowAggregateNode | SlidingAggregateNode
         if isinstance(self.windows, SlidingWindows):
             node = SlidingAggregateNode(spec.name, self.windows, update)
@@ -147,7 +147,7 @@ class SessionWindowedStream:
         s = self._stream
         assert s.key_serde is not None
         spec = window_store_spec(store, s.key_serde, value_serde, self.windows, _SESSION_KIND)
-        s._topology.add_store(s._sub, spec)
+        s._topology.claim_store(s._sub, spec, "windowed_by(session).aggregate()")
         node = SessionAggregateNode(spec.name, self.windows, initializer, aggregator, merger)
         s._node.children.append(node)
         key_serde = _serde.session_windowed(s.key_serde)

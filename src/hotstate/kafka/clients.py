@@ -109,6 +109,23 @@ def restore_consumer(config: Config) -> Consumer:
     return Consumer(conf)
 
 
+def group_offsets_consumer(config: Config) -> Consumer:
+    """Reads the app group's committed offsets (where a table's restore from its source topic ends); never
+    subscribes, assigns or commits. ``read_committed``: librdkafka then asks for stable offsets, so an offset
+    commit inside an open transaction is waited for, not read."""
+    return Consumer({
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": config.group_id,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "client.id": f"{config.app_id}-group-offsets",
+        "logger": LIBRDKAFKA_LOG,
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+        **METADATA_REFRESH_SETTINGS,
+        **config.restore_consumer_config,
+    })
+
+
 def tail_consumer(config: Config) -> Consumer:
     """Reads the last few committed records of a windowed changelog for their timestamps (the retention-aware
     restore, runtime/live_restore.py): ``read_committed``, small fetches, assigned by hand."""

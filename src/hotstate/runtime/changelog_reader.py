@@ -91,15 +91,21 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
                  on_restored: Callable[[Task], None], on_failed: Callable[[Task, BaseException], None],
                  ends_consumer_factory: Callable[[], Consumer] | None = None,
                  snapshot_source: SnapshotSource | None = None, staging_dir: str | None = None,
-                 tail_consumer_factory: Callable[[], Consumer] | None = None):
+                 tail_consumer_factory: Callable[[], Consumer] | None = None,
+                 group_consumer_factory: Callable[[], Consumer] | None = None):
         """``on_restored(task)`` / ``on_failed(task, error)``: an active task is done / failed (the updater's
         outbox). ``ends_consumer_factory``: a ``read_uncommitted`` consumer for changelog high watermarks
         (``clients.end_offsets_consumer``); without it the restore consumer is asked. ``staging_dir``: where
         snapshot downloads go (the system's temp dir by default; a directory on the state dir's filesystem
         makes adopting them a rename). ``tail_consumer_factory``: a ``read_committed`` consumer that reads the
         last records of windowed changelogs for the retention-aware restore (live_restore.py); without it
-        windowed stores restore from their stored offset like key-value stores."""
+        windowed stores restore from their stored offset like key-value stores. ``group_consumer_factory``: a
+        consumer with the app's group id (``clients.group_offsets_consumer``) that reads the group's committed
+        offsets: a table's store (its changelog is its source topic) restores up to them, not to the end;
+        without it such a store restores to the end."""
         self._config = config
+        self._group_consumer_factory = group_consumer_factory
+        self._group_consumer: Consumer | None = None
         self._tail_consumer_factory = tail_consumer_factory
         self._tail_consumer: Consumer | None = None
         self._metrics = metrics
@@ -182,6 +188,8 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         low, high = self._end_offsets().get_watermark_offsets(KTopicPartition(tp.topic, tp.partition),
                                                               timeout=timeout_s, cached=False)
         stored = store.backend.changelog_offset()
+        if store.source_changelog:
+            return self._plan_source_range(task, store, low, high, stored)
         if stored is not None and stored > high:
             log.warning(
                 "task %s store %s: its changelog offset %d is beyond the changelog end %d (was the changelog topic "
@@ -195,6 +203,37 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
             store.backend.reset()
             stored = None
         return ChangelogRange(low, low if stored is None else stored, high, stored)
+
+    def _plan_source_range(self, task: Task, store: TaskStore, low: int, high: int,
+                           stored: int | None) -> ChangelogRange:
+        """A table's store, whose changelog is its source topic: the restore ends at the group's committed offset
+        of that partition (Kafka Streams' source-topic changelogs), where the task's processing goes on, so the
+        table holds exactly the records before it. No committed offset: nothing is restored, processing builds
+        the table. A stored offset past the committed one (a store ahead of the group: a standby that tailed the
+        topic to its end, or a commit that failed after the offsets were sent) is kept as it is: the records in
+        between are processed again and put the same values."""
+        end = high
+        if self._group_consumer_factory is not None:
+            if self._group_consumer is None:
+                self._group_consumer = self._group_consumer_factory()
+            tp = store.changelog
+            [found] = self._group_consumer.committed([KTopicPartition(tp.topic, tp.partition)],
+                                                     timeout=self._config.broker_timeout_ms / 1000)
+            if found.error is not None:
+                raise KafkaException(found.error)
+            end = 0 if found.offset < 0 else min(found.offset, high)
+        if stored is not None and stored < low:
+            log.warning(
+                "task %s table store %s: its offset %d is below the start %d of its source topic (records it needs "
+                "were deleted); wiping the store and restoring it in full", task.id, store.spec.name, stored, low)
+            store.backend.reset()
+            stored = None
+        start = low if stored is None else stored
+        if start > end:
+            log.info("task %s table store %s: it holds its source up to offset %d, past the group's committed offset "
+                     "%d; kept (the records in between are processed again)", task.id, store.spec.name, start, end)
+            end = start
+        return ChangelogRange(low, start, max(end, start), stored)
 
     # ---- active tasks ----
     def start_actives(self, tasks: list[Task]) -> None:
@@ -375,6 +414,8 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
     def _finish(self, p: ChangelogPartition, position: int) -> None:
         """RESTORING -> FLUSHING: read to its end; record the final offset, unassign it, start the flush."""
         backend = p.store.backend
+        if p.store.source_changelog:
+            position = min(position, p.end_offset)  # a table's store: up to the committed offset, not past it
         stored = backend.changelog_offset()
         if stored is None or position > stored:  # skipped markers or compacted-away records at the end
             if p.restored == 0:
@@ -426,11 +467,12 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
         run_partition = run_topic = None
         p: ChangelogPartition | None = None  # None: the run's partition is not read here; skip
         put = delete = batch = last = None
+        stop = None  # a table's restore ends at the committed offset: the records after it are not applied
         n = 0
         for m in msgs:
             key = m.key()
             if key is None:  # Kafka refuses keyless records in compacted topics: this is an error event
-                self._on_error_event(m)
+                self._on_error_event(m)  # (or a keyless record of a table's source topic: skipped there)
                 continue
             partition = m.partition()
             if partition != run_partition or n == limit or m.topic() != run_topic:  # int compare first: cheaper
@@ -444,7 +486,11 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
                 if p is not None:
                     batch = p.store.backend.restore_batch()
                     put, delete = batch.put, batch.delete
+                    stop = (p.end_offset if p.mode is Mode.ACTIVE and p.store.source_changelog
+                            else None)
             if p is None:
+                continue
+            if stop is not None and m.offset() >= stop:
                 continue
             value = m.value()
             if value is None:
@@ -485,6 +531,8 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
             return
         topic = msg.topic()
         p = self._partitions.get((topic, msg.partition())) if topic is not None else None
+        if err is None and p is not None and p.store.source_changelog:
+            return  # a table's source topic may hold keyless records: processing drops them too
         if p is not None and p.mode is Mode.STANDBY:
             self._fail_standby(p, KafkaException(err) if err is not None else RuntimeError(
                 f"changelog record without a key at {topic}[{msg.partition()}] offset {msg.offset()}"))
@@ -513,6 +561,8 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
             self._ends_consumer.close()
         if self._tail_consumer is not None:
             self._tail_consumer.close()
+        if self._group_consumer is not None:
+            self._group_consumer.close()
 
 
 def _safe_end_restore(store: TaskStore) -> None:

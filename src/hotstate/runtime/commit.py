@@ -50,6 +50,12 @@ Either way a store is never ahead of its changelog: its offset moves only after 
 and the input offsets committed (at-least-once) or the transaction committed (exactly-once). See
 docs/architecture.md.
 
+A table's store (``app.table``: its changelog is its source topic) sends nothing in step 1; step 4 writes
+its entries with the source partition's next offset, the input offset step 3 committed (or the transaction
+step 4 committed). So its stored offset never passes the group's committed offset; a crash between commit
+and store write leaves it behind, and the restore replays the source from it up to the committed offset
+(``ChangelogReader``: a source changelog's restore ends there, as Kafka Streams' does).
+
 ``commit`` returns the tasks whose input it committed: their stores now hold committed state (covered by
 the group's committed offsets, or by a committed transaction) at their changelog offsets, which is the only
 state a snapshot may ship (runtime/snapshots.py). Under at-least-once a transient failure of step 3 still
@@ -228,6 +234,8 @@ class Committer:
         producer = self.producer
         for task in tasks:
             for store, entries in pending[task.id]:
+                if store.source_changelog:
+                    continue  # a table's changelog is its source topic: its records are already there
                 topic, partition = store.changelog
                 windowed = store.windowed
                 for key, value in entries:
@@ -254,6 +262,18 @@ class Committer:
         for task in tasks:
             for store, entries in pending[task.id]:
                 if not entries:
+                    continue
+                if store.source_changelog:
+                    # A table's store holds its source partition up to the input offset this commit sent.
+                    source_offset = task.next_offsets.get(store.changelog)
+                    if source_offset is None:
+                        raise RuntimeError(f"task {task.id}: table store {store.spec.name} has writes but its "
+                                           f"source {store.changelog} has no processed offset")
+                    # A store ahead of the committed offset (a promoted standby: see ChangelogReader
+                    # ._plan_source_range) keeps its offset while the records up to it are processed again.
+                    stored = store.backend.changelog_offset()
+                    store.backend.write(entries, source_offset if stored is None else max(source_offset, stored))
+                    store.overlay.clear()
                     continue
                 offset = last.get((store.changelog.topic, store.changelog.partition))
                 if offset is None:

@@ -472,8 +472,8 @@ class GroupMembership:
 
     # ---- kafka-python's IO thread, while the processing thread waits in poll() ----
     def task_end_offsets(self, tasks: Mapping[str, list[TopicPartition]]) -> dict[str, int]:
-        changelogs = {t: [_tp(self.config.changelog_topic(name), tps[0].partition)
-                          for name in self.topology.subtopology_of(tps[0].topic).stores]
+        changelogs = {t: [_tp(spec.changelog_topic(self.config.app_id), tps[0].partition)
+                          for spec in self.topology.subtopology_of(tps[0].topic).stores.values()]
                       for t, tps in tasks.items()}
         ends = self._end_offsets([c for cs in changelogs.values() for c in cs])
         return {t: sum(ends.get(c, 0) for c in cs) for t, cs in changelogs.items()}

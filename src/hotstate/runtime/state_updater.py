@@ -47,17 +47,18 @@ class StateUpdater:
                  standby_listener: StandbyUpdateListener | None = None,
                  ends_consumer_factory: Callable[[], Consumer] | None = None,
                  snapshot_source: SnapshotSource | None = None, snapshot_staging_dir: str | None = None,
-                 tail_consumer_factory: Callable[[], Consumer] | None = None):
+                 tail_consumer_factory: Callable[[], Consumer] | None = None,
+                 group_consumer_factory: Callable[[], Consumer] | None = None):
         """``ends_consumer_factory``: a ``read_uncommitted`` consumer for changelog high watermarks
         (``clients.end_offsets_consumer``); without it the restore consumer is asked. ``snapshot_source`` and
-        ``snapshot_staging_dir``, ``tail_consumer_factory``: see ``ChangelogReader``."""
+        ``snapshot_staging_dir``, ``tail_consumer_factory``, ``group_consumer_factory``: see ``ChangelogReader``."""
         self._config = config
         self._consumer_factory = consumer_factory
         self._metrics = metrics
         self._reader = ChangelogReader(config, metrics, _SafeListener(listener),
                                        _SafeListener(standby_listener, "standby"), self._restored_one,
                                        self._failed_one, ends_consumer_factory, snapshot_source, snapshot_staging_dir,
-                                       tail_consumer_factory)
+                                       tail_consumer_factory, group_consumer_factory)
         self._commands: queue.Queue = queue.Queue()
         self._restored: list[Task] = []
         self._failed: list[tuple[Task, BaseException]] = []

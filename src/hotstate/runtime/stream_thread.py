@@ -72,7 +72,8 @@ class StreamThread(threading.Thread):
 
     def _run(self) -> None:
         cfg = self._config
-        changelogs = {cfg.changelog_topic(name) for name in self._topology.store_specs()}
+        changelogs = {spec.changelog_topic(cfg.app_id) for spec in self._topology.store_specs().values()
+                      if spec.source_topic is None}  # a table's source topic is read, never written
         tracker = DeliveryTracker(changelogs, RecordSizeLimits.from_config(cfg, self._topology.store_specs()))
         txn_id = f"{cfg.app_id}-{self._state_dir.process_id()}-0" if cfg.exactly_once else None
         def new_producer() -> Any:
@@ -101,7 +102,8 @@ class StreamThread(threading.Thread):
                                standby_listener=self._standby_listener,
                                ends_consumer_factory=lambda: clients.end_offsets_consumer(cfg),
                                snapshot_source=snapshot_source, snapshot_staging_dir=staging_dir,
-                               tail_consumer_factory=lambda: clients.tail_consumer(cfg))
+                               tail_consumer_factory=lambda: clients.tail_consumer(cfg),
+                               group_consumer_factory=lambda: clients.group_offsets_consumer(cfg))
         committer: Committer
         # Offsets are committed as the group member (membership.commit / consumer_group_metadata).
         if cfg.exactly_once:

@@ -67,6 +67,11 @@ class TaskStore:
     def windowed(self) -> bool:
         return isinstance(self.view, TimeOrderedStore)
 
+    @property
+    def source_changelog(self) -> bool:
+        """A table's store (``app.table``): its changelog is its source topic, which the app never writes."""
+        return self.spec.source_topic is not None
+
 
 class Task:
     def __init__(self, sub: SubTopology, partition: int, stores: dict[str, TaskStore]):

@@ -294,7 +294,7 @@ class TaskManager:
 
     def _open_store(self, tid: str, partition: int, spec: StoreSpec, kept: StoreBackend | None = None) -> TaskStore:
         """Opens the store through the backend registry (``state.backend.backend_kind``)."""
-        changelog = TopicPartition(self._config.changelog_topic(spec.name), partition)
+        changelog = TopicPartition(spec.changelog_topic(self._config.app_id), partition)
         kind = backend_kind(spec.kind)
         if not kind.persistent:
             def reopen() -> Any:

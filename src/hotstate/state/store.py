@@ -26,6 +26,9 @@ class StoreSpec:
     value_serde: Serde = _serde.JSON
     kind: str = ROCKSDB
     retention_ms: int | None = None
+    # A table's store (``app.table``): its changelog is this source topic (Kafka Streams' source-topic
+    # optimisation): no changelog topic is created or written; the store's offset is the topic's next offset.
+    source_topic: str | None = None
 
     def __post_init__(self) -> None:
         from ..errors import ConfigError
@@ -53,6 +56,10 @@ class StoreSpec:
     @property
     def windowed(self) -> bool:
         return backend_kind(self.kind).windowed
+
+    def changelog_topic(self, app_id: str) -> str:
+        """The topic the store is restored from: ``<app_id>-<name>-changelog``, or a table's source topic."""
+        return self.source_topic if self.source_topic is not None else f"{app_id}-{self.name}-changelog"
 
     @property
     def sessions(self) -> bool:
