@@ -122,6 +122,25 @@ class Stream:
         self._node.children.append(sink)
         return Stream(topology, sub, source, ks, vs)
 
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, *,
+             key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+        """Inner join, dispatched on the type of ``other``. With a ``GlobalTable`` (``app.global_table``):
+        ``key_selector(key, value)`` picks the table key, ``joiner(value, table_value)`` the new value; records
+        without a match are dropped (see dsl/global_table.py)."""
+        return self._join("join()", other, joiner, key_selector, left=False)
+
+    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, *,
+                  key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+        """Left join, dispatched on the type of ``other``: as ``join``, but a record without a match is joined
+        with None."""
+        return self._join("left_join()", other, joiner, key_selector, left=True)
+
+    def _join(self, op: str, other: Any, joiner: Any, key_selector: Any, left: bool) -> "Stream":
+        from .global_table import GlobalTable, join_global
+        if isinstance(other, GlobalTable):
+            return join_global(self, other, key_selector, joiner, left)
+        raise TopologyError(f"{op} takes a GlobalTable (app.global_table(...)), got {type(other).__name__}")
+
     def split(self, name: str | None = None) -> "BranchedStream":
         """Branches: ``split(name="s-").branch(pred, name="a").default_branch(name="rest")`` -> ``{"s-a": ...,
         "s-rest": ...}``; each record goes to the first branch whose predicate holds (Kafka Streams' split and

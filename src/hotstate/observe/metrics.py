@@ -165,6 +165,7 @@ class Metrics:
     dropped_records_total: int = 0
     dead_letter_records_total: int = 0  # records produced to dead_letter_topic
     dropped_null_key: int = 0
+    dropped_null_value: int = 0  # stream records a join dropped for their null value (dsl/global_table.py)
     # Kafka Streams' dropped-records for late records: per task, one per (record, closed window) dropped by a
     # windowed aggregation. Written by the stream thread only.
     dropped_late_records: dict[str, int] = field(default_factory=dict)
@@ -199,6 +200,7 @@ class Metrics:
             "dropped_records_total": self.dropped_records_total,
             "dead_letter_records_total": self.dead_letter_records_total,
             "dropped_records_null_key_total": self.dropped_null_key,
+            "dropped_records_null_value_total": self.dropped_null_value,
             "dropped_late_records_total": dict(list(self.dropped_late_records.items())),  # task id -> count
             "commit_total": self.commits_total,
             "transactional_producers_abandoned_total": self.transactional_producers_abandoned_total,
