@@ -222,10 +222,16 @@ class GlobalThread(threading.Thread):
             self._listener.on_restore_end(part.tp, part.store.name, part.restored)
 
     def _apply(self, msgs: list) -> None:
-        """Each run of consecutive records of one partition becomes one write with the offset after its last
-        record: a restore batch (no WAL) while bootstrapping, an atomic durable write after."""
+        """Each run of consecutive records of one partition (at most ``restore_batch_records_max``) becomes one
+        write with the offset after its last record: a restore batch (no WAL) while the partition bootstraps, an
+        atomic durable write after. A record without a key cannot be a table row: skipped, its offset counts.
+        The bootstrap's hot path: records go straight into the batch."""
+        limit = self._config.restore_batch_records_max
+        parts = self._parts
         run: _Part | None = None
-        entries: list[tuple[bytes, bytes | None]] = []
+        batch: Any = None
+        put = delete = None
+        n = 0
         last = -1
         for m in msgs:
             err = m.error()
@@ -236,33 +242,39 @@ class GlobalThread(threading.Thread):
                     raise KafkaException(err)
                 self._error_log.warning(err.code(), "global consumer: %s (librdkafka retries)", err)
                 continue
-            part = self._parts.get((m.topic(), m.partition()))
-            if part is not run:
+            part = parts.get((m.topic(), m.partition()))
+            if part is not run or n >= limit:
                 if run is not None and last >= 0:
-                    self._write(run, entries, last)
-                run, entries, last = part, [], -1
+                    self._write(run, batch, n, last)
+                run, n, last = part, 0, -1
+                if part is not None:
+                    if part.bootstrapping:
+                        batch = part.backend.restore_batch()
+                        put, delete = batch.put, batch.delete
+                    else:
+                        batch = []
+                        put = lambda k, v, entries=batch: entries.append((k, v))  # noqa: E731
+                        delete = lambda k, entries=batch: entries.append((k, None))  # noqa: E731
             if part is None:
                 continue
             key = m.key()
-            if key is not None:  # a record without a key cannot be a table row: skipped, its offset counts
-                entries.append((key, m.value()))
+            if key is not None:
+                value = m.value()
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+                n += 1
             last = m.offset()
         if run is not None and last >= 0:
-            self._write(run, entries, last)
+            self._write(run, batch, n, last)
 
-    def _write(self, part: _Part, entries: list[tuple[bytes, bytes | None]], last_offset: int) -> None:
+    def _write(self, part: _Part, batch: Any, n: int, last_offset: int) -> None:
         backend = part.backend
         if not part.bootstrapping:
-            backend.write(entries, last_offset + 1)
+            backend.write(batch, last_offset + 1)
             return
-        batch = backend.restore_batch()
-        for key, value in entries:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
         backend.write_restore_batch(batch, last_offset + 1)
-        n = len(entries)
         part.restored += n
         m = part.metrics
         m.restore_records_total += n
