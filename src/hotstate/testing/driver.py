@@ -52,7 +52,11 @@ class TopologyTestDriver:
     says (one instance, no crash and a commit per record give the same outputs and stores; exactly-once's
     transactions are not simulated); ``state_dir`` is ignored (a temporary directory, deleted by ``close``);
     nothing is restored (stores start empty); repartition topics are not purged; there are no standbys.
-    ``bootstrap_servers`` is never contacted. Use one driver per app at a time: the driver sets the partition
+    ``bootstrap_servers`` is never contacted.
+
+    Global tables (``app.global_table``): a record piped into a global table's topic is applied to the global
+    store at once (as the app's global thread applies it; ``partitions={topic: n}`` gives the topic n
+    partitions), so joins and ``store(name)`` see it; the topics start empty (nothing to bootstrap). Use one driver per app at a time: the driver sets the partition
     counts of the app's repartition topics, as ``start()`` does."""
 
     def __init__(self, app: App, partitions: int | Mapping[str, int] = 1, wall_clock_ms: int | None = None):
