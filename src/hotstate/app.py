@@ -224,7 +224,15 @@ class App:
         cfg = self.config
         tables = list(self._topology.global_tables.values())
         return GlobalThread(cfg, tables, self._global_partitions, self._state_dir.root, self._listener,
-                            self._metrics, self._on_error, lambda: clients.global_consumer(cfg))
+                            self._metrics, self._on_global_error, lambda: clients.global_consumer(cfg))
+
+    def _on_global_error(self, exc: BaseException) -> None:
+        """The global thread failed: its tables are no longer kept current, so processing stops too (Kafka
+        Streams moves the whole app to ERROR when its global thread dies); close() cleans up."""
+        self._on_error(exc)
+        thread = self._thread
+        if thread is not None:
+            thread.stop()
 
     def _stop_global_thread(self, timeout_s: float) -> bool:
         """Stops the global thread (after the stream thread, whose joins read its stores). False if it did not

@@ -163,3 +163,15 @@ def test_exactly_once_v2_reads_the_global_topic_read_committed(kafka, tmp_path):
         wait_for(lambda: app.store("countries").get("late") == {"name": "late"}, "the committed record", 30)
     finally:
         assert app.close()
+
+
+def test_a_missing_global_topic_fails_start_with_a_clear_error(kafka, tmp_path):
+    orders = kafka.create_topic(partitions=1, prefix="gt-orders")
+    out = kafka.create_topic(partitions=1, prefix="gt-out")
+    missing = f"gt-missing-{kafka.app_id('x')}"
+    app = enrich_app(kafka, kafka.app_id("gt-missing"), tmp_path / "s", orders, missing, out)
+    with pytest.raises(hotstate.TopologyError, match=rf"global table topic\(s\) \['{missing}'\] do not exist"):
+        app.start()
+    assert app.state is hotstate.AppState.CREATED
+    with pytest.raises(hotstate.errors.StoreClosedError, match="not open"):
+        app.store("countries")

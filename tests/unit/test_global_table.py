@@ -288,3 +288,22 @@ def test_global_store_offsets_survive_a_reopen(tmp_path):
         assert (tmp_path / "global" / "g" / "1").is_dir()
     finally:
         again.close()
+
+
+def test_a_global_thread_that_fails_reports_it_and_never_counts_as_bootstrapped(make_app, tmp_path):
+    app = make_app()
+    app.stream("orders")
+    table = app.global_table("countries", store="countries")
+
+    def no_consumer():
+        raise RuntimeError("broker gone")
+
+    errors = []
+    thread = GlobalThread(app.config, [table], {"countries": 2}, str(tmp_path), None, Metrics(), errors.append,
+                          no_consumer)
+    thread.start()
+    assert thread.wait_bootstrapped(lambda: False, timeout_s=10) is False
+    thread.join(10)
+    assert thread.state is GlobalThreadState.CLOSED
+    assert [str(e) for e in errors] == ["broker gone"]
+    assert table.view is None  # the stores it opened are closed and detached
