@@ -155,6 +155,8 @@ def test_build_errors_name_the_operation(make_app):
         orders.group_by_key().count("countries")
     with pytest.raises(TopologyError, match="takes a GlobalTable"):
         orders.join(orders, lambda a, b: a)
+    # not part of the group's work: no task reads the topic, the member does not subscribe to it, no changelog
+    assert app._topology.source_topics == ["orders"] and "countries" not in app._topology.store_specs()
 
 
 # ---- the global thread against a fake consumer ----
