@@ -1,12 +1,15 @@
 """Global tables and stream-globaltable joins (issue #12) without a broker: the join node's semantics through
 the TopologyTestDriver (inner / left, null selected keys, null values, tombstones, a failing key_selector),
 build-time errors, the global store over several partitions, and the global thread's bootstrap and tailing
-against a fake consumer (offsets per partition, the restore listener, a restart reading only the delta)."""
+against a fake consumer (offsets per partition, the restore listener, a restart reading only the delta), and
+both joins against a reference over random interleavings of table updates and stream records (hypothesis)."""
 from __future__ import annotations
 
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hotstate
 from hotstate import StoreSpec, serde
@@ -309,3 +312,50 @@ def test_a_global_thread_that_fails_reports_it_and_never_counts_as_bootstrapped(
     assert thread.state is GlobalThreadState.CLOSED
     assert [str(e) for e in errors] == ["broker gone"]
     assert table.view is None  # the stores it opened are closed and detached
+
+
+# ---- against a reference: random interleavings of table updates and stream records ----
+
+KEYS = ["a", "b", "c", "d", None]
+ops = st.lists(st.one_of(
+    st.tuples(st.just("table"), st.sampled_from(KEYS[:4]), st.one_of(st.none(), st.integers(0, 9))),
+    st.tuples(st.just("stream"), st.sampled_from(KEYS), st.one_of(st.none(), st.integers(0, 9)))),
+    max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops, left=st.booleans(), partitions=st.integers(1, 3))
+def test_joins_match_a_reference_over_random_interleavings(make_app, ops, left, partitions):
+    app = make_app()
+    stream = app.stream("s", key_serde=serde.STRING, value_serde=serde.JSON)
+    table = app.global_table("t", key_serde=serde.STRING, value_serde=serde.JSON,
+                             store=StoreSpec("t", kind="memory"))
+    # the stream value names the table key: None for the records whose "k" is None
+    join = stream.left_join if left else stream.join
+    join(table, key_selector=lambda k, v: v["k"], joiner=lambda v, row: [v["n"], row]).to("out",
+                                                                                        value_serde=serde.JSON)
+    model: dict[str, int] = {}
+    expect, null_keys, null_values = [], 0, 0
+    with TopologyTestDriver(app, partitions={"t": partitions}) as driver:
+        for i, (kind, key, n) in enumerate(ops):
+            if kind == "table":
+                driver.pipe("t", key, n)
+                if n is None:
+                    model.pop(key, None)
+                else:
+                    model[key] = n
+                continue
+            value = None if n is None else {"k": key, "n": n}
+            driver.pipe("s", f"r{i}", value)
+            if value is None:
+                null_values += 1
+            elif key is None and not left:
+                null_keys += 1
+            elif key is not None and key in model:
+                expect.append((f"r{i}", [n, model[key]]))
+            elif left:
+                expect.append((f"r{i}", [n, None]))
+        assert kv(driver.read_output("out")) == expect
+        m = driver.metrics()
+        assert (m["dropped_records_null_key_total"], m["dropped_records_null_value_total"]) == (null_keys, null_values)
+        assert dict(driver.store("t").all()) == model
