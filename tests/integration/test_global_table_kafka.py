@@ -175,3 +175,25 @@ def test_a_missing_global_topic_fails_start_with_a_clear_error(kafka, tmp_path):
     assert app.state is hotstate.AppState.CREATED
     with pytest.raises(hotstate.errors.StoreClosedError, match="not open"):
         app.store("countries")
+
+
+def test_exactly_once_v2_bootstraps_a_topic_that_ends_with_an_aborted_transaction(kafka, tmp_path):
+    countries = kafka.create_topic(partitions=1, prefix="gt-txn-end")
+    orders = kafka.create_topic(partitions=1, prefix="gt-orders")
+    out = kafka.create_topic(partitions=1, prefix="gt-out")
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "transactional.id": kafka.app_id("gt-txn-end")})
+    producer.init_transactions(30)
+    for commit, key in ((True, "kept"), (False, "aborted")):
+        producer.begin_transaction()
+        for i in range(3):
+            producer.produce(countries, json.dumps({"name": key}).encode(), f"{key}{i}".encode())
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+    app = enrich_app(kafka, kafka.app_id("gt-eos-end"), tmp_path / "s", orders, countries, out,
+                     processing_guarantee="exactly_once_v2")
+    app.start()
+    try:
+        app.wait_until_running(60)  # the last records are aborted ones and a marker: the bootstrap still ends
+        assert sorted(k for k, _ in app.store("countries").all()) == ["kept0", "kept1", "kept2"]
+    finally:
+        assert app.close()
