@@ -11,15 +11,17 @@ from typing import Any, Callable
 
 from . import serde as _serde
 from .config import Config
+from .dsl.global_table import GlobalTable
 from .dsl.nodes import SourceNode
 from .dsl.stream import Stream, check_serde
 from .dsl.tables import Table
 from .dsl.topology import Topology
-from .errors import HotstateError, IllegalStateTransition, TopologyError
+from .errors import HotstateError, IllegalStateTransition, StoreClosedError, TopologyError
 from .kafka.admin import Admin, ChangelogSpec, RepartitionTopicSpec
 from .observe.listener import RestoreListener, StandbyUpdateListener
 from .observe.metrics import Metrics
 from .records import Record, TopicPartition
+from .runtime.global_thread import GlobalThread
 from .runtime.stream_thread import StreamThread
 from .runtime.task import TaskState
 from .serde import Serde
@@ -87,8 +89,14 @@ def read_only_store(topology: Topology, name: str,
     """The read-only view of store ``name`` over the RUNNING ones of ``tasks`` (``App.store``, and
     ``hotstate.testing.TopologyTestDriver.store``)."""
     specs = topology.store_specs()
+    table = topology.global_tables.get(name)
+    if table is not None:
+        if table.view is None:
+            raise StoreClosedError(f"global store {name} is not open: the app opens it at start() (its bootstrap "
+                                   "ends before the app is RUNNING) and closes it at close()")
+        return ReadOnlyStore(name, [table.view])
     if name not in specs:
-        raise KeyError(f"no store named {name!r}; stores: {sorted(specs)}")
+        raise KeyError(f"no store named {name!r}; stores: {sorted(specs) + sorted(topology.global_tables)}")
     views = [t.stores[name].view for t in tasks if t.state is TaskState.RUNNING and name in t.stores]
     if specs[name].sessions:
         return ReadOnlySessionStore(name, views)
@@ -112,6 +120,8 @@ class App:
         self._state_lock = threading.Condition()
         self._error: BaseException | None = None
         self._thread: StreamThread | None = None
+        self._global_thread: GlobalThread | None = None
+        self._global_partitions: dict[str, int] = {}
         self._state_dir = StateDirectory(self.config.state_dir, self.config.app_id)
         self._metrics_server: Any = None
 
@@ -166,6 +176,37 @@ class App:
         source.children.append(node)
         return Table(Stream(topology, sub, node, key_serde, value_serde), spec)
 
+    def global_table(self, topic: str, key_serde: Serde = _serde.BYTES, value_serde: Serde = _serde.BYTES,
+                     store: str | StoreSpec | None = None) -> GlobalTable:
+        """A table holding the whole of ``topic`` (all its partitions) on every instance (Kafka Streams'
+        GlobalKTable), in the local store ``store`` (a name: RocksDB; a ``StoreSpec`` may choose
+        ``kind="memory"``; the serdes are these). The topic is the store's changelog: no changelog topic is
+        created. At start the store is bootstrapped to the topic's end before processing starts (the app is
+        RUNNING only then); afterwards new records are applied as they arrive (a null value deletes the key).
+        Join a stream with it by ``stream.join(table, key_selector=..., joiner=...)`` (or ``left_join``); read
+        it with ``app.store(name)``. See docs/architecture.md, "Global tables"."""
+        self._require(AppState.CREATED, "global_table()")
+        check_serde(key_serde, "key_serde")
+        check_serde(value_serde, "value_serde")
+        if not isinstance(topic, str) or not topic:
+            raise TopologyError(f"global_table(): topic must be a topic name, got {topic!r}")
+        if store is None:
+            raise TopologyError(f"global_table({topic!r}): pass store='<name>' (or a hotstate.StoreSpec): the name "
+                                "of the local store that holds the table, and of its queries (app.store(name))")
+        if isinstance(store, StoreSpec):
+            spec = StoreSpec(store.name, key_serde, value_serde, store.kind)
+        elif isinstance(store, str):
+            spec = StoreSpec(store, key_serde, value_serde)
+        else:
+            raise TopologyError(f"global_table({topic!r}): store must be a name or a hotstate.StoreSpec, got "
+                                f"{type(store).__name__}")
+        if spec.windowed:
+            raise TopologyError(f"global_table({topic!r}): store kind {spec.kind!r} is windowed; a global table is "
+                                "a key-value store: use kind 'rocksdb' or 'memory'")
+        table = GlobalTable(topic, spec, self.config.app_id)
+        self._topology.add_global_table(table)
+        return table
+
     def set_restore_listener(self, listener: RestoreListener) -> None:
         """Called on the state updater thread; see :class:`hotstate.RestoreListener`."""
         self._require(AppState.CREATED, "set_restore_listener()")
@@ -194,15 +235,49 @@ class App:
             raise
         self._transition(AppState.REBALANCING)
         try:
+            if self._topology.global_tables:
+                self._global_thread = self._new_global_thread()
+                self._global_thread.start()
             self._thread = StreamThread(self.config, self._topology, self._state_dir, self._listener, self._metrics,
-                                        self._on_tasks_running, self._on_error, self._standby_listener)
+                                        self._on_tasks_running, self._on_error, self._standby_listener,
+                                        global_thread=self._global_thread)
             self._thread.start()
         except BaseException as exc:  # no thread runs (e.g. the interpreter cannot start one)
+            self._stop_global_thread(5)
             self._thread = None
             self._stop_metrics_server()
             self._state_dir.unlock()
             self._on_error(exc)
             raise
+
+    def _new_global_thread(self) -> GlobalThread:
+        from .kafka import clients
+        cfg = self.config
+        tables = list(self._topology.global_tables.values())
+        return GlobalThread(cfg, tables, self._global_partitions, self._state_dir.root, self._listener,
+                            self._metrics, self._on_global_error, lambda: clients.global_consumer(cfg))
+
+    def _on_global_error(self, exc: BaseException) -> None:
+        """The global thread failed: its tables are no longer kept current, so processing stops too (Kafka
+        Streams moves the whole app to ERROR when its global thread dies); close() cleans up."""
+        self._on_error(exc)
+        thread = self._thread
+        if thread is not None:
+            thread.stop()
+
+    def _stop_global_thread(self, timeout_s: float) -> bool:
+        """Stops the global thread (after the stream thread, whose joins read its stores). False if it did not
+        end within ``timeout_s``."""
+        thread = self._global_thread
+        if thread is None:
+            return True
+        thread.stop()
+        if thread.is_alive():
+            thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning("app %s: the global thread did not end within %ss", self.config.app_id, timeout_s)
+            return False
+        return True
 
     def _serve_metrics(self, port: int) -> Any:
         from .errors import ConfigError
@@ -231,6 +306,9 @@ class App:
         if dlq is not None and dlq in counts:
             raise TopologyError(f"dead_letter_topic={dlq!r} is a source topic of this app: its dead-letter "
                                 "records would be processed again; give another topic")
+        if topology.global_tables:  # their topics are their changelogs: nothing is created for them
+            globals_ = sorted({t.topic for t in topology.global_tables.values()})
+            self._global_partitions = admin.require_topics(globals_, "global table")
         sinks = sorted({t for sub in topology.subtopologies for t in sub.sink_topics})
         if sinks:
             admin.require_topics(sinks, "sink")
@@ -252,8 +330,8 @@ class App:
                              spec.retention_ms + self.config.windowstore_changelog_additional_retention_ms)
 
     def wait_until_running(self, timeout_s: float = 60) -> None:
-        """Blocks until every assigned active task is RUNNING. Raises the app's error if it failed, and
-        TimeoutError after ``timeout_s``."""
+        """Blocks until every assigned active task is RUNNING (and so every global store is bootstrapped: the app
+        joins the group only then). Raises the app's error if it failed, and TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         with self._state_lock:
             while True:
@@ -292,6 +370,8 @@ class App:
                 log.warning("app %s: the stream thread did not end within %ss; the state dir stays locked until "
                             "it does (close() again, or exit the process)", self.config.app_id, timeout_s)
                 return False
+        if not self._stop_global_thread(timeout_s):
+            return False
         self._state_dir.unlock()
         self._stop_metrics_server()
         with self._state_lock:

@@ -205,17 +205,35 @@ class Stream:
         check_serde(value_serde, "value_serde")
         return GroupedStream(self.select_key(fn, key_serde)._repartition("group_by()", None, None, None, value_serde))
 
-    def join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
-        """Inner join with a table (``app.table(...)`` or an aggregation): ``joiner(value, table_value)`` for each
-        record whose key the table holds when the record is processed (table updates emit nothing). See
-        dsl/joins.py: a key-changed stream is repartitioned first; records with a None key or value are dropped."""
-        from .joins import stream_join
-        return stream_join(self, other, joiner, False, window)
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None, *,
+             key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+        """Inner join, by the type of ``other``.
 
-    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
-        """Left join with a table: ``joiner(value, table_value_or_None)`` for each record."""
+        A table (``app.table(...)`` or an aggregation): ``joiner(value, table_value)`` for each record whose key
+        the table holds when the record is processed (table updates emit nothing); a key-changed stream is
+        repartitioned first; records with a None key or value are dropped (dsl/joins.py).
+
+        A ``GlobalTable`` (``app.global_table(...)``): ``key_selector(key, value)`` picks the table key,
+        ``joiner(value, table_value)`` the new value; records without a match are dropped (dsl/global_table.py)."""
+        return self._join(other, joiner, window, key_selector, left=False)
+
+    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None, *,
+                  key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+        """Left join, by the type of ``other`` as ``join``: ``joiner(value, None)`` for a record without a match."""
+        return self._join(other, joiner, window, key_selector, left=True)
+
+    def _join(self, other: Any, joiner: Any, window: Any, key_selector: Any, left: bool) -> "Stream":
+        from .global_table import GlobalTable, join_global
+        if isinstance(other, GlobalTable):
+            return join_global(self, other, key_selector, joiner, left)
+        op = "left_join()" if left else "join()"
+        if key_selector is not None:
+            raise TopologyError(f"{op}: key_selector is for a join with a GlobalTable (app.global_table(...)); a "
+                                f"table or stream joins on the key: select_key(...) first")
+        if joiner is None:
+            raise TopologyError(f"{op}: pass joiner=, a function (value, other_value) -> joined value")
         from .joins import stream_join
-        return stream_join(self, other, joiner, True, window)
+        return stream_join(self, other, joiner, left, window)
 
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""

@@ -10,6 +10,7 @@ tasks, as in Kafka Streams.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import TopologyError
 from ..state.store import StoreSpec
@@ -71,6 +72,8 @@ class Topology:
         self._generated_splits = 0  # apart from repartition names: a split added must not rename repartition topics
         self._generated_stores = 0
         self.owned_stores: dict[str, str] = {}  # store name -> the operation that materialises it
+        # Global tables (dsl/global_table.py), by store name: in no sub-topology (no task, no changelog).
+        self.global_tables: dict[str, Any] = {}
 
     # ---- building ----
     def add_source(self, source: SourceNode) -> SubTopology:
@@ -80,6 +83,9 @@ class Topology:
         return sub
 
     def _check_new_source(self, topic: str) -> None:
+        if any(t.topic == topic for t in self.global_tables.values()):
+            raise TopologyError(f"topic {topic!r} is already the topic of a global table of this app; a topic is "
+                                "read either as a global table or as a stream")
         for sub in self.subtopologies:
             if topic in sub.sink_topics:
                 raise TopologyError(f"topic {topic!r} is both a source and a sink of this app")
@@ -147,7 +153,24 @@ class Topology:
         self.subtopologies.append(sub)
         return sub
 
+    def add_global_table(self, table: Any) -> None:
+        """``App.global_table``: its store name must be unique among all stores, its topic no other source."""
+        name, topic = table.store.name, table.topic
+        if name in self.global_tables or name in self.store_specs():
+            raise TopologyError(f"global_table({topic!r}): store {name!r} is used already in this app; give each "
+                                "store its own name")
+        if any(t.topic == topic for t in self.global_tables.values()):
+            raise TopologyError(f"global_table({topic!r}): the topic is already a global table of this app; "
+                                "call app.global_table() once per topic and join or query that table")
+        if topic in self.source_topics or any(topic in s.sink_topics for s in self.subtopologies):
+            raise TopologyError(f"global_table({topic!r}): the topic is already a source or a sink of this app; a "
+                                "topic is read either as a global table or as a stream")
+        self.global_tables[name] = table
+
     def add_store(self, sub: SubTopology, spec: StoreSpec) -> None:
+        if spec.name in self.global_tables:
+            raise TopologyError(f"store {spec.name!r} is the store of a global table of this app; give this store "
+                                "another name")
         sub = self.resolve(sub)
         for other in self.subtopologies:
             existing = other.stores.get(spec.name)

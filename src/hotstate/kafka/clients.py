@@ -126,6 +126,30 @@ def group_offsets_consumer(config: Config) -> Consumer:
     })
 
 
+def global_consumer(config: Config) -> Consumer:
+    """The global thread's consumer (runtime/global_thread.py): every partition of the global tables' topics,
+    assigned by hand, never in the group. ``read_committed`` under exactly-once, ``read_uncommitted`` otherwise
+    (Kafka Streams' global consumer follows the app's isolation level the same way)."""
+    return Consumer({
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": f"{config.app_id}-global-unused",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed" if config.exactly_once else "read_uncommitted",
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": max(1024, config.restore_fetch_buffer_bytes_max // 1024),
+        "fetch.max.bytes": max(1024 * 1024, min(64 * 1024 * 1024, config.restore_fetch_buffer_bytes_max)),
+        "max.partition.fetch.bytes": max(1024 * 1024, min(8 * 1024 * 1024, config.restore_fetch_buffer_bytes_max)),
+        "fetch.queue.backoff.ms": 10,  # as the restore consumer: the bootstrap is a restore
+        "client.id": f"{config.app_id}-global",
+        "logger": LIBRDKAFKA_LOG,
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+        **METADATA_REFRESH_SETTINGS,
+        **config.restore_consumer_config,
+    })
+
+
 def tail_consumer(config: Config) -> Consumer:
     """Reads the last few committed records of a windowed changelog for their timestamps (the retention-aware
     restore, runtime/live_restore.py): ``read_committed``, small fetches, assigned by hand."""

@@ -46,7 +46,7 @@ class StreamThread(threading.Thread):
     def __init__(self, config: Config, topology: Topology, state_dir: StateDirectory,
                  listener: RestoreListener | None, metrics: Metrics,
                  on_state: Callable[[bool], None], on_error: Callable[[BaseException], None],
-                 standby_listener: StandbyUpdateListener | None = None):
+                 standby_listener: StandbyUpdateListener | None = None, global_thread: Any = None):
         super().__init__(name="hotstate-stream-thread", daemon=True)
         self._config = config
         self._topology = topology
@@ -59,6 +59,7 @@ class StreamThread(threading.Thread):
         self._stop_event = threading.Event()
         self.task_manager: TaskManager | None = None
         self._purger: RepartitionPurger | None = None
+        self._global_thread = global_thread  # runtime/global_thread.py: its bootstrap comes first
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -72,6 +73,10 @@ class StreamThread(threading.Thread):
 
     def _run(self) -> None:
         cfg = self._config
+        # Global stores are bootstrapped before the member joins the group (Kafka Streams starts its stream
+        # threads once the global thread is RUNNING): no task processes against a half-read global table.
+        if self._global_thread is not None and not self._global_thread.wait_bootstrapped(self._stop_event.is_set):
+            return  # stopped, or the global thread failed (it reported its error)
         changelogs = {spec.changelog_topic(cfg.app_id) for spec in self._topology.store_specs().values()
                       if spec.source_topic is None}  # a table's source topic is read, never written
         tracker = DeliveryTracker(changelogs, RecordSizeLimits.from_config(cfg, self._topology.store_specs()))

@@ -27,6 +27,7 @@ from ..records import Record, TopicPartition
 from ..runtime.commit import AtLeastOnceCommitter, DeliveryTracker
 from ..runtime.task_manager import TaskManager
 from ..serde import Serde
+from ..state.global_store import GlobalStore
 from ..state.state_dir import StateDirectory
 from ._ports import Consumer, Entry, Log, Member, Producer, Updater
 
@@ -51,7 +52,11 @@ class TopologyTestDriver:
     says (one instance, no crash and a commit per record give the same outputs and stores; exactly-once's
     transactions are not simulated); ``state_dir`` is ignored (a temporary directory, deleted by ``close``);
     nothing is restored (stores start empty); repartition topics are not purged; there are no standbys.
-    ``bootstrap_servers`` is never contacted. Use one driver per app at a time: the driver sets the partition
+    ``bootstrap_servers`` is never contacted.
+
+    Global tables (``app.global_table``): a record piped into a global table's topic is applied to the global
+    store at once (as the app's global thread applies it; ``partitions={topic: n}`` gives the topic n
+    partitions), so joins and ``store(name)`` see it; the topics start empty (nothing to bootstrap). Use one driver per app at a time: the driver sets the partition
     counts of the app's repartition topics, as ``start()`` does."""
 
     def __init__(self, app: App, partitions: int | Mapping[str, int] = 1, wall_clock_ms: int | None = None):
@@ -80,7 +85,15 @@ class TopologyTestDriver:
                                committed_offsets=self._member.committed, wall_clock=lambda: self._now)
         self._closed = False
         self._failed = False
+        # Global tables: their stores are opened here and written by pipe() at once, as the global thread
+        # applies the records of their topics (no bootstrap: the topics start empty).
+        self._globals: dict[str, GlobalStore] = {}  # topic -> store
         try:
+            root = StateDirectory(self._dir, self._config.app_id).root
+            for table in topology.global_tables.values():
+                store = GlobalStore(table.store, table.topic, self._global_counts[table.topic], root)
+                self._globals[table.topic] = store
+                table.attach(store)
             self._tm.partitions_assigned([TopicPartition(t, p) for t, p in inputs])
             self._tm.handle_restored()  # RUNNING: processor instances made, init() called
         except BaseException:
@@ -88,17 +101,21 @@ class TopologyTestDriver:
             raise
 
     def _source_counts(self, partitions: int | Mapping[str, int]) -> dict[str, int]:
+        """The source topics' partition counts; those of global tables' topics go to ``_global_counts``."""
+        globals_ = [t.topic for t in self._topology.global_tables.values()]
         sources = self._topology.user_source_topics
         if isinstance(partitions, Mapping):
-            unknown = sorted(set(partitions) - set(sources))
+            unknown = sorted(set(partitions) - set(sources) - set(globals_))
             if unknown:
-                raise KeyError(f"partitions names topics that are no source of this app: {unknown}; sources: {sources}")
-            counts = {t: partitions.get(t, 1) for t in sources}
+                raise KeyError(f"partitions names topics that are no source of this app: {unknown}; sources: "
+                               f"{sources + globals_}")
+            counts = {t: partitions.get(t, 1) for t in sources + globals_}
         else:
-            counts = {t: partitions for t in sources}
+            counts = {t: partitions for t in sources + globals_}
         for t, n in counts.items():
             if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
                 raise ValueError(f"partitions of {t!r} must be a positive int, got {n!r}")
+        self._global_counts = {t: counts.pop(t) for t in globals_}
         return counts
 
     # ---- input ----
@@ -109,8 +126,13 @@ class TopologyTestDriver:
         Kafka timestamp (default: the driver's wall clock). ``partition``: default murmur2 of the serialized key
         (partition 0 for a null key). A None key or value stays null (a tombstone)."""
         self._check_open()
+        store = self._globals.get(topic)
+        if store is not None:
+            self._pipe_global(store, key, value, partition, key_serde, value_serde)
+            return
         if topic not in self._topology.user_source_topics:
-            raise KeyError(f"{topic!r} is not a source topic of this app; sources: {self._topology.user_source_topics}")
+            raise KeyError(f"{topic!r} is not a source topic of this app; sources: "
+                           f"{self._topology.user_source_topics + sorted(self._globals)}")
         source = self._topology.subtopology_of(topic).source_for(topic)
         raw_key = None if key is None else _serde.dumps(key_serde or source.key_serde, key)
         raw_value = None if value is None else _serde.dumps(value_serde or source.value_serde, value)
@@ -124,6 +146,21 @@ class TopologyTestDriver:
         ts = self._now if timestamp_ms is None else timestamp_ms
         self._log.append(topic, partition, Entry(raw_key, raw_value, ts, list(headers) if headers else None))
         self._run()
+
+    def _pipe_global(self, store: GlobalStore, key: Any, value: Any, partition: int | None,
+                     key_serde: Serde | None, value_serde: Serde | None) -> None:
+        """A record of a global table's topic: applied to its store at once, as the global thread applies it
+        (a null value deletes; a null key is skipped), at the next offset of its partition."""
+        raw_key = None if key is None else _serde.dumps(key_serde or store.spec.key_serde, key)
+        raw_value = None if value is None else _serde.dumps(value_serde or store.spec.value_serde, value)
+        count = len(store.backends)
+        if partition is not None and not 0 <= partition < count:
+            raise ValueError(f"partition {partition} of {store.topic!r}: the driver gives it {count} partition(s)")
+        if partition is None:
+            partition = 0 if raw_key is None else partition_for(raw_key, count)
+        backend = store.backends[partition]
+        offset = backend.changelog_offset() or 0
+        backend.write([] if raw_key is None else [(raw_key, raw_value)], offset + 1)
 
     def advance_wall_clock(self, ms: int) -> None:
         """Moves the mock wall clock on by ``ms`` and fires the WALL_CLOCK_TIME punctuations due (each schedule
@@ -205,6 +242,10 @@ class TopologyTestDriver:
         try:
             self._tm.shutdown(clean=not self._failed)
         finally:
+            for table in self._topology.global_tables.values():
+                table.attach(None)
+            for store in self._globals.values():
+                store.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _check_open(self) -> None:
