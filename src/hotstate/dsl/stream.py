@@ -195,17 +195,31 @@ class Stream:
         check_serde(value_serde, "value_serde")
         return GroupedStream(self.select_key(fn, key_serde)._repartition("group_by()", None, None, None, value_serde))
 
-    def join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None,
+             store: str | None = None) -> "Stream":
         """Inner join with a table (``app.table(...)`` or an aggregation): ``joiner(value, table_value)`` for each
         record whose key the table holds when the record is processed (table updates emit nothing). See
-        dsl/joins.py: a key-changed stream is repartitioned first; records with a None key or value are dropped."""
-        from .joins import stream_join
-        return stream_join(self, other, joiner, False, window)
+        dsl/joins.py: a key-changed stream is repartitioned first; records with a None key or value are dropped.
 
-    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None) -> "Stream":
-        """Left join with a table: ``joiner(value, table_value_or_None)`` for each record."""
+        With another stream and ``window=windows.join(time_difference_ms=..., grace_ms=...)``: a windowed
+        stream-stream join, ``joiner(value, other_value)`` for each pair of records of a key whose timestamps
+        differ by at most the time difference (dsl/stream_joins.py); ``store`` names its stores."""
         from .joins import stream_join
-        return stream_join(self, other, joiner, True, window)
+        return stream_join(self, other, joiner, False, window, store)
+
+    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None,
+                  store: str | None = None) -> "Stream":
+        """Left join with a table: ``joiner(value, table_value_or_None)`` for each record. With another stream and
+        ``window=``: also ``joiner(value, None)`` for a record that found no partner, once its window closed."""
+        from .joins import stream_join
+        return stream_join(self, other, joiner, True, window, store)
+
+    def outer_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None,
+                   store: str | None = None) -> "Stream":
+        """Outer join with another stream (``window=`` needed): as ``left_join``, and ``joiner(None, value)`` for a
+        record of the other stream that found no partner, once its window closed."""
+        from .joins import stream_outer_join
+        return stream_outer_join(self, other, joiner, window, store)
 
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""
