@@ -209,12 +209,16 @@ def event():
 
 @settings(max_examples=200, deadline=None)
 @given(events=st.lists(event(), max_size=30), kind=st.sampled_from(["inner", "left", "outer"]),
-       d=st.integers(0, 12), grace=st.integers(0, 12))
-def test_stream_stream_joins_match_a_nested_loop_reference(tmp_path_factory, events, kind, d, grace):
+       d=st.integers(0, 12), grace=st.integers(0, 12), commits=st.sets(st.integers(0, 29)))
+def test_stream_stream_joins_match_a_nested_loop_reference(tmp_path_factory, events, kind, d, grace, commits):
+    """``commits``: after which events the task commits (the stores' writes move from the overlay to the backend)."""
     app = hotstate.App(app_id="unit-app", bootstrap_servers="127.0.0.1:1",
                        state_dir=str(tmp_path_factory.mktemp("state")))
     h = Harness(build(app, kind, d, grace), "left")
-    run(h, events)
+    for i, e in enumerate(events):
+        run(h, [e])
+        if i in commits:
+            h.commit()
     expected, late = reference_join(events, kind, d, grace)
     assert outputs(h) == expected
     assert sum(h.metrics.dropped_late_records.values()) == late

@@ -11,6 +11,7 @@ two windowed stores (restored with them), so it survives restarts and rebalances
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import Any, Callable
 
 from ..serde import Serde
@@ -20,6 +21,12 @@ from .nodes import Node, _event_time
 _TIME = struct.Struct(">q")
 _LEN = struct.Struct(">I")
 LEFT_SIDE, RIGHT_SIDE = b"\x00", b"\x01"
+
+# A cache per task's outer store (its view): (write generation, the smallest timestamp it may hold, None: empty).
+# Known exactly after a scan, lowered by every put; a delete leaves it a lower bound; a commit or rewind moves the
+# generation on (one scan then). While stream time keeps every window at or after it open, no scan is needed (as
+# Kafka Streams' time tracker keeps its minTime).
+_LEAST_WAITING: "weakref.WeakKeyDictionary[Any, tuple[int, int | None]]" = weakref.WeakKeyDictionary()
 
 
 def encode_values(values: list[bytes]) -> bytes:
@@ -141,6 +148,9 @@ class StreamJoinSideNode(Node):
             raw = outer.get(waiting_key)
             mine = self.this_serde.serialize(value)
             outer.put(waiting_key, encode_values([mine]) if raw is None else raw + encode_values([mine]))
+            known = _LEAST_WAITING.get(outer)
+            if known is not None and known[0] == outer.write_generation:
+                _LEAST_WAITING[outer] = (known[0], ts if known[1] is None else min(known[1], ts))
 
 
 def _shared_stream_time(this: Any, other: Any) -> int | None:
@@ -156,11 +166,16 @@ def emit_closed(node: StreamJoinSideNode, ctx: Any, stream_time: int) -> None:
     assert node.outer_store is not None
     outer = ctx.store(node.outer_store)
     horizon = stream_time - node.windows.time_difference_ms - node.windows.grace_ms  # closed: timestamp < horizon
-    closed = []
+    known = _LEAST_WAITING.get(outer)
+    if known is not None and known[0] == outer.write_generation and (known[1] is None or known[1] >= horizon):
+        return
+    closed, least = [], None
     for raw_key, raw in outer.range(None, None):
         if _TIME.unpack_from(raw_key)[0] >= horizon:
+            least = _TIME.unpack_from(raw_key)[0]
             break
         closed.append((raw_key, raw))
+    _LEAST_WAITING[outer] = (outer.write_generation, least)  # the deletes below keep it exact
     if not closed:
         return
     ts, headers = ctx.timestamp, ctx.headers
