@@ -1,7 +1,8 @@
 """Windowed stream-stream joins against the real broker: an outer join's output is exactly the nested-loop
 reference's (tests/stream_join_reference.py), and it survives a restart with a wiped state dir: the join stores
 restore from their changelogs, so records produced after the restart join with records from before it, and
-records that never found a partner come out with None once their windows close."""
+records that never found a partner come out with None once their windows close; a re-keyed side goes through a
+repartition topic sized like the other side's topic."""
 from __future__ import annotations
 
 import json
@@ -104,5 +105,53 @@ def test_an_outer_join_is_exact_and_joins_across_a_restart_from_its_changelogs(k
         assert sum(n for (_, (o, p), _), n in want.items()
                    if o and p and "before" in o and "after" in p) > 10, "pairs span the restart"
         wait_for(lambda: output(kafka, sink) == want, "every pair and every unjoined record, once", 30, 0.3)
+    finally:
+        assert app.close()
+
+
+def test_a_re_keyed_side_goes_through_a_repartition_topic_sized_like_the_other_side(kafka, admin, tmp_path):
+    """Orders keyed by order id (2 partitions) re-keyed by customer, joined with payments keyed by customer
+    (3 partitions, written as a Java producer would: murmur2): the repartition topic gets 3 partitions, and every
+    pair within the window comes out once."""
+    from hotstate.kafka.partitioner import partition_for as murmur2_partition
+
+    orders = kafka.create_topic(partitions=2, prefix="ssj-rk-orders")
+    payments = kafka.create_topic(partitions=3, prefix="ssj-rk-payments")
+    sink = kafka.create_topic(partitions=3, prefix="ssj-rk-out")
+    app_id = kafka.app_id("ssj-rk")
+    rng = random.Random(5)
+    base = int(time.time() * 1000) - 30_000
+    customers = [f"c{i}" for i in range(15)]
+    order_events = [("L", f"order-{i}", {"customer": rng.choice(customers), "n": i}, base + rng.randrange(5_000))
+                    for i in range(120)]
+    payment_events = [("R", rng.choice(customers), f"pay-{i}", base + rng.randrange(5_000)) for i in range(120)]
+    producer = kafka.producer()
+    for _, key, value, ts in order_events:
+        producer.produce(orders, json.dumps(value).encode(), key.encode(), partition=partition_for(key, 2),
+                         timestamp=ts)
+    for _, key, value, ts in payment_events:
+        producer.produce(payments, json.dumps(value).encode(), key.encode(),
+                         partition=murmur2_partition(key.encode(), 3), timestamp=ts)
+    assert producer.flush(30) == 0
+
+    app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(tmp_path / "state"),
+                       commit_interval_ms=100)
+    o = app.stream(orders, key_serde=serde.STRING, value_serde=serde.JSON)
+    p = app.stream(payments, key_serde=serde.STRING, value_serde=serde.JSON)
+    (o.select_key(lambda k, v: v["customer"], key_serde=serde.STRING)
+      .join(p, lambda order, payment: [order["n"], payment], window=windows.join(time_difference_ms=D_MS,
+                                                                                  grace_ms=GRACE_MS))
+      .to(sink, value_serde=serde.JSON))
+    # Inner join, nothing late: the pairs do not depend on the order the records are read in.
+    rekeyed = [("L", v["customer"], v["n"], ts) for _, _, v, ts in order_events]
+    want = Counter({(k, pair, ts): n for (k, pair, ts), n in
+                    reference_join(rekeyed + payment_events, "inner", D_MS, GRACE_MS)[0].items()})
+    assert sum(want.values()) > 20
+    app.start()
+    try:
+        app.wait_until_running(60)
+        (rep,) = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id) and t.endswith("-repartition")]
+        assert len(admin.list_topics(rep, timeout=10).topics[rep].partitions) == 3
+        wait_for(lambda: output(kafka, sink) == want, "every pair within the window, once", 30, 0.3)
     finally:
         assert app.close()
