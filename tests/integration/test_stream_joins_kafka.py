@@ -25,9 +25,9 @@ D_MS, GRACE_MS = 200, 60_000  # grace covers the whole run's disorder: no record
 STORES = ("pay-this-join-store", "pay-other-join-store", "pay-outer-shared-join-store")
 
 
-def join_app(kafka, app_id, state_dir, orders, payments, sink, listener=None):
+def join_app(kafka, app_id, state_dir, orders, payments, sink, listener=None, guarantee="at_least_once"):
     app = hotstate.App(app_id=app_id, bootstrap_servers=kafka.bootstrap, state_dir=str(state_dir),
-                       commit_interval_ms=100)
+                       commit_interval_ms=100, processing_guarantee=guarantee)
     o = app.stream(orders, key_serde=serde.STRING, value_serde=serde.JSON)
     p = app.stream(payments, key_serde=serde.STRING, value_serde=serde.JSON)
     o.outer_join(p, lambda order, payment: [order, payment],
@@ -59,7 +59,8 @@ def expected(events):
     return out
 
 
-def test_an_outer_join_is_exact_and_joins_across_a_restart_from_its_changelogs(kafka, tmp_path):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once_v2"])
+def test_an_outer_join_is_exact_and_joins_across_a_restart_from_its_changelogs(kafka, tmp_path, guarantee):
     orders = kafka.create_topic(partitions=PARTITIONS, prefix="ssj-orders")
     payments = kafka.create_topic(partitions=PARTITIONS, prefix="ssj-payments")
     sink = kafka.create_topic(partitions=PARTITIONS, prefix="ssj-out")
@@ -75,7 +76,7 @@ def test_an_outer_join_is_exact_and_joins_across_a_restart_from_its_changelogs(k
     produce(kafka, orders, [e for e in before if e[0] == "L"])
     produce(kafka, payments, [e for e in before if e[0] == "R"])
     state = tmp_path / "state"
-    app = join_app(kafka, app_id, state, orders, payments, sink)
+    app = join_app(kafka, app_id, state, orders, payments, sink, guarantee=guarantee)
     app.start()
     try:
         app.wait_until_running(60)
@@ -91,7 +92,7 @@ def test_an_outer_join_is_exact_and_joins_across_a_restart_from_its_changelogs(k
     flush_keys = {partition_for(k, PARTITIONS): k for k in (f"flush{i}" for i in range(50))}
     flush = [("L", flush_keys[p], "flush", base + 10_000 + D_MS + GRACE_MS + 1) for p in range(PARTITIONS)]
     listener = RecordingListener()
-    app = join_app(kafka, app_id, state, orders, payments, sink, listener)
+    app = join_app(kafka, app_id, state, orders, payments, sink, listener, guarantee)
     app.start()
     try:
         app.wait_until_running(60)
