@@ -1,7 +1,8 @@
-"""Side by side with Kafka Streams 4.4: the same orders and payments through Kafka Streams' windowed outer join
-(``JoinWindows.ofTimeDifferenceAndGrace``; tests/kstreams_joins, class ``hotstate.check.WindowedJoin``, built
-with Maven on first use) and hotstate's ``outer_join(..., window=windows.join(...))``: per key, the same
-multiset of (value, timestamp) results, equal to the nested-loop reference (tests/stream_join_reference.py).
+"""Side by side with Kafka Streams 4.4: the same orders and payments through Kafka Streams' windowed inner, left
+and outer joins (``JoinWindows.ofTimeDifferenceAndGrace``; tests/kstreams_joins, class
+``hotstate.check.WindowedJoin``, built with Maven on first use) and hotstate's ``join`` / ``left_join`` /
+``outer_join(..., window=windows.join(...))``: per key, the same multiset of (value, timestamp) results, equal to
+the nested-loop reference (tests/stream_join_reference.py).
 
 The input is shaped so that both systems' documented rules give one answer whatever order a task reads its two
 topics in: rounds of records spanning less than the time difference and the grace (no record is late, and none
@@ -66,16 +67,17 @@ def results(kafka, topic):
     return dict(out)
 
 
-def reference(events):
+def reference(events, kind):
     out: dict = defaultdict(Counter)
     for p in range(PARTITIONS):
         mine = [e for e in events if murmur2_partition(e[1].encode(), PARTITIONS) == p]
-        for (key, pair, ts), n in reference_join(mine, "outer", D_MS, GRACE_MS)[0].items():
+        for (key, pair, ts), n in reference_join(mine, kind, D_MS, GRACE_MS)[0].items():
             out[key][(pair, ts)] += n
     return dict(out)
 
 
-def test_an_outer_stream_stream_join_equals_kafka_streams(kafka, tmp_path):
+@pytest.mark.parametrize("kind", ["inner", "left", "outer"])
+def test_a_windowed_stream_stream_join_equals_kafka_streams(kafka, tmp_path, kind):
     kstreams_jar()  # before any topic exists: a first build takes long
     left = kafka.create_topic(partitions=PARTITIONS, prefix="vs-ks-ssj-orders")
     right = kafka.create_topic(partitions=PARTITIONS, prefix="vs-ks-ssj-payments")
@@ -96,9 +98,10 @@ def test_an_outer_stream_stream_join_equals_kafka_streams(kafka, tmp_path):
                        commit_interval_ms=100)
     o = app.stream(left, key_serde=serde.STRING, value_serde=serde.STRING)
     p = app.stream(right, key_serde=serde.STRING, value_serde=serde.STRING)
-    o.outer_join(p, lambda a, b: [a, b], window=windows.join(time_difference_ms=D_MS, grace_ms=GRACE_MS)).to(
+    join = {"inner": o.join, "left": o.left_join, "outer": o.outer_join}[kind]
+    join(p, lambda a, b: [a, b], window=windows.join(time_difference_ms=D_MS, grace_ms=GRACE_MS)).to(
         out["hs"], value_serde=serde.JSON)
-    ks = WindowedJoinApp([kafka.bootstrap, ks_id, str(tmp_path / "ks"), "outer", left, right, out["ks"], str(D_MS),
+    ks = WindowedJoinApp([kafka.bootstrap, ks_id, str(tmp_path / "ks"), kind, left, right, out["ks"], str(D_MS),
                           str(GRACE_MS)], tmp_path / "kstreams.log")
     app.start()
     try:
@@ -113,8 +116,10 @@ def test_an_outer_stream_stream_join_equals_kafka_streams(kafka, tmp_path):
                 ks.check_alive()
                 return all(committed_to_end(kafka, g, t, PARTITIONS) for g in (hs_id, ks_id) for t in (left, right))
             wait_for(both_done, "both apps to process the round", 120, 0.2)
-        want = reference(produced)
-        assert sum(n for c in want.values() for (pair, _), n in c.items() if None in pair) > 10  # unjoined ones too
+        want = reference(produced, kind)
+        unjoined = sum(n for c in want.values() for (pair, _), n in c.items() if None in pair)
+        assert unjoined > 10 if kind != "inner" else unjoined == 0
+        assert sum(n for c in want.values() for (pair, _), n in c.items() if None not in pair) > 10
 
         def detail() -> object:
             return {"hotstate": results(kafka, out["hs"]), "kafka streams": results(kafka, out["ks"]),
