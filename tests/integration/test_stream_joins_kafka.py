@@ -151,7 +151,8 @@ def test_a_re_keyed_side_goes_through_a_repartition_topic_sized_like_the_other_s
     app.start()
     try:
         app.wait_until_running(60)
-        (rep,) = [t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id) and t.endswith("-repartition")]
+        (rep,) = [t for t in admin.list_topics(timeout=10).topics
+                  if t.startswith(app_id) and t.endswith("-repartition")]
         assert len(admin.list_topics(rep, timeout=10).topics[rep].partitions) == 3
         wait_for(lambda: output(kafka, sink) == want, "every pair within the window, once", 30, 0.3)
     finally:

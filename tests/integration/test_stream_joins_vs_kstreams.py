@@ -81,7 +81,8 @@ def test_a_windowed_stream_stream_join_equals_kafka_streams(kafka, tmp_path, kin
     kstreams_jar()  # before any topic exists: a first build takes long
     left = kafka.create_topic(partitions=PARTITIONS, prefix="vs-ks-ssj-orders")
     right = kafka.create_topic(partitions=PARTITIONS, prefix="vs-ks-ssj-payments")
-    out = {system: kafka.create_topic(partitions=PARTITIONS, prefix=f"vs-ks-ssj-{system}") for system in ("hs", "ks")}
+    out = {system: kafka.create_topic(partitions=PARTITIONS, prefix=f"vs-ks-ssj-{system}")
+           for system in ("hs", "ks")}
     hs_id, ks_id = kafka.app_id("vs-ks-hs-ssj"), kafka.app_id("vs-ks-ks-ssj")
     rng = random.Random(44)
     base = int(time.time() * 1000) - 120_000
@@ -124,8 +125,8 @@ def test_a_windowed_stream_stream_join_equals_kafka_streams(kafka, tmp_path, kin
         def detail() -> object:
             return {"hotstate": results(kafka, out["hs"]), "kafka streams": results(kafka, out["ks"]),
                     "reference": want}
-        wait_for(lambda: results(kafka, out["ks"]) == want, "Kafka Streams' results equal to the reference", 60, 0.3,
-                 detail)
+        wait_for(lambda: results(kafka, out["ks"]) == want, "Kafka Streams' results equal to the reference", 60,
+                 0.3, detail)
         wait_for(lambda: results(kafka, out["hs"]) == want, "hotstate's results equal to the reference", 30, 0.3,
                  detail)
         ks.stop()
