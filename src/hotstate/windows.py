@@ -160,3 +160,49 @@ def sliding(time_difference_ms: int, grace_ms: int, retention_ms: int | None = N
     _int("grace_ms", grace_ms, 0)
     return SlidingWindows(time_difference_ms, grace_ms,
                           2 * time_difference_ms + grace_ms + 1 if retention_ms is None else retention_ms)
+
+
+@dataclass(frozen=True)
+class JoinWindows:
+    """The window of a stream-stream join (Kafka Streams' ``JoinWindows.ofTimeDifferenceAndGrace``): a record
+    at ``t`` on either side joins every record of the other side with the same key whose timestamp is in
+    ``[t - time_difference_ms, t + time_difference_ms]`` (symmetric: Kafka Streams' ``before`` and ``after``
+    both equal to the time difference; other asymmetries are not offered). Build them with :func:`join`.
+
+    Grace: a record whose timestamp is below the join's stream time (the largest timestamp it accepted, on
+    either side) minus ``grace_ms`` is dropped and counted (``dropped_late_records_total``). A record of a left
+    or outer join that found no partner is emitted with None for the other side once its window has closed:
+    stream time > its timestamp + time_difference_ms + grace_ms (never before: no spurious results).
+    Retention of the join's stores: ``2 * time_difference_ms + grace_ms + 1`` (the window size, before + after,
+    plus grace, plus one: every record that can still join is kept). See docs/architecture.md."""
+
+    time_difference_ms: int
+    grace_ms: int
+
+    def __post_init__(self) -> None:
+        _int("time_difference_ms", self.time_difference_ms, 0)
+        _int("grace_ms", self.grace_ms, 0)
+
+    @property
+    def before_ms(self) -> int:
+        return self.time_difference_ms
+
+    @property
+    def after_ms(self) -> int:
+        return self.time_difference_ms
+
+    @property
+    def size_ms(self) -> int:
+        """Before + after (Kafka Streams' ``JoinWindows.size()``)."""
+        return self.before_ms + self.after_ms
+
+    @property
+    def retention_ms(self) -> int:
+        return self.size_ms + self.grace_ms + 1
+
+
+def join(time_difference_ms: int, grace_ms: int) -> JoinWindows:
+    """The window of ``stream.join(other, joiner, window=...)`` (and ``left_join`` / ``outer_join``): records
+    of the two streams join when their timestamps differ by at most ``time_difference_ms``; records later than
+    ``grace_ms`` behind stream time are dropped."""
+    return JoinWindows(time_difference_ms, grace_ms)

@@ -205,24 +205,36 @@ class Stream:
         check_serde(value_serde, "value_serde")
         return GroupedStream(self.select_key(fn, key_serde)._repartition("group_by()", None, None, None, value_serde))
 
-    def join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None, *,
-             key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None,
+             store: str | None = None, *, key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
         """Inner join, by the type of ``other``.
 
         A table (``app.table(...)`` or an aggregation): ``joiner(value, table_value)`` for each record whose key
         the table holds when the record is processed (table updates emit nothing); a key-changed stream is
         repartitioned first; records with a None key or value are dropped (dsl/joins.py).
 
+        Another stream, with ``window=windows.join(time_difference_ms=..., grace_ms=...)``: a windowed
+        stream-stream join, ``joiner(value, other_value)`` for each pair of records of a key whose timestamps
+        differ by at most the time difference (dsl/stream_joins.py); ``store`` names its stores.
+
         A ``GlobalTable`` (``app.global_table(...)``): ``key_selector(key, value)`` picks the table key,
         ``joiner(value, table_value)`` the new value; records without a match are dropped (dsl/global_table.py)."""
-        return self._join(other, joiner, window, key_selector, left=False)
+        return self._join(other, joiner, window, store, key_selector, left=False)
 
-    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None, *,
-                  key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
-        """Left join, by the type of ``other`` as ``join``: ``joiner(value, None)`` for a record without a match."""
-        return self._join(other, joiner, window, key_selector, left=True)
+    def left_join(self, other: Any, joiner: Callable[[Any, Any], Any] | None = None, window: Any = None,
+                  store: str | None = None, *, key_selector: Callable[[Any, Any], Any] | None = None) -> "Stream":
+        """Left join, by the type of ``other`` as ``join``: ``joiner(value, None)`` for a record without a match
+        (with another stream: once its window closed)."""
+        return self._join(other, joiner, window, store, key_selector, left=True)
 
-    def _join(self, other: Any, joiner: Any, window: Any, key_selector: Any, left: bool) -> "Stream":
+    def outer_join(self, other: Any, joiner: Callable[[Any, Any], Any], window: Any = None,
+                   store: str | None = None) -> "Stream":
+        """Outer join with another stream (``window=`` needed): as ``left_join``, and ``joiner(None, value)`` for a
+        record of the other stream that found no partner, once its window closed."""
+        from .joins import stream_outer_join
+        return stream_outer_join(self, other, joiner, window, store)
+
+    def _join(self, other: Any, joiner: Any, window: Any, store: Any, key_selector: Any, left: bool) -> "Stream":
         from .global_table import GlobalTable, join_global
         if isinstance(other, GlobalTable):
             return join_global(self, other, key_selector, joiner, left)
@@ -233,7 +245,7 @@ class Stream:
         if joiner is None:
             raise TopologyError(f"{op}: pass joiner=, a function (value, other_value) -> joined value")
         from .joins import stream_join
-        return stream_join(self, other, joiner, left, window)
+        return stream_join(self, other, joiner, left, window, store)
 
     def to(self, topic: str, key_serde: Serde | None = None, value_serde: Serde | None = None) -> None:
         """Writes the stream to ``topic`` (which must exist). Serdes default to the stream's own."""

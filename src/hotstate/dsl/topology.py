@@ -200,6 +200,13 @@ class Topology:
         self._generated_stores += 1
         return name
 
+    def generated_store_name(self, prefix: str) -> str:
+        """``<prefix>-0000000003-store`` (Kafka Streams' ``KSTREAM-JOINTHIS-0000000003-store``), numbered with
+        the other generated store names, in build order."""
+        name = f"{prefix}-{self._generated_stores:010d}-store"
+        self._generated_stores += 1
+        return name
+
     def add_sink(self, sub: SubTopology, sink: SinkNode) -> None:
         if sink.topic in self.repartitions or any(sink.topic in s.source_topics for s in self.subtopologies):
             raise TopologyError(f"topic {sink.topic!r} is both a source and a sink of this app")
