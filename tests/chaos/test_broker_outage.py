@@ -116,9 +116,15 @@ def where_the_outputs_went(kafka, sink: str, expected, bad: dict, tmp_path: Path
         lines.append(f"{word}: counted {n} times in the input, {len(seq)} outputs, the last {seq[-1] if seq else None}; "
                      f"missing {missing}, repeated or beyond {extra}; read_uncommitted finds the missing ones at "
                      f"(partition, offset) { {m: everything.get((word, m), []) for m in missing} }")
+    lines.append(keep_broker_dir(tmp_path))
+    return "\n".join(lines)
+
+
+def keep_broker_dir(tmp_path: Path) -> str:
+    """Copies the test broker's directory (server.log with the coordinators' lines, data/ for
+    ``java -cp '<kafka libs>/*' kafka.tools.DumpLogSegments --files ... --print-data-log``) next to the app's log,
+    before the fixture resets it."""
     run = Path(os.environ.get("HOTSTATE_CACHE", Path.home() / ".cache" / "hotstate")) / f"kafka-run-{PORT}"
     copy = tmp_path / "broker"
     shutil.copytree(run, copy, dirs_exist_ok=True)
-    lines.append(f"the broker's directory (server.log, data/) is copied to {copy} (kafka-dump-log.sh --files ... "
-                 "--print-data-log)")
-    return "\n".join(lines)
+    return f"the broker's directory (server.log, data/) is copied to {copy}"

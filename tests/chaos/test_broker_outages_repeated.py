@@ -15,7 +15,7 @@ import pytest
 
 from kafka_helpers import wait_for, words
 from scenario import PARTITIONS, Feeder, Runner, exactly_once_violations, output_sequences
-from test_broker_outage import broker, broker_pid, own_broker, where_the_outputs_went  # noqa: F401 (fixture)
+from test_broker_outage import broker, broker_pid, keep_broker_dir, own_broker, where_the_outputs_went  # noqa: F401
 
 KILLS = int(os.environ.get("HOTSTATE_OUTAGE_KILLS", "0"))
 
@@ -62,6 +62,9 @@ def test_broker_killed_repeatedly_loses_and_doubles_nothing(own_broker, tmp_path
         assert not bad, (f"seed {seed}: {len(bad)} words with lost or doubled updates: {dict(list(bad.items())[:5])}\n"
                          + where_the_outputs_went(kafka, sink, expected, bad, tmp_path))
         app.terminate()
+    except BaseException:
+        print(keep_broker_dir(tmp_path))  # any failure: the broker's state is evidence too
+        raise
     finally:
         feeder.stop()
         app.close_files()
