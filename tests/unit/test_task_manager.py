@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
@@ -789,3 +790,47 @@ def test_every_assignment_counts_as_a_rebalance_even_one_that_adds_no_partition(
     tm.standbys_assigned(set(), set())
     tm.standbys_assigned(set(), set())  # a rebalance that moved nothing here
     assert tm._metrics.rebalances_total == 2
+
+
+# ---- exactly-once: a rewind while the group's committed offsets stay unreadable ----
+
+def _unreadable(tps, timeout):
+    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "reading committed offsets failed: KafkaTimeoutError"))
+
+
+def test_a_rewind_goes_to_its_own_committed_offsets_when_the_groups_stay_unreadable(make_app, tmp_path, tms):
+    """After a broker restart the group answered UNSTABLE_OFFSET_COMMIT for minutes (docs/faults.md, session 7) and
+    the rewind stopped the app. After a known abort each task's own last commit is exact: once the reads have failed
+    for longer than transaction_timeout_ms, the rewind seeks there."""
+    consumer = FakeConsumer()
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2",
+                  transaction_timeout_ms=300, rewind_timeout_ms=20_000)
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    for t in (t0, t1):
+        t.mark_committed()  # as a successful commit does: 0 at 6, 1 at 10
+    tm.process([FakeMsg("words", 0, 6, b"a", b"x"), FakeMsg("words", 1, 10, b"b", b"x")])
+    tm._read_committed = _unreadable
+    started = time.monotonic()
+    tm.rewind([t0, t1])
+    assert 0.3 <= time.monotonic() - started < 10
+    assert sorted(consumer.seeks) == [("words", 0, 6), ("words", 1, 10)]
+    assert t0.dirty_records() == 0 and t1.dirty_records() == 0
+    assert tm._metrics.rewinds_to_known_offsets_total == 1
+
+
+def test_a_rewind_of_a_task_that_never_committed_here_still_needs_the_groups_offsets(make_app, tmp_path, tms):
+    """A task without a commit of its own knows nothing of the group's offsets: no fallback, the app stops with the
+    error after rewind_timeout_ms."""
+    consumer = FakeConsumer()
+    tm, _ = build(make_app, tmp_path, kind="memory", consumer=consumer, processing_guarantee="exactly_once_v2",
+                  transaction_timeout_ms=300, rewind_timeout_ms=800)
+    tms.append(tm)
+    t0, t1 = running(tm, (0, 1))
+    tm.process([FakeMsg("words", 0, 5, b"a", b"x"), FakeMsg("words", 1, 9, b"b", b"x")])
+    t0.mark_committed()  # t1 never committed here
+    tm._read_committed = _unreadable
+    with pytest.raises(RuntimeError, match="cannot read the committed input offsets"):
+        tm.rewind([t0, t1])
+    assert consumer.seeks == [] and tm._metrics.rewinds_to_known_offsets_total == 0

@@ -173,6 +173,9 @@ class Metrics:
     commits_total: int = 0
     # Exactly-once: producers given up inside a transactional call librdkafka never returned from (commit.py).
     transactional_producers_abandoned_total: int = 0
+    # Exactly-once: rewinds that went to this instance's own last committed offsets because the group's stayed
+    # unreadable (UNSTABLE_OFFSET_COMMIT after a broker restart; task_manager._committed_offsets).
+    rewinds_to_known_offsets_total: int = 0
     store_corruptions_total: int = 0  # running tasks closed, wiped and restored because a read met damage
     rebalances_total: int = 0  # assignments this instance received (every rebalance it took part in)
     restore_records_total: int = 0
@@ -205,6 +208,7 @@ class Metrics:
             "dropped_late_records_total": dict(list(self.dropped_late_records.items())),  # task id -> count
             "commit_total": self.commits_total,
             "transactional_producers_abandoned_total": self.transactional_producers_abandoned_total,
+            "rewinds_to_known_offsets_total": self.rewinds_to_known_offsets_total,
             "rebalances_total": self.rebalances_total,
             "store_corruptions_total": self.store_corruptions_total,
             "restore_records_total": self.restore_records_total,

@@ -25,6 +25,8 @@ _INSTANCE = [
     ("commit_total", "counter", "Commits"),
     ("transactional_producers_abandoned_total", "counter",
      "Transactional producers given up inside a call librdkafka never returned from"),
+    ("rewinds_to_known_offsets_total", "counter",
+     "Rewinds to this instance's own last committed offsets while the group's stayed unreadable"),
     ("restore_records_total", "counter", "Changelog records restored into local stores"),
     ("restore_skipped_records_total", "counter", "Changelog offsets of expired windows a restore seeked past"),
     ("active_restoring_tasks", "gauge", "Active tasks restoring their stores"),
