@@ -104,3 +104,56 @@ def test_a_wrong_password_fails_start_with_the_authentication_failure_within_bro
         assert not leaked, leaked[:3]
     finally:
         app.close(timeout_s=10)
+
+
+def test_a_standby_takes_over_on_the_sasl_ssl_listener(kafka, tmp_path, sasl_settings):
+    """Two instances on the secured listener, one standby each: when one leaves, the other's standby of its task
+    becomes active and replays less than the whole changelog (it followed it over SASL_SSL)."""
+    from kafka_helpers import RecordingListener
+
+    source = kafka.create_topic(partitions=2, prefix="sasl-standby")
+    app_id = kafka.app_id("sasl-standby")
+    bootstrap, kafka_config = secured(sasl_settings)
+
+    def produce_round(tag: str, n: int = 200) -> None:
+        for p in (0, 1):
+            kafka.produce_to(source, p, [(f"{tag}-{p}-{i % 20}".encode(), b"x") for i in range(n)])
+
+    def actives(app) -> set[str]:
+        return {t.id for t in app.tasks() if not t.standby and t.state is hotstate.TaskState.RUNNING}
+
+    produce_round("r1")
+    common = dict(num_standby_replicas=1, session_timeout_ms=6000, kafka_config=kafka_config)
+    restore_a = RecordingListener()
+    a = build_word_count(bootstrap, app_id, tmp_path / "a", source, None, listener=restore_a, **common)
+    b = build_word_count(bootstrap, app_id, tmp_path / "b", source, None, **common)
+    a.start()
+    try:
+        wait_for(lambda: actives(a) == {"0_0", "0_1"}, "a to run both tasks", 60)
+        b.start()
+        wait_for(lambda: len(actives(a)) == 1 and len(actives(b)) == 1, "one task to move to b", 90)
+        b_task = next(iter(actives(b)))
+        wait_for(lambda: b_task in {t.id for t in a.tasks() if t.standby}, "a to keep a standby of b's task", 60)
+        p = int(b_task.split("_")[1])
+        changelog = kafka.changelog(app_id, "word-counts")
+        end_before = kafka.ends(changelog)[p]
+        produce_round("r2")  # processed by b, followed by a's standby
+        wait_for(lambda: b.store("word-counts").get(f"r2-{p}-19") == 10, "b to count round 2", 60)
+
+        def standby_offset() -> int:
+            return next((t.stores["word-counts"].changelog_offset or 0) for t in a.tasks()
+                        if t.standby and t.id == b_task)
+
+        wait_for(lambda: kafka.ends(changelog)[p] > end_before and standby_offset() == kafka.ends(changelog)[p],
+                 "a's standby to follow round 2 to the changelog end", 60)
+        followed = standby_offset()
+        assert b.close(timeout_s=30)
+        wait_for(lambda: actives(a) == {"0_0", "0_1"}, "a to take b's task back", 60)
+        wait_for(lambda: all(a.store("word-counts").get(f"{tag}-{q}-{k}") == 10
+                             for tag in ("r1", "r2") for q in (0, 1) for k in range(20)),
+                 "a to hold every count", 60)
+        # Only what b wrote after the standby's last read (its closing commit) is replayed.
+        assert restore_a.totals().get(p, 0) <= kafka.ends(changelog)[p] - followed, restore_a.events
+    finally:
+        b.close(timeout_s=30)
+        assert a.close(timeout_s=30)
