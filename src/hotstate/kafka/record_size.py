@@ -67,7 +67,7 @@ class RecordSizeLimits:
         def topic_limit(topic: str) -> int | None:
             return describe_max_message_bytes(config, topic)
         try:
-            producer_max = int(config.producer_config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES_DEFAULT))
+            producer_max = int({**config.kafka_config, **config.producer_config}.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES_DEFAULT))
         except (TypeError, ValueError):
             producer_max = PRODUCER_MESSAGE_MAX_BYTES_DEFAULT
         return cls({config.changelog_topic(s): s for s in store_names}, producer_max, topic_limit,
