@@ -15,7 +15,7 @@ import time
 import pytest
 
 import hotstate
-from hotstate import serde
+from hotstate.cli import main
 from kafka_helpers import (KAFKA_SCRIPT, build_word_count, true_counts, wait_for, wait_processed, word_records,
                            words)
 
@@ -39,7 +39,7 @@ def secured(settings: dict[str, str]) -> tuple[str, dict[str, str]]:
     return cfg.pop("bootstrap.servers"), cfg
 
 
-def test_word_count_runs_on_the_sasl_ssl_listener(kafka, tmp_state_dir, sasl_settings):
+def test_word_count_runs_on_the_sasl_ssl_listener_and_hotstate_state_reads_it_with_command_config(kafka, tmp_state_dir, sasl_settings, capsys):
     source = kafka.create_topic(partitions=PARTITIONS, prefix="sasl-words")
     sink = kafka.create_topic(partitions=PARTITIONS, prefix="sasl-counts")
     app_id = kafka.app_id("sasl-wc")
@@ -56,6 +56,15 @@ def test_word_count_runs_on_the_sasl_ssl_listener(kafka, tmp_state_dir, sasl_set
         assert sasl_settings["sasl.password"] not in json.dumps(app.metrics(), default=str)
     finally:
         assert app.close(timeout_s=30)
+    # The hotstate command reads the changelog ends over the same listener, given the file client-config printed.
+    command_config = tmp_state_dir.parent / "client.json"
+    command_config.write_text(json.dumps(sasl_settings))
+    capsys.readouterr()
+    assert main(["state", "--app-id", app_id, "--state-dir", str(tmp_state_dir), "--command-config",
+                 str(command_config)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    ends = kafka.ends(kafka.changelog(app_id, "word-counts"))
+    assert {int(r[0].split("_")[1]): int(r[3]) for r in rows} == ends
 
 
 def test_exactly_once_on_the_sasl_ssl_listener(kafka, tmp_state_dir, sasl_settings):
