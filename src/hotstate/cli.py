@@ -11,15 +11,22 @@ app: stores are opened read-only, without RocksDB's lock (a store the app writes
 lists the snapshot manifests of every store partition in the object store (offset, files, size, age) and
 what a cold restore would download, then replay (with ``--bootstrap``: how many changelog offsets).
 Credentials come from the environment, as for the app.
+
+Both take ``--command-config FILE``: librdkafka settings for the command's Kafka clients (a secured cluster's
+security.protocol, sasl.*, ssl.*), as the app's ``kafka_config``; a JSON object, or a Kafka ``.properties``
+file as Kafka's own tools take (``key=value`` lines, ``#`` comments). A ``bootstrap.servers`` in it stands for
+``--bootstrap`` when that is not given (so ``scripts/kafka client-config --sasl`` output works as is).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import datetime as dt
 
+from . import kafka_settings
 from .config import check_snapshot_store, default_state_dir
 from .errors import ConfigError, HotstateError, StoreCorruptedError
 from .state.rocksdb_store import read_stored_offset
@@ -42,10 +49,99 @@ def _stored_offsets(root: str) -> list[tuple[str, str, int | None, str]]:
     return rows
 
 
-def _ends(bootstrap: str, topics_partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+def parse_properties(text: str) -> dict[str, str]:
+    """A Java ``.properties`` file's entries: ``key=value``, ``key: value`` or ``key value`` lines, ``#`` and
+    ``!`` comments, a trailing backslash continues a line, backslash escapes (\\t, \\n, \\=, \\:, \\\\)."""
+    out: dict[str, str] = {}
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:  # an odd number of backslashes: the line continues
+            logical += line[:-1]
+            continue
+        logical += line
+        key, value = _split_property(logical)
+        out[key] = value
+        logical = ""
+    if logical:
+        key, value = _split_property(logical)
+        out[key] = value
+    return out
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _split_property(line: str) -> tuple[str, str]:
+    key: list[str] = []
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line):
+            key.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+            i += 2
+            continue
+        if ch in "=: \t":
+            break
+        key.append(ch)
+        i += 1
+    rest = line[i:].lstrip(" \t")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t")
+    value: list[str] = []
+    i = 0
+    while i < len(rest):
+        if rest[i] == "\\" and i + 1 < len(rest):
+            value.append(_ESCAPES.get(rest[i + 1], rest[i + 1]))
+            i += 2
+        else:
+            value.append(rest[i])
+            i += 1
+    return "".join(key), "".join(value)
+
+
+def load_command_config(path: str) -> dict[str, object]:
+    """``--command-config FILE``: a JSON object or a ``.properties`` file of librdkafka settings."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"--command-config {path}: cannot read it ({exc.strerror})") from None
+    if path.endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            settings = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--command-config {path}: not valid JSON ({exc}); give a JSON object or a Kafka "
+                              ".properties file") from None
+        if not isinstance(settings, dict):
+            raise ConfigError(f"--command-config {path}: give a JSON object of librdkafka settings")
+        return settings
+    return dict(parse_properties(text))
+
+
+def _client_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, object]]:
+    """(bootstrap, settings) from --bootstrap and --command-config; settings are checked as kafka_config is."""
+    settings: dict[str, object] = {}
+    bootstrap = args.bootstrap
+    if args.command_config:
+        settings = load_command_config(args.command_config)
+        from_file = settings.pop("bootstrap.servers", None)
+        bootstrap = bootstrap or (str(from_file) if from_file else None)
+        kafka_settings.check(settings, name=f"--command-config {args.command_config}")
+    return bootstrap, settings
+
+
+def _ends(args: argparse.Namespace, topics_partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "hotstate-cli", "isolation.level": "read_committed"})
+    bootstrap, settings = _client_settings(args)
+    if not bootstrap:
+        raise ConfigError(f"--command-config {args.command_config} has no bootstrap.servers: give --bootstrap HOST:PORT")
+    c = Consumer({"bootstrap.servers": bootstrap, **settings, "group.id": "hotstate-cli",
+                  "isolation.level": "read_committed"})
     try:
         return {(t, p): c.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)[1]
                 for t, p in sorted(topics_partitions)}
@@ -60,9 +156,9 @@ def cmd_state(args: argparse.Namespace) -> int:
         return 1
     rows = _stored_offsets(root)
     ends: dict[tuple[str, int], int] = {}
-    if args.bootstrap:
+    if args.bootstrap or args.command_config:
         want = {(f"{args.app_id}-{store}-changelog", int(task.split("_")[1])) for task, store, _, _ in rows}
-        ends = _ends(args.bootstrap, want)
+        ends = _ends(args, want)
     print(f"{'task':<8} {'store':<24} {'stored offset':>14} {'changelog end':>14} {'lag':>12}  note")
     for task, store, offset, note in rows:
         end = ends.get((f"{args.app_id}-{store}-changelog", int(task.split("_")[1])))
@@ -112,8 +208,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         return 1
     listings = [catalog.list_partition(p) for p in partitions]
     ends: dict[tuple[str, int], int] = {}
-    if args.bootstrap:
-        ends = _ends(args.bootstrap, {(f"{args.app_id}-{p.store}-changelog", p.partition) for p in partitions})
+    if args.bootstrap or args.command_config:
+        ends = _ends(args, {(f"{args.app_id}-{p.store}-changelog", p.partition) for p in partitions})
     now = dt.datetime.now(dt.timezone.utc)
     print(f"{'store':<24} {'part':>4} {'epoch':>6} {'offset':>14} {'files':>6} {'size':>10} {'age':>6}  note")
     for listing in listings:
@@ -145,6 +241,10 @@ def _cold_restore(listing, app_id: str, ends: dict[tuple[str, int], int]) -> str
             f"then replays {topic}[{p.partition}] from {m.changelog_offset}{tail}")
 
 
+COMMAND_CONFIG_HELP = ("librdkafka settings for the command's Kafka clients (e.g. a secured cluster's "
+                       "security.protocol, sasl.*, ssl.*): a JSON object or a Kafka .properties file")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hotstate", description="hotstate's operator commands")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -152,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--app-id", required=True)
     st.add_argument("--state-dir", default=default_state_dir())
     st.add_argument("--bootstrap", help="bootstrap servers, to read the changelog ends and show the lag")
+    st.add_argument("--command-config", metavar="FILE", help=COMMAND_CONFIG_HELP)
     st.set_defaults(fn=cmd_state)
     sn = sub.add_parser("snapshots", help="snapshot manifests in the object store, and what a cold restore needs")
     sn.add_argument("--app-id", required=True)
@@ -159,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     sn.add_argument("--option", action="append", metavar="NAME=VALUE",
                     help="an object-store option (as snapshot_store_options), repeatable: --option region=eu-west-1")
     sn.add_argument("--bootstrap", help="bootstrap servers, to read the changelog ends and show the tail to replay")
+    sn.add_argument("--command-config", metavar="FILE", help=COMMAND_CONFIG_HELP)
     sn.set_defaults(fn=cmd_snapshots)
     args = ap.parse_args(argv)
     try:

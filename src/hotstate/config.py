@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import kafka_settings
 from .errors import ConfigError
 
 AT_LEAST_ONCE = "at_least_once"
@@ -17,6 +18,7 @@ EXACTLY_ONCE_V2 = "exactly_once_v2"
 LOG_AND_FAIL = "log_and_fail"
 LOG_AND_CONTINUE = "log_and_continue"
 
+_CLIENT_DICTS = ("kafka_config", "consumer_config", "restore_consumer_config", "producer_config")
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -86,6 +88,11 @@ class Config:
     transaction_timeout_ms: int = 10_000
     # Serve metrics for Prometheus on this port (all interfaces) while the app runs; None: no endpoint.
     metrics_port: int | None = None
+    # librdkafka settings for every client hotstate creates (consumers, producer, admin, the `hotstate` command),
+    # e.g. a secured cluster's security.protocol, sasl.*, ssl.*; translated for the group member (kafka-python).
+    # The per-client dicts below override it. Refused: settings hotstate owns (kafka_settings.REFUSED). Secret
+    # values are masked in repr. See README "Connecting to a secured cluster".
+    kafka_config: dict[str, Any] = field(default_factory=dict)
     # Extra librdkafka settings, like Kafka Streams' main.consumer. / restore.consumer. / producer. prefixes.
     consumer_config: dict[str, Any] = field(default_factory=dict)
     restore_consumer_config: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +171,22 @@ class Config:
         if not isinstance(self.state_dir, (str, os.PathLike)) or not str(self.state_dir):
             raise ConfigError(f"state_dir={self.state_dir!r} is invalid: give a directory path")
         check_snapshot_store(self.snapshot_store, self.snapshot_store_options)
+        kafka_settings.check(self.kafka_config)
+        for name in ("consumer_config", "restore_consumer_config", "producer_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict of librdkafka settings")
+
+    def __repr__(self) -> str:
+        """Every setting, with secret values of the librdkafka dicts masked; snapshot_store_options left out."""
+        parts = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _CLIENT_DICTS:
+                value = kafka_settings.masked(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Config({', '.join(parts)})"
 
     def _check_processing_handler(self) -> None:
         handler = self.processing_exception_handler

@@ -11,7 +11,7 @@ from confluent_kafka import TopicPartition as KTopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ..config import Config
-from .clients import LIBRDKAFKA_LOG
+from .clients import admin_settings
 from ..errors import BrokerUnavailableError, TopologyError
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,26 @@ class Admin:
     def __init__(self, config: Config):
         self._config = config
         self._timeout_s = config.broker_timeout_ms / 1000
-        self._admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-admin",
-                                   "logger": LIBRDKAFKA_LOG})
+        # The last authentication or TLS failure librdkafka reported: a metadata request that times out says only
+        # "transport failure", this says why (wrong password, untrusted certificate). Never holds a secret.
+        self._security_error: str | None = None
+        self._admin = AdminClient({**admin_settings(config), "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._security_error = err.str()
 
     def partition_counts(self) -> dict[str, int]:
         """Topic -> partition count; raises BrokerUnavailableError if no broker answers in time."""
         try:
             md = self._admin.list_topics(timeout=self._timeout_s)
         except KafkaException as exc:
+            self._admin.poll(0)  # serves the error callbacks queued meanwhile (an authentication failure)
+            if self._security_error is not None:
+                raise BrokerUnavailableError(
+                    f"the Kafka broker at {self._config.bootstrap_servers!r} refused the connection within "
+                    f"{self._timeout_s:g}s: authentication or TLS failed ({self._security_error}); check kafka_config's "
+                    "security.protocol, sasl.* (user, password, mechanism) and ssl.* (CA) settings") from exc
             raise BrokerUnavailableError(
                 f"no Kafka broker answered at {self._config.bootstrap_servers!r} within {self._timeout_s:g}s "
                 f"({exc.args[0]}); check bootstrap_servers and that the broker runs (scripts/kafka start)"

@@ -1,4 +1,5 @@
-"""Factories for the librdkafka clients hotstate uses. User overrides come last and win."""
+"""Factories for the librdkafka clients hotstate uses. User overrides come last and win: ``kafka_config``
+(every client) over hotstate's defaults, the per-client dicts (``consumer_config``, ...) over both."""
 from __future__ import annotations
 
 import logging
@@ -60,6 +61,12 @@ def learn_leaders(consumer: Consumer, topics: Any) -> None:
                       exc.args[0] if exc.args else exc)
 
 
+def admin_settings(config: Config, client_id_suffix: str = "admin") -> dict[str, Any]:
+    """An AdminClient's settings: the bootstrap servers, ``kafka_config`` and hotstate's logger."""
+    return {"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-{client_id_suffix}",
+            "logger": LIBRDKAFKA_LOG, **config.kafka_config}
+
+
 def main_consumer(config: Config, **callbacks: Any) -> Consumer:
     """Assigned by hand what the group member (runtime/membership.py) owns; ``group.id`` only serves the
     committed offsets a newly assigned partition starts from."""
@@ -77,6 +84,7 @@ def main_consumer(config: Config, **callbacks: Any) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **callbacks,
         **config.consumer_config,
     }
@@ -104,6 +112,7 @@ def restore_consumer(config: Config) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **config.restore_consumer_config,
     }
     return Consumer(conf)
@@ -122,6 +131,7 @@ def group_offsets_consumer(config: Config) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **config.restore_consumer_config,
     })
 
@@ -146,6 +156,7 @@ def global_consumer(config: Config) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **config.restore_consumer_config,
     })
 
@@ -165,6 +176,7 @@ def tail_consumer(config: Config) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **config.restore_consumer_config,
     })
 
@@ -182,6 +194,7 @@ def end_offsets_consumer(config: Config) -> Consumer:
         "logger": LIBRDKAFKA_LOG,
         "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
         **METADATA_REFRESH_SETTINGS,
+        **config.kafka_config,
         **config.restore_consumer_config,
     })
 
@@ -203,6 +216,7 @@ def producer(config: Config, transactional_id: str | None = None, **callbacks: A
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = config.transaction_timeout_ms
         conf.update(TRANSACTIONAL_PRODUCER_COORDINATOR_SETTINGS)
+    conf.update(config.kafka_config)
     conf.update(config.producer_config)
     return Producer(conf)
 

@@ -67,7 +67,7 @@ class RecordSizeLimits:
         def topic_limit(topic: str) -> int | None:
             return describe_max_message_bytes(config, topic)
         try:
-            producer_max = int(config.producer_config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES_DEFAULT))
+            producer_max = int({**config.kafka_config, **config.producer_config}.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES_DEFAULT))
         except (TypeError, ValueError):
             producer_max = PRODUCER_MESSAGE_MAX_BYTES_DEFAULT
         return cls({config.changelog_topic(s): s for s in store_names}, producer_max, topic_limit,
@@ -117,12 +117,11 @@ def describe_max_message_bytes(config: Any, topic: str) -> int | None:
     """The topic's max.message.bytes, or None if the broker does not say within broker_timeout_ms."""
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-    from .clients import LIBRDKAFKA_LOG
+    from .clients import admin_settings
 
     timeout_s = config.broker_timeout_ms / 1000
     try:
-        admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, "client.id": f"{config.app_id}-admin",
-                             "logger": LIBRDKAFKA_LOG})
+        admin = AdminClient(admin_settings(config))
         res = ConfigResource(ResourceType.TOPIC, topic)
         entries = admin.describe_configs([res], request_timeout=timeout_s)[res].result(timeout=timeout_s)
         entry = entries.get("max.message.bytes")

@@ -39,6 +39,7 @@ from kafka import TopicPartition as KpTopicPartition
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
+from .. import kafka_settings
 from ..config import Config
 from ..dsl.topology import Topology
 from ..kafka import clients, group_metadata
@@ -269,6 +270,8 @@ def _kafka_member(config: Config, plugin: TaskAssignor) -> KafkaConsumer:
         request_timeout_ms=max(config.session_timeout_ms + 5000, 30000),
         # kafka-python's default (30 s) left the member reconnecting to a restarted broker for up to ~12 s.
         reconnect_backoff_max_ms=clients.RECONNECT_BACKOFF_MAX_MS,
+        # kafka_config's security settings in kafka-python's names (checked when the Config was made).
+        **kafka_settings.to_kafka_python(config.kafka_config),
     )
 
 
