@@ -8,12 +8,7 @@ result does not depend on how either app interleaves its inputs (docs/architectu
 Run alone: scripts/test tests/integration/test_joins_vs_kstreams.py (the first run builds the jar)."""
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import random
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +17,7 @@ import hotstate
 from hotstate import serde
 from hotstate.kafka.partitioner import partition_for as murmur2_partition
 from kafka_helpers import REPO, wait_for
+from kstreams_apps import JavaApp, maven_jar
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first Maven build may download a lot
 
@@ -32,54 +28,14 @@ CUSTOMER_PARTITIONS = 3
 
 
 def kstreams_jar() -> Path:
-    """Built with ``mvn package`` when missing or when its sources changed (a hash beside the jar), under a lock."""
-    files = [KS_DIR / "pom.xml", *sorted(p for p in (KS_DIR / "src").rglob("*") if p.is_file())]
-    digest = hashlib.sha256(b"".join(p.relative_to(KS_DIR).as_posix().encode() + p.read_bytes() for p in files))
-    stamp = KS_DIR / "target" / "sources.sha256"
-    stamp.parent.mkdir(exist_ok=True)
-    with open(KS_DIR / "target" / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if JAR.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
-            return JAR
-        proc = subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=KS_DIR,
-                              capture_output=True, text=True, timeout=800)
-        assert proc.returncode == 0 and JAR.exists(), (
-            f"building {KS_DIR} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-        stamp.write_text(digest.hexdigest())
-    return JAR
+    return maven_jar(KS_DIR, JAR)
 
 
-class KStreamsApp:
-    """The Java app as a child process; closing its stdin stops it."""
+class KStreamsApp(JavaApp):
+    """The enrichment app (the jar's main class)."""
 
     def __init__(self, args: list[str], log: Path):
-        self.lines: list[dict] = []
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(["java", "-Xmx512m", "-jar", str(kstreams_jar()), *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self._reader = threading.Thread(target=self._read, name="kstreams-stdout", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self.lines.append(json.loads(line))
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None or any(line.get("ev") == "error" for line in self.lines):
-            raise AssertionError(f"the Kafka Streams app stopped (exit {self.proc.returncode}): {self.lines}\n"
-                                 f"stderr: {Path(self._log.name).read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.stdin.close()
-        assert self.proc.wait(60) == 0, f"Kafka Streams exited with {self.proc.returncode}: {self.lines[-5:]}"
-        self._reader.join(10)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        self._log.close()
+        super().__init__(["java", "-Xmx512m", "-jar", str(kstreams_jar()), *args], log)
 
 
 def produce_murmur2(kafka, topic: str, records: list[tuple[str, str | None]], partitions: int) -> None:

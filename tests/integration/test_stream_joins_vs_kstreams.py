@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,7 +26,8 @@ from hotstate import serde, windows
 from hotstate.kafka.partitioner import partition_for as murmur2_partition
 from kafka_helpers import wait_for
 from stream_join_reference import reference_join
-from test_joins_vs_kstreams import KStreamsApp, committed_to_end, kstreams_jar
+from kstreams_apps import JavaApp
+from test_joins_vs_kstreams import committed_to_end, kstreams_jar
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first Maven build may download a lot
 
@@ -37,17 +36,11 @@ D_MS, GRACE_MS = 1_500, 1_000
 SPAN_MS, ROUND_GAP_MS = 1_000, 20_000  # a round's records lie within SPAN_MS < D_MS and <= GRACE_MS
 
 
-class WindowedJoinApp(KStreamsApp):
+class WindowedJoinApp(JavaApp):
     """The jar's WindowedJoin class as a child process; closing its stdin stops it."""
 
     def __init__(self, args: list[str], log: Path):
-        self.lines: list[dict] = []
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(["java", "-Xmx512m", "-cp", str(kstreams_jar()), "hotstate.check.WindowedJoin",
-                                      *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True)
-        self._reader = threading.Thread(target=self._read, name="kstreams-stdout", daemon=True)
-        self._reader.start()
+        super().__init__(["java", "-Xmx512m", "-cp", str(kstreams_jar()), "hotstate.check.WindowedJoin", *args], log)
 
 
 def produce(kafka, topic, events):

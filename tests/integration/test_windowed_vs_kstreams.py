@@ -18,13 +18,8 @@ builds the jar: about 20 s with Maven's cache filled, longer on a fresh machine 
 the Maven plugins)."""
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import random
 import struct
-import subprocess
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +29,7 @@ import pytest
 import hotstate
 from hotstate import serde, windows
 from kafka_helpers import REPO, partition_for, wait_for
+from kstreams_apps import JavaApp, maven_jar
 from window_reference import Reference, SessionReference, SlidingReference
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first Maven build may download a lot
@@ -48,61 +44,19 @@ GRID = 50  # timestamps on a 50 ms grid: windows often close exactly at the stre
 
 
 def kstreams_jar() -> Path:
-    """The Kafka Streams app's jar, built with ``mvn package`` when missing or when its sources changed (a hash
-    of pom.xml and src/ kept beside the jar); a lock keeps two test processes from building at once."""
-    files = [KS_DIR / "pom.xml", *sorted(p for p in (KS_DIR / "src").rglob("*") if p.is_file())]
-    digest = hashlib.sha256(b"".join(p.relative_to(KS_DIR).as_posix().encode() + p.read_bytes() for p in files))
-    stamp = KS_DIR / "target" / "sources.sha256"
-    stamp.parent.mkdir(exist_ok=True)
-    with open(KS_DIR / "target" / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if JAR.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
-            return JAR
-        proc = subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=KS_DIR,
-                              capture_output=True, text=True, timeout=800)
-        assert proc.returncode == 0 and JAR.exists(), (
-            f"building {KS_DIR} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-        stamp.write_text(digest.hexdigest())
-    return JAR
+    return maven_jar(KS_DIR, JAR)
 
 
-class KStreamsApp:
-    """The Java app as a child process: its JSON lines collected by a thread; closing stdin stops it."""
+class KStreamsApp(JavaApp):
+    """The windowed-counts app (the jar's main class)."""
 
     def __init__(self, args: list[str], log: Path):
-        self.lines: list[dict] = []
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(["java", "-Xmx512m", "-jar", str(kstreams_jar()), *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self._reader = threading.Thread(target=self._read, name="kstreams-stdout", daemon=True)
-        self._reader.start()
+        super().__init__(["java", "-Xmx512m", "-jar", str(kstreams_jar()), *args], log)
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self.lines.append(json.loads(line))
-
-    def events(self, ev: str) -> list[dict]:
-        return [line for line in self.lines if line.get("ev") == ev]
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None or self.events("error"):
-            raise AssertionError(f"the Kafka Streams app stopped (exit {self.proc.returncode}): {self.lines}\n"
-                                 f"stderr: {Path(self._log.name).read_text()[-3000:]}")
-
-    def stop(self) -> dict:
+    def stop(self) -> dict:  # type: ignore[override]
         """Closes stdin; returns the app's last metrics line once it closed cleanly."""
-        self.proc.stdin.close()
-        assert self.proc.wait(60) == 0, f"Kafka Streams exited with {self.proc.returncode}: {self.lines[-5:]}"
-        self._reader.join(10)
-        self._log.close()
+        super().stop()
         return self.events("metrics")[-1]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        self._log.close()
 
 
 def make_records(rng: random.Random, base: int, n: int) -> list[tuple[str | None, int, int]]:
