@@ -81,16 +81,9 @@ class Admin:
         missing = [s for s in specs if s.topic not in counts]
         if missing:
             rf = self._config.replication_factor
-            new = [NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf, config=_topic_config(s))
-                   for s in missing]
-            for topic, fut in self._admin.create_topics(new, request_timeout=self._timeout_s).items():
-                try:
-                    fut.result(timeout=self._timeout_s)
-                    log.info("created changelog topic %s", topic)
-                except KafkaException as exc:
-                    if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
-                        raise TopologyError(f"cannot create changelog topic {topic!r}: {exc.args[0]}") from exc
-            counts = self._wait_for_metadata({s.topic for s in missing})
+            counts = self._create_topics("changelog", [
+                NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf, config=_topic_config(s))
+                for s in missing])
         for spec in specs:
             have = counts.get(spec.topic)
             if have != spec.partitions:
@@ -101,22 +94,27 @@ class Admin:
                 )
         self._check_policies(specs)
 
+    def _create_topics(self, kind: str, new: list[NewTopic]) -> dict[str, int]:
+        """Creates ``new`` (one already there is fine: a concurrent instance created it) and waits until the
+        metadata knows them; returns the partition count of every topic, as ``partition_counts``."""
+        for topic, fut in self._admin.create_topics(new, request_timeout=self._timeout_s).items():
+            try:
+                fut.result(timeout=self._timeout_s)
+                log.info("created %s topic %s", kind, topic)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise TopologyError(f"cannot create {kind} topic {topic!r}: {exc.args[0]}") from exc
+        return self._wait_for_metadata({t.topic for t in new})
+
     def ensure_repartition_topics(self, specs: list[RepartitionTopicSpec]) -> None:
         """Creates the missing repartition topics; an existing one must have the expected partition count."""
         counts = self.partition_counts()
         missing = [s for s in specs if s.topic not in counts]
         if missing:
             rf = self._config.replication_factor
-            new = [NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf,
-                            config={"cleanup.policy": "delete", "retention.ms": "-1"}) for s in missing]
-            for topic, fut in self._admin.create_topics(new, request_timeout=self._timeout_s).items():
-                try:
-                    fut.result(timeout=self._timeout_s)
-                    log.info("created repartition topic %s", topic)
-                except KafkaException as exc:
-                    if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent instance created it
-                        raise TopologyError(f"cannot create repartition topic {topic!r}: {exc.args[0]}") from exc
-            counts = self._wait_for_metadata({s.topic for s in missing})
+            counts = self._create_topics("repartition", [
+                NewTopic(s.topic, num_partitions=s.partitions, replication_factor=rf,
+                         config={"cleanup.policy": "delete", "retention.ms": "-1"}) for s in missing])
         for spec in specs:
             have = counts.get(spec.topic)
             if have != spec.partitions:
