@@ -192,6 +192,15 @@ class Metrics:
     # Written by the snapshot uploader and restorer (hotstate.snapshot).
     snapshots: SnapshotMetrics = field(default_factory=SnapshotMetrics)
 
+
+    def count_restored(self, store: StoreRestoreMetrics, n: int, remaining: int) -> None:
+        """A batch of ``n`` records restored into one store partition (a changelog restore or a global table's
+        bootstrap): its totals, remaining records and rate, and the app's."""
+        store.restore_records_total += n
+        store.restore_remaining_records = remaining
+        store.rate.sample(store.restore_records_total)
+        self.restore_records_total += n
+        self.restore_rate.sample(self.restore_records_total)
     def record_late_drop(self, task_id: str) -> None:
         self.dropped_late_records[task_id] = self.dropped_late_records.get(task_id, 0) + 1
 

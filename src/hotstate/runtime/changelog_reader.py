@@ -508,13 +508,7 @@ class ChangelogReader(SnapshotDownloading, StandbyReading):
             return
         p.store.backend.write_restore_batch(batch, last_offset + 1)
         p.restored += n
-        m = p.metrics
-        m.restore_records_total += n
-        m.restore_remaining_records = max(0, p.end_offset - last_offset - 1)
-        m.rate.sample(m.restore_records_total)
-        metrics = self._metrics
-        metrics.restore_records_total += n
-        metrics.restore_rate.sample(metrics.restore_records_total)
+        self._metrics.count_restored(p.metrics, n, max(0, p.end_offset - last_offset - 1))
         self._listener.on_batch_restored(p.tp, p.store.spec.name, last_offset, n)
 
     def _on_error_event(self, msg: Any) -> None:

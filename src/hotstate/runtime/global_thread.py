@@ -276,11 +276,5 @@ class GlobalThread(threading.Thread):
             return
         backend.write_restore_batch(batch, last_offset + 1)
         part.restored += n
-        m = part.metrics
-        m.restore_records_total += n
-        m.restore_remaining_records = max(0, part.end - last_offset - 1)
-        m.rate.sample(m.restore_records_total)
-        metrics = self._metrics
-        metrics.restore_records_total += n
-        metrics.restore_rate.sample(metrics.restore_records_total)
+        self._metrics.count_restored(part.metrics, n, max(0, part.end - last_offset - 1))
         self._listener.on_batch_restored(part.tp, part.store.name, last_offset, n)
