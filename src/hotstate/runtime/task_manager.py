@@ -35,6 +35,7 @@ from .snapshots import TaskSnapshots
 from .state_updater import StateUpdater
 from ..observe.listener import SuspendReason
 from .bad_records import BadRecords
+from .committed_offsets import known_committed, read_committed
 from .partition_group import by_timestamp
 from .purge import RepartitionPurger
 from .task import ProcessorContext, Task, TaskState, TaskStore, task_id
@@ -525,40 +526,7 @@ class TaskManager:
 
     def _committed_offsets(self, tps: list[KTopicPartition],
                            known: dict[tuple[str, int], int] | None = None) -> list[KTopicPartition]:
-        """The group's committed offsets, retried while the coordinator moves or loads (a broker restart),
-        for at most ``rewind_timeout_ms``.
-
-        ``known``: after a known abort, the offsets every one of these inputs committed last from this instance.
-        Those are exact: the aborted transaction committed nothing, and the group's offsets of partitions this
-        member owns move only with its own commits (others' are fenced by the generation). After a broker restart
-        the group was seen answering UNSTABLE_OFFSET_COMMIT for minutes although the new producer had settled this
-        instance's transaction (docs/faults.md, "Session 7"); once the reads have failed for longer than a
-        transaction may stay open (``transaction_timeout_ms``), the rewind goes to ``known`` instead of stopping."""
-        start = time.monotonic()
-        deadline = start + self._config.rewind_timeout_ms / 1000
-        fall_back_at = start + self._config.transaction_timeout_ms / 1000 if known is not None else None
-        delay = 0.1
-        while True:
-            try:
-                return self._read_committed(tps, self._config.broker_timeout_ms / 1000)
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.fatal():
-                    raise RuntimeError(f"cannot read the committed input offsets to redo the work of an aborted "
-                                       f"transaction: {err}; the app stops") from exc
-                if fall_back_at is not None and time.monotonic() >= fall_back_at:
-                    assert known is not None
-                    log.warning("the group's committed offsets of %d input partitions are still unreadable after "
-                                "%.0fs (%s); rewinding each to the offset this instance committed last, known exactly "
-                                "after an aborted transaction", len(tps), time.monotonic() - start, err)
-                    self._metrics.rewinds_to_known_offsets_total += 1
-                    return [KTopicPartition(tp.topic, tp.partition, known[(tp.topic, tp.partition)]) for tp in tps]
-                if time.monotonic() + delay > deadline:
-                    raise RuntimeError(f"cannot read the committed input offsets to redo the work of an aborted "
-                                       f"transaction: {err}; the app stops, restart it when the broker is back") from exc
-                log.warning("reading committed offsets failed (%s); retrying in %.1fs", err, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return read_committed(self._read_committed, tps, self._config, self._metrics, known)
 
     def dirty_records(self) -> int:
         return sum(t.dirty_records() for t in self.tasks.values())
@@ -635,7 +603,7 @@ class TaskManager:
         if not tasks:
             return
         by_input = {(tp.topic, tp.partition): t for t in tasks for tp in t.inputs}
-        known = None if adopt else _known_committed(tasks)
+        known = None if adopt else known_committed(tasks)
         committed = self._committed_offsets([KTopicPartition(*tp) for tp in by_input], known)
         if adopt:
             for task in tasks:
@@ -676,19 +644,6 @@ class TaskManager:
         self._kept_memory.clear()
         if error is not None:
             raise error
-
-
-def _known_committed(tasks: list[Task]) -> dict[tuple[str, int], int] | None:
-    """The offset each input of ``tasks`` committed last from this instance, or None unless every input has one
-    (a task that has not committed here yet knows nothing of the group's offsets)."""
-    out: dict[tuple[str, int], int] = {}
-    for task in tasks:
-        for tp in task.inputs:
-            offset = task.committed_offsets.get(tp)
-            if offset is None:
-                return None
-            out[(tp.topic, tp.partition)] = offset
-    return out
 
 
 def _view(spec: StoreSpec, overlay: Overlay) -> KeyValueStore | TimeOrderedStore:
